@@ -1,0 +1,199 @@
+/**
+ * The backend contract: memory (alloc, free, upload, download) and one entry per kernel.
+ *
+ * Conventions shared by every kernel:
+ * - Buffers are flat, row-major, contiguous. Shapes are given explicitly as sizes.
+ * - `f32` kernels take and produce `f32` buffers; index buffers are `i32`.
+ * - Output buffers are written in full (never read) unless the entry says it accumulates.
+ * - Kernels are synchronous from the caller's point of view, and deterministic: the same inputs give
+ *   the same bits, whatever the thread count (reductions use a fixed blocking that does not depend on
+ *   the number of threads).
+ * A new backend is a new folder implementing this interface plus a run of the shared op suite
+ * (`test/ops.suite.ts`).
+ */
+
+export type DType = 'f32' | 'bf16' | 'i32';
+
+/** Bytes per element of each dtype. */
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, bf16: 2, i32: 4 };
+
+/** An opaque device buffer. `size` is in elements. */
+export interface Buf {
+  readonly dtype: DType;
+  readonly size: number;
+}
+
+/** Host-side array type for a dtype: f32 and bf16 download as Float32Array, i32 as Int32Array. */
+export type HostArray = Float32Array | Int32Array;
+
+export type UnaryOp = 'relu' | 'gelu' | 'neg' | 'exp' | 'log' | 'sqrt' | 'square' | 'tanh';
+export type BinaryOp = 'add' | 'sub' | 'mul' | 'div';
+
+/** Batched strided GEMM: for each b < batch, C_b = alpha · op(A_b) · op(B_b) + beta · C_b. */
+export interface MatmulArgs {
+  /** Number of independent products. */
+  batch: number;
+  /** Rows of op(A) and C. */
+  m: number;
+  /** Columns of op(B) and C. */
+  n: number;
+  /** Columns of op(A) = rows of op(B). */
+  k: number;
+  /** If true A_b is stored (k, m) and op(A_b) = A_bᵀ; else stored (m, k). */
+  transA: boolean;
+  /** If true B_b is stored (n, k) and op(B_b) = B_bᵀ; else stored (k, n). */
+  transB: boolean;
+  /** Element offset between consecutive A_b (0 broadcasts one A over the batch). */
+  strideA: number;
+  strideB: number;
+  /** Element offset between consecutive C_b (must be >= m*n; C_b never overlap). */
+  strideC: number;
+  alpha: number;
+  /** 0: C is overwritten (not read, NaNs in C do not propagate). 1: accumulate into C. */
+  beta: number;
+}
+
+/**
+ * Grouped GEMM (the MoE expert kernel): for each group g, with row-major leading dimensions,
+ *   C[offC_g ..] (m_g × n_g, ld ldc_g) = alpha · op(A_g) · op(B_g) + beta · C
+ * where A_g starts at offA_g with leading dimension lda_g (A_g stored (m_g, k_g), or (k_g, m_g) when
+ * transA), and B_g at offB_g with ldb_g (stored (k_g, n_g), or (n_g, k_g) when transB).
+ * `problems` holds 9 ints per group: [m, n, k, offA, lda, offB, ldb, offC, ldc]. Groups with m, n or
+ * k = 0 are allowed (k = 0 with beta = 0 writes zeros). Output regions of different groups must not
+ * overlap.
+ */
+export interface GroupedMatmulArgs {
+  problems: Int32Array;
+  transA: boolean;
+  transB: boolean;
+  alpha: number;
+  beta: number;
+}
+
+export interface AdamWArgs {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** Decoupled weight decay (Loshchilov & Hutter 2019): p -= lr · wd · p before the Adam update. */
+  weightDecay: number;
+  /** 1-based step count, for bias correction. */
+  step: number;
+  /** Gradients are multiplied by this first (used for clipping / accumulation averaging). */
+  gradScale: number;
+}
+
+export interface Backend {
+  readonly name: string;
+
+  // ---------------------------------------------------------------- memory
+  /** Allocates `size` elements, zero-filled. Counts toward `memoryStats`. */
+  alloc(dtype: DType, size: number): Buf;
+  /** Releases a buffer. Freeing twice is an error. */
+  free(buf: Buf): void;
+  /** Copies host data into the buffer (length must equal buf.size); bf16 rounds to nearest even. */
+  upload(buf: Buf, data: ArrayLike<number>): void;
+  /** Copies the buffer to the host (bf16 widens to f32). */
+  download(buf: Buf): HostArray;
+  /** Live buffers and their bytes (for leak tests and memory reports). */
+  memoryStats(): { liveBuffers: number; liveBytes: number };
+
+  // ---------------------------------------------------------------- data movement
+  /** out[i] = value for all i. */
+  fill(out: Buf, value: number): void;
+  /** Converts f32 <-> bf16 (round to nearest even) or copies same-dtype buffers. Sizes equal. */
+  cast(x: Buf, out: Buf): void;
+  /**
+   * N-d strided copy: for every index vector i < shape,
+   *   dst[dstOffset + Σ i_d·dstStrides_d] (=|+=) src[srcOffset + Σ i_d·srcStrides_d].
+   * Covers transpose/permute, slicing, concatenation and broadcast expansion. With `accumulate` the
+   * destination is added to; destination positions must then be distinct (no two i write one place).
+   * Works for any dtype (src and dst of the same dtype).
+   */
+  copyStrided(src: Buf, srcOffset: number, srcStrides: number[], dst: Buf, dstOffset: number,
+    dstStrides: number[], shape: number[], accumulate: boolean): void;
+
+  // ---------------------------------------------------------------- elementwise
+  /** out = op(x), elementwise; same sizes. gelu is the tanh approximation (GPT-2). */
+  unary(op: UnaryOp, x: Buf, out: Buf): void;
+  /** gx = gy · op'(x) (for relu: gy where x > 0 else 0). Only relu, gelu, tanh, exp, log, sqrt, square. */
+  unaryBackward(op: UnaryOp, x: Buf, gy: Buf, gx: Buf): void;
+  /** out = x · scale + shift, elementwise. */
+  affine(x: Buf, out: Buf, scale: number, shift: number): void;
+  /**
+   * Broadcasting binary op over an output of `shape` (contiguous). `aStrides` / `bStrides` give each
+   * operand's element stride per output axis (0 on broadcast axes).
+   */
+  binary(op: BinaryOp, a: Buf, aStrides: number[], b: Buf, bStrides: number[], out: Buf, shape: number[]): void;
+  /** Sum over the middle axis: x (outer, mid, inner) -> out (outer, inner). Accumulates in f64. */
+  reduceSum(x: Buf, out: Buf, outer: number, mid: number, inner: number): void;
+  /** Σ x_i² over the buffer, accumulated in f64 with fixed blocking; returned to the host. */
+  sumSquares(x: Buf): number;
+
+  // ---------------------------------------------------------------- linear algebra
+  matmul(a: Buf, b: Buf, c: Buf, args: MatmulArgs): void;
+  groupedMatmul(a: Buf, b: Buf, c: Buf, args: GroupedMatmulArgs): void;
+
+  // ---------------------------------------------------------------- NN kernels
+  /** Row softmax: x, out (rows, cols). */
+  softmax(x: Buf, out: Buf, rows: number, cols: number): void;
+  /** gx = y ⊙ (gy − Σ_j gy_j y_j) per row. */
+  softmaxBackward(y: Buf, gy: Buf, gx: Buf, rows: number, cols: number): void;
+  /**
+   * LayerNorm over the last axis: y = (x − mean) · rstd · gamma + beta, rstd = 1/sqrt(var + eps)
+   * (biased variance). x, y (rows, cols); gamma, beta (cols); mean, rstd (rows) are written.
+   */
+  layerNorm(x: Buf, gamma: Buf, beta: Buf, y: Buf, mean: Buf, rstd: Buf, rows: number, cols: number, eps: number): void;
+  /** gx (rows, cols) written; ggamma, gbeta (cols) ACCUMULATED into. */
+  layerNormBackward(x: Buf, gamma: Buf, mean: Buf, rstd: Buf, gy: Buf, gx: Buf, ggamma: Buf, gbeta: Buf,
+    rows: number, cols: number): void;
+  /**
+   * out[i, :] = table[ids[i], :]; ids (n) i32, table (vocab, dim), out (n, dim).
+   * Throws if an id is outside [0, vocab).
+   */
+  embedding(table: Buf, ids: Buf, out: Buf, n: number, vocab: number, dim: number): void;
+  /** gtable[ids[i], :] += gy[i, :] (ACCUMULATES; deterministic order). */
+  embeddingBackward(gy: Buf, ids: Buf, gtable: Buf, n: number, vocab: number, dim: number): void;
+  /**
+   * Fused multi-head self-attention on a packed projection.
+   * qkv (B, T, 3, H, D) f32; out (B, T, H, D); lse (B, H, T) = logsumexp of each scaled score row
+   * (saved for backward). score = scale · q·k; causal masks keys s > t.
+   */
+  attention(qkv: Buf, out: Buf, lse: Buf, B: number, T: number, H: number, D: number, causal: boolean, scale: number): void;
+  /** gqkv (B, T, 3, H, D) written from gout (B, T, H, D) and the saved out and lse. */
+  attentionBackward(qkv: Buf, out: Buf, lse: Buf, gout: Buf, gqkv: Buf, B: number, T: number, H: number, D: number,
+    causal: boolean, scale: number): void;
+  /**
+   * Inverted dropout with a counter-based hash RNG: keep_i = u(seed, i) >= p, where
+   * u(seed, i) = (hash32(seed, i) >>> 8) / 2^24 with hash32 defined in `backend/rng.ts`.
+   * out = keep ? x / (1 − p) : 0. The same (seed, i) gives the same mask on every backend.
+   */
+  dropout(x: Buf, out: Buf, p: number, seed: number): void;
+  /** gx = keep ? gy / (1 − p) : 0 with the same mask as the forward call. */
+  dropoutBackward(gy: Buf, gx: Buf, p: number, seed: number): void;
+  /**
+   * Softmax cross-entropy per row: logits (N, V), targets (N) i32; losses (N) and lse (N) written.
+   * loss_n = lse_n − logits[n, t_n]; rows whose target is −1 are ignored (loss 0).
+   * Throws if a target is outside [−1, V).
+   */
+  crossEntropy(logits: Buf, targets: Buf, losses: Buf, lse: Buf, N: number, V: number): void;
+  /** glogits[n, :] = gloss[n] · (softmax(logits[n]) − onehot(t_n)); zero rows for ignored targets. */
+  crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number): void;
+  /**
+   * Fused AdamW, in place on p, m, v (all f32, same size):
+   *   g' = gradScale·g; p -= lr·wd·p; m = b1·m + (1−b1)·g'; v = b2·v + (1−b2)·g'²;
+   *   p -= lr · (m / (1 − b1^step)) / (sqrt(v / (1 − b2^step)) + eps)
+   */
+  adamw(p: Buf, g: Buf, m: Buf, v: Buf, args: AdamWArgs): void;
+
+  // ---------------------------------------------------------------- MoE primitives
+  /**
+   * Top-k over the last axis: x (rows, cols) -> values (rows, k) f32, indices (rows, k) i32, sorted by
+   * value descending, ties broken by the lower index. NaN counts as smallest.
+   */
+  topk(x: Buf, values: Buf, indices: Buf, rows: number, cols: number, k: number): void;
+  /** out[i, :] = x[idx[i], :]; x (n, d), idx (m) i32, out (m, d). Throws on an index outside [0, n). */
+  gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void;
+  /** out[idx[i], :] += src[i, :]; src (m, d), out (n, d) ACCUMULATED; deterministic order (i ascending). */
+  scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void;
+}

@@ -1,0 +1,128 @@
+/** Matrix products: batched matmul with transposes and the grouped (per-expert segment) matmul. */
+import { record } from '../autograd.js';
+import type { Tensor } from '../tensor.js';
+import { shapeSize } from '../tensor.js';
+import { sumTo } from './reduce.js';
+import { reshape } from './shape.js';
+import { backendOf, expectDtype, expectRank, fmt, out } from './util.js';
+
+export interface MatmulOpts {
+  /** Use aᵀ for the last two axes of a. */
+  transA?: boolean;
+  /** Use bᵀ for the last two axes of b (as in `x · Wᵀ` for a Linear weight W of shape (out, in)). */
+  transB?: boolean;
+}
+
+/**
+ * Batched matrix product over the last two axes: op(a) (..., m, k) · op(b) (..., k, n) -> (..., m, n).
+ * Leading (batch) axes broadcast when one side has them all equal to 1 or lacks them. A rank-2 `b`
+ * with a non-transposed `a` is computed as one GEMM over all rows of `a`.
+ * Throws on rank < 2, dtype other than f32, or mismatched inner sizes.
+ */
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOpts = {}): Tensor {
+  const tA = opts.transA ?? false, tB = opts.transB ?? false;
+  backendOf('matmul', a, b);
+  expectDtype('matmul', a, 'f32', 'a');
+  expectDtype('matmul', b, 'f32', 'b');
+  if (a.rank < 2 || b.rank < 2) throw new Error(`matmul: operands need rank >= 2, got ${fmt(a)} and ${fmt(b)}`);
+  const [am, ak] = tA ? [a.shape[a.rank - 1]!, a.shape[a.rank - 2]!] : [a.shape[a.rank - 2]!, a.shape[a.rank - 1]!];
+  const [bk, bn] = tB ? [b.shape[b.rank - 1]!, b.shape[b.rank - 2]!] : [b.shape[b.rank - 2]!, b.shape[b.rank - 1]!];
+  if (ak !== bk) {
+    throw new Error(`matmul: inner sizes differ: ${fmt(a)}${tA ? 'ᵀ' : ''} · ${fmt(b)}${tB ? 'ᵀ' : ''} (${ak} vs ${bk})`);
+  }
+  const aLead = a.shape.slice(0, -2), bLead = b.shape.slice(0, -2);
+  if (b.rank === 2 && !tA && a.rank > 2) {
+    // (..., m, k) -> (rows, k): one GEMM for all batch rows.
+    const y2 = bmm(reshape(a, [1, shapeSize(aLead) * am, ak]), reshape(b, [1, ...b.shape]), false, tB);
+    return reshape(y2, [...aLead, am, bn]);
+  }
+  const na = shapeSize(aLead), nb = shapeSize(bLead);
+  if (na !== nb && na !== 1 && nb !== 1) {
+    throw new Error(`matmul: batch axes of ${fmt(a)} and ${fmt(b)} do not broadcast`);
+  }
+  const lead = na >= nb ? aLead : bLead;
+  const y = bmm(reshape(a, [na, a.shape[a.rank - 2]!, a.shape[a.rank - 1]!]),
+    reshape(b, [nb, b.shape[b.rank - 2]!, b.shape[b.rank - 1]!]), tA, tB);
+  return reshape(y, [...lead, am, bn]);
+}
+
+/** Rank-3 batched product; batch sizes equal or one of them 1 (broadcast). */
+function bmm(a: Tensor, b: Tensor, tA: boolean, tB: boolean): Tensor {
+  const be = backendOf('matmul', a, b);
+  const [na, nb] = [a.shape[0]!, b.shape[0]!];
+  const batch = Math.max(na, nb);
+  const m = tA ? a.shape[2]! : a.shape[1]!, k = tA ? a.shape[1]! : a.shape[2]!;
+  const n = tB ? b.shape[1]! : b.shape[2]!;
+  const y = out([batch, m, n], be);
+  be.matmul(a.buf('matmul'), b.buf('matmul'), y.buf('matmul'), {
+    batch, m, n, k, transA: tA, transB: tB,
+    strideA: na === 1 ? 0 : m * k, strideB: nb === 1 ? 0 : k * n, strideC: m * n, alpha: 1, beta: 0,
+  });
+  return record(y, 'matmul', [a, b], (g) => {
+    // Gradients of C = op(A)·op(B) for each transpose case, then summed over broadcast batches.
+    let ga: Tensor, gb: Tensor;
+    if (!tA && !tB) { ga = bmm(g, b, false, true); gb = bmm(a, g, true, false); }
+    else if (!tA && tB) { ga = bmm(g, b, false, false); gb = bmm(g, a, true, false); }
+    else if (tA && !tB) { ga = bmm(b, g, false, true); gb = bmm(a, g, false, false); }
+    else { ga = bmm(b, g, true, true); gb = bmm(g, a, true, true); }
+    return [reduceBatch(ga, a), reduceBatch(gb, b)];
+  });
+}
+
+/** Sums a (batch, r, c) gradient over the batch when the operand was broadcast (batch 1). */
+function reduceBatch(g: Tensor, operand: Tensor): Tensor {
+  return operand.shape[0] === 1 && g.shape[0] !== 1 ? sumTo(g, operand.shape) : g;
+}
+
+/**
+ * Grouped matmul over contiguous row segments (the MoE expert kernel, MegaBlocks-style):
+ * rows offsets[e] .. offsets[e+1] of x (total, k) are multiplied by expert e's matrix:
+ *   y[seg_e] = x[seg_e] · w_e      (w (E, k, n), transB false)
+ *   y[seg_e] = x[seg_e] · w_eᵀ     (w (E, n, k), transB true)
+ * -> y (total, n). `offsets` is a host array of E + 1 non-decreasing row offsets from 0 to total.
+ */
+export function segmentMatmul(x: Tensor, w: Tensor, offsets: readonly number[], transB: boolean): Tensor {
+  const be = backendOf('segmentMatmul', x, w);
+  expectRank('segmentMatmul', x, 2, 'x');
+  expectRank('segmentMatmul', w, 3, 'w');
+  expectDtype('segmentMatmul', x, 'f32', 'x');
+  expectDtype('segmentMatmul', w, 'f32', 'w');
+  const E = w.shape[0]!, total = x.shape[0]!, k = x.shape[1]!;
+  const [wk, n] = transB ? [w.shape[2]!, w.shape[1]!] : [w.shape[1]!, w.shape[2]!];
+  if (wk !== k) throw new Error(`segmentMatmul: x ${fmt(x)} and w ${fmt(w)}${transB ? 'ᵀ' : ''} inner sizes differ`);
+  checkOffsets(offsets, E, total);
+  const y = out([total, n], be);
+  const problems = new Int32Array(9 * E);
+  for (let e = 0; e < E; e++) {
+    const rows = offsets[e + 1]! - offsets[e]!;
+    problems.set([rows, n, k, offsets[e]! * k, k, e * k * n, transB ? k : n, offsets[e]! * n, n], 9 * e);
+  }
+  be.groupedMatmul(x.buf('segmentMatmul'), w.buf('segmentMatmul'), y.buf('segmentMatmul'),
+    { problems, transA: false, transB, alpha: 1, beta: 0 });
+  return record(y, 'segmentMatmul', [x, w], (g) => {
+    // gx[seg_e] = g[seg_e] · op(w_e)ᵀ
+    const gx = segmentMatmul(g, w, offsets, !transB);
+    // gw_e = x[seg_e]ᵀ · g[seg_e] (k, n), or its transpose (n, k) when transB.
+    const gw = out(w.shape, be);
+    const p = new Int32Array(9 * E);
+    for (let e = 0; e < E; e++) {
+      const rows = offsets[e + 1]! - offsets[e]!;
+      p.set(transB
+        ? [n, k, rows, offsets[e]! * n, n, offsets[e]! * k, k, e * n * k, k]
+        : [k, n, rows, offsets[e]! * k, k, offsets[e]! * n, n, e * k * n, n], 9 * e);
+    }
+    const [A, B] = transB ? [g, x] : [x, g];
+    be.groupedMatmul(A.buf('segmentMatmul'), B.buf('segmentMatmul'), gw.buf('segmentMatmul'),
+      { problems: p, transA: true, transB: false, alpha: 1, beta: 0 });
+    return [gx, gw];
+  });
+}
+
+function checkOffsets(offsets: readonly number[], E: number, total: number): void {
+  if (offsets.length !== E + 1 || offsets[0] !== 0 || offsets[E] !== total) {
+    throw new Error(`segmentMatmul: offsets must have ${E + 1} entries from 0 to ${total}, got [${offsets.slice(0, 8)}${offsets.length > 8 ? ', …' : ''}]`);
+  }
+  for (let e = 0; e < E; e++) {
+    if (!(offsets[e + 1]! >= offsets[e]!)) throw new Error(`segmentMatmul: offsets decrease at expert ${e}`);
+  }
+}

@@ -1,0 +1,64 @@
+/** MoE primitives: top-k over the last axis, gather rows by index, scatter-add rows. */
+import { record } from '../autograd.js';
+import { tensor } from '../create.js';
+import type { Tensor } from '../tensor.js';
+import { backendOf, expectDtype, expectRank, fmt, out } from './util.js';
+
+/**
+ * Top-k over the last axis: x (rows, cols) -> values (rows, k) f32 and indices (rows, k) i32, sorted by
+ * value descending (ties: lower index first). Gradients flow to x through `values` only.
+ * Throws if k is outside [1, cols].
+ */
+export function topk(x: Tensor, k: number): { values: Tensor; indices: Tensor } {
+  const b = backendOf('topk', x);
+  expectRank('topk', x, 2);
+  expectDtype('topk', x, 'f32');
+  const [rows, cols] = x.shape as [number, number];
+  if (!Number.isInteger(k) || k < 1 || k > cols) throw new Error(`topk: k = ${k} is outside [1, ${cols}] for ${fmt(x)}`);
+  const values = out([rows, k], b), indices = out([rows, k], b, 'i32');
+  b.topk(x.buf('topk'), values.buf('topk'), indices.buf('topk'), rows, cols, k);
+  record(values, 'topk', [x], (g) => {
+    // Scatter g back to the selected positions of a flat (rows·cols, 1) view of x.
+    const idx = indices.toArray();
+    const flat = new Int32Array(rows * k);
+    for (let r = 0; r < rows; r++) for (let j = 0; j < k; j++) flat[r * k + j] = r * cols + idx[r * k + j]!;
+    const gx = out(x.shape, b);
+    const where = tensor(flat, [rows * k], { dtype: 'i32', backend: b });
+    b.scatterAddRows(g.buf('topk'), where.buf('topk'), gx.buf('topk'), rows * k, rows * cols, 1);
+    return [gx];
+  });
+  return { values, indices };
+}
+
+/** out[i] = x[idx[i]]: x (n, d), idx i32 (m) -> (m, d). Throws on an index outside [0, n). */
+export function gatherRows(x: Tensor, idx: Tensor): Tensor {
+  const b = backendOf('gatherRows', x, idx);
+  expectRank('gatherRows', x, 2);
+  expectDtype('gatherRows', x, 'f32');
+  expectDtype('gatherRows', idx, 'i32', 'idx');
+  const [n, d] = x.shape as [number, number], m = idx.size;
+  const y = out([m, d], b);
+  b.gatherRows(x.buf('gatherRows'), idx.buf('gatherRows'), y.buf('gatherRows'), m, n, d);
+  return record(y, 'gatherRows', [x, idx], (g) => {
+    const gx = out(x.shape, b);
+    b.scatterAddRows(g.buf('gatherRows'), idx.buf('gatherRows'), gx.buf('gatherRows'), m, n, d);
+    return [gx, null];
+  });
+}
+
+/** out (n, d) = zeros, then out[idx[i]] += src[i]: src (m, d), idx i32 (m). */
+export function scatterAddRows(src: Tensor, idx: Tensor, n: number): Tensor {
+  const b = backendOf('scatterAddRows', src, idx);
+  expectRank('scatterAddRows', src, 2);
+  expectDtype('scatterAddRows', src, 'f32');
+  expectDtype('scatterAddRows', idx, 'i32', 'idx');
+  const [m, d] = src.shape as [number, number];
+  if (idx.size !== m) throw new Error(`scatterAddRows: idx ${fmt(idx)} must have ${m} entries for src ${fmt(src)}`);
+  const y = out([n, d], b);
+  b.scatterAddRows(src.buf('scatterAddRows'), idx.buf('scatterAddRows'), y.buf('scatterAddRows'), m, n, d);
+  return record(y, 'scatterAddRows', [src, idx], (g) => {
+    const gs = out(src.shape, b);
+    b.gatherRows(g.buf('scatterAddRows'), idx.buf('scatterAddRows'), gs.buf('scatterAddRows'), m, n, d);
+    return [gs, null];
+  });
+}

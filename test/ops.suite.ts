@@ -1,0 +1,215 @@
+/**
+ * The shared op conformance suite, runnable against any backend:
+ *  - forward of every op equals the `ref` backend computed in float64 (f32 relative error ≤ 1e-5);
+ *  - backward equals central finite differences computed in float64 on `ref`;
+ *  - integer / exact outputs (top-k indices, dropout masks, casts) are bit-identical.
+ * A backend's test file calls `opSuite(name, backend)`.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { Backend, DType } from '../src/backend/contract.js';
+import { createRefBackend } from '../src/backend/ref/index.js';
+import type { RefBackend } from '../src/backend/ref/index.js';
+import * as T from '../src/tensor/index.js';
+import type { Tensor } from '../src/tensor/index.js';
+import { relErr, rng } from './helpers.js';
+
+const oracle = createRefBackend({ f64: true });
+
+interface Input {
+  data: ArrayLike<number>;
+  shape: number[];
+  dtype?: DType;
+  /** Excluded from gradient checks (indices, or inputs where FD is ill-posed). */
+  noGrad?: boolean;
+}
+
+interface OpCase {
+  name: string;
+  inputs: Input[];
+  fn: (xs: Tensor[]) => Tensor;
+  /** Skip the gradient check (non-differentiable ops). */
+  forwardOnly?: boolean;
+  /** Forward tolerance (default 1e-5). */
+  tol?: number;
+}
+
+function randn(r: () => number, n: number, scale = 1): Float64Array {
+  const a = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = Math.max(r(), 1e-12), v = r();
+    a[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+  }
+  return a;
+}
+
+/** Values away from 0 so ReLU kinks do not spoil finite differences. */
+function awayFromZero(a: Float64Array): Float64Array {
+  return a.map((x) => (Math.abs(x) < 0.05 ? x + Math.sign(x || 1) * 0.1 : x));
+}
+
+function ints(r: () => number, n: number, lo: number, hi: number): Int32Array {
+  return Int32Array.from({ length: n }, () => lo + Math.floor(r() * (hi - lo)));
+}
+
+function f(shape: number[], r: () => number, scale = 1): Input {
+  return { data: randn(r, shape.reduce((a, b) => a * b, 1), scale), shape };
+}
+
+function cases(): OpCase[] {
+  const r = rng(1234);
+  const out: OpCase[] = [];
+  // matmul: all transpose combinations, odd sizes, size 1, batch broadcast, rank-2 weight fold.
+  for (const [m, k, n] of [[1, 1, 1], [3, 5, 7], [17, 33, 9], [64, 48, 32]] as const) {
+    for (const tA of [false, true]) for (const tB of [false, true]) {
+      out.push({
+        name: `matmul ${m}x${k}x${n} tA=${tA} tB=${tB}`,
+        inputs: [f(tA ? [k, m] : [m, k], r), f(tB ? [n, k] : [k, n], r)],
+        fn: ([a, b]) => T.matmul(a!, b!, { transA: tA, transB: tB }),
+      });
+    }
+  }
+  out.push({ name: 'matmul batched (2,3,4,5)x(2,3,5,6)', inputs: [f([2, 3, 4, 5], r), f([2, 3, 5, 6], r)], fn: ([a, b]) => T.matmul(a!, b!) });
+  out.push({ name: 'matmul broadcast a (1,4,5)x(3,5,2)', inputs: [f([1, 4, 5], r), f([3, 5, 2], r)], fn: ([a, b]) => T.matmul(a!, b!) });
+  out.push({ name: 'matmul x·Wᵀ (2,3,5)x(4,5)ᵀ', inputs: [f([2, 3, 5], r), f([4, 5], r)], fn: ([a, b]) => T.matmul(a!, b!, { transB: true }) });
+  // broadcasting arithmetic
+  out.push({ name: 'add broadcast (3,1,5)+(4,1)', inputs: [f([3, 1, 5], r), f([4, 1], r)], fn: ([a, b]) => T.add(a!, b!) });
+  out.push({ name: 'sub (7)-(1)', inputs: [f([7], r), f([1], r)], fn: ([a, b]) => T.sub(a!, b!) });
+  out.push({ name: 'mul broadcast (2,3,4)*(3,1)', inputs: [f([2, 3, 4], r), f([3, 1], r)], fn: ([a, b]) => T.mul(a!, b!) });
+  out.push({
+    name: 'div (5,3)/(3)', inputs: [f([5, 3], r), { data: randn(r, 3).map((x) => 1.5 + Math.abs(x)), shape: [3] }],
+    fn: ([a, b]) => T.div(a!, b!),
+  });
+  out.push({ name: 'affine', inputs: [f([4, 5], r)], fn: ([a]) => T.affine(a!, -1.5, 0.25) });
+  // activations
+  out.push({ name: 'relu', inputs: [{ data: awayFromZero(randn(r, 37)), shape: [37] }], fn: ([a]) => T.relu(a!) });
+  out.push({ name: 'gelu', inputs: [f([3, 13], r, 2)], fn: ([a]) => T.gelu(a!) });
+  out.push({ name: 'tanh', inputs: [f([11], r)], fn: ([a]) => T.tanh(a!) });
+  out.push({ name: 'exp', inputs: [f([11], r)], fn: ([a]) => T.exp(a!) });
+  out.push({ name: 'square', inputs: [f([11], r)], fn: ([a]) => T.square(a!) });
+  out.push({ name: 'log', inputs: [{ data: randn(r, 9).map((x) => 0.5 + Math.abs(x)), shape: [9] }], fn: ([a]) => T.log(a!) });
+  out.push({ name: 'sqrt', inputs: [{ data: randn(r, 9).map((x) => 0.5 + Math.abs(x)), shape: [9] }], fn: ([a]) => T.sqrt(a!) });
+  // shape ops and reductions
+  out.push({ name: 'permute (2,3,4)->(2,0,1)', inputs: [f([2, 3, 4], r)], fn: ([a]) => T.permute(a!, [2, 0, 1]) });
+  out.push({ name: 'slice axis 1', inputs: [f([3, 7, 2], r)], fn: ([a]) => T.slice(a!, 1, 2, 6) });
+  out.push({ name: 'concat axis 1', inputs: [f([2, 3], r), f([2, 1], r), f([2, 4], r)], fn: (xs) => T.concat(xs, 1) });
+  out.push({ name: 'sum axis 1', inputs: [f([4, 6, 3], r)], fn: ([a]) => T.sum(a!, 1) });
+  out.push({ name: 'sum all (size 1)', inputs: [f([1], r)], fn: ([a]) => T.sum(a!) });
+  out.push({ name: 'mean all', inputs: [f([5, 9], r)], fn: ([a]) => T.mean(a!) });
+  // NN kernels
+  for (const [rows, cols] of [[1, 1], [3, 7], [8, 129]] as const) {
+    out.push({ name: `softmax ${rows}x${cols}`, inputs: [f([rows, cols], r, 2)], fn: ([a]) => T.softmax(a!) });
+    out.push({
+      name: `layerNorm ${rows}x${cols}`, inputs: [f([rows, cols], r, 2), f([cols], r), f([cols], r)],
+      fn: ([x, g, b]) => T.layerNorm(x!, g!, b!),
+    });
+  }
+  out.push({
+    name: 'embedding (repeated ids)', inputs: [f([11, 6], r), { data: [3, 0, 10, 3, 3, 7, 1], shape: [7], dtype: 'i32', noGrad: true }],
+    fn: ([t, ids]) => T.embedding(t!, ids!),
+  });
+  for (const [B, Tn, H, D, causal] of [[1, 1, 1, 1, true], [2, 5, 3, 4, true], [1, 7, 2, 8, false], [2, 33, 2, 16, true]] as const) {
+    out.push({
+      name: `attention B${B} T${Tn} H${H} D${D} causal=${causal}`, inputs: [f([B, Tn, 3 * H * D], r)],
+      fn: ([x]) => T.attention(x!, H, causal),
+    });
+  }
+  for (const [N, V] of [[1, 1], [5, 7], [9, 1000]] as const) {
+    const targets = ints(r, N, 0, V);
+    if (N > 1) targets[1] = -1;
+    out.push({
+      name: `crossEntropy N${N} V${V}`, inputs: [f([N, V], r, 3), { data: targets, shape: [N], dtype: 'i32', noGrad: true }],
+      fn: ([l, t]) => T.crossEntropy(l!, t!),
+    });
+  }
+  // MoE primitives
+  out.push({ name: 'topk values', inputs: [f([6, 9], r)], fn: ([x]) => T.topk(x!, 3).values });
+  out.push({
+    name: 'gatherRows', inputs: [f([7, 5], r), { data: [6, 0, 3, 3, 1], shape: [5], dtype: 'i32', noGrad: true }],
+    fn: ([x, i]) => T.gatherRows(x!, i!),
+  });
+  out.push({
+    name: 'scatterAddRows', inputs: [f([5, 4], r), { data: [2, 0, 2, 5, 2], shape: [5], dtype: 'i32', noGrad: true }],
+    fn: ([s, i]) => T.scatterAddRows(s!, i!, 6),
+  });
+  for (const transB of [false, true]) {
+    const E = 4, k = 6, n = 5, offsets = [0, 3, 3, 10, 11];
+    out.push({
+      name: `segmentMatmul transB=${transB} (empty segment)`, inputs: [f([11, k], r), f(transB ? [E, n, k] : [E, k, n], r)],
+      fn: ([x, w]) => T.segmentMatmul(x!, w!, offsets, transB),
+    });
+  }
+  return out;
+}
+
+function build(inp: Input, b: Backend): Tensor {
+  return T.tensor(inp.data, inp.shape, { dtype: inp.dtype ?? 'f32', backend: b });
+}
+
+/** Loss L = Σ fn(xs) ⊙ R for a fixed random R, as a host number computed on `b`. */
+function lossValue(c: OpCase, inputs: Input[], weights: Float64Array, b: RefBackend): number {
+  return T.tidy(() => T.noGrad(() => {
+    const y = c.fn(inputs.map((i) => build(i, b)));
+    const yv = b.downloadF64(y.buf('test'));
+    let s = 0;
+    for (let i = 0; i < yv.length; i++) s += yv[i]! * weights[i]!;
+    return s;
+  }));
+}
+
+/** Gradients of L on backend b, one host array per float input. */
+function analyticGrads(c: OpCase, weights: Float64Array, b: Backend): (Float32Array | null)[] {
+  return T.tidy(() => {
+    const xs = c.inputs.map((i) => {
+      const t = build(i, b);
+      if (!i.noGrad && (i.dtype ?? 'f32') === 'f32') t.requiresGrad = true;
+      return t;
+    });
+    const y = c.fn(xs);
+    const w = T.tensor(Float32Array.from(weights), y.shape, { backend: b });
+    T.backward(T.sum(T.mul(y, w)));
+    const g = xs.map((t) => (t.requiresGrad ? (t.grad ? (t.grad.toArray() as Float32Array) : new Float32Array(t.size)) : null));
+    for (const t of xs) t.dispose();
+    return g;
+  });
+}
+
+export function opSuite(name: string, backend: Backend): void {
+  describe(`ops on ${name}`, () => {
+    for (const c of cases()) {
+      it(`${c.name}: forward matches ref (f64)`, () => {
+        const got = T.tidy(() => T.noGrad(() => c.fn(c.inputs.map((i) => build(i, backend))).toArray()));
+        const want = T.tidy(() => T.noGrad(() => c.fn(c.inputs.map((i) => build(i, oracle))).toArray()));
+        assert.equal(got.length, want.length);
+        const e = relErr(got, want);
+        assert.ok(e <= (c.tol ?? 1e-5), `relative error ${e.toExponential(2)} > ${c.tol ?? 1e-5}`);
+      });
+      if (c.forwardOnly) continue;
+      it(`${c.name}: backward matches finite differences (f64 ref)`, () => {
+        const r = rng(99);
+        const n = T.tidy(() => T.noGrad(() => c.fn(c.inputs.map((i) => build(i, oracle))).size));
+        const weights = randn(r, n);
+        const grads = analyticGrads(c, weights, backend);
+        c.inputs.forEach((inp, k) => {
+          const g = grads[k];
+          if (!g) return;
+          // Central differences on up to 40 coordinates, in float64 on ref.
+          const h = 1e-6;
+          const coords = inp.data.length <= 40 ? [...Array(inp.data.length).keys()]
+            : Array.from({ length: 40 }, () => Math.floor(r() * inp.data.length));
+          const fd: number[] = [], an: number[] = [];
+          for (const i of coords) {
+            const plus = Float64Array.from(inp.data), minus = Float64Array.from(inp.data);
+            plus[i]! += h;
+            minus[i]! -= h;
+            const with_ = (d: Float64Array) => c.inputs.map((x, j) => (j === k ? { ...x, data: d } : x));
+            fd.push((lossValue(c, with_(plus), weights, oracle) - lossValue(c, with_(minus), weights, oracle)) / (2 * h));
+            an.push(g[i]!);
+          }
+          const e = relErr(an, fd);
+          assert.ok(e <= 2e-4, `input ${k}: gradient relative error ${e.toExponential(2)} vs finite differences`);
+        });
+      });
+    }
+  });
+}
