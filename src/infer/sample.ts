@@ -1,0 +1,85 @@
+/**
+ * Sampling from a next-token distribution (temperature, top-k, top-p) with a seeded generator, and a
+ * simple generation loop that re-runs the model over the last `seq_len` tokens for each new token.
+ */
+import type { GPT } from '../nn/gpt.js';
+import * as T from '../tensor/index.js';
+
+export interface SampleOptions {
+  /** Softmax temperature; 0 means greedy (argmax). */
+  temperature: number;
+  /** Keep only the k most likely tokens (0: all). */
+  topK: number;
+  /** Keep the smallest set of tokens whose probability reaches p (1: all). */
+  topP: number;
+}
+
+/** A seeded uniform generator (mulberry32). */
+export function seededUniform(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Picks a token id from `logits` (length V). Deterministic for a given generator state. */
+export function sampleToken(logits: ArrayLike<number>, o: SampleOptions, uniform: () => number): number {
+  const V = logits.length;
+  let best = 0;
+  for (let i = 1; i < V; i++) if (logits[i]! > logits[best]!) best = i;
+  if (o.temperature <= 0) return best;
+  const ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
+  const keep = o.topK > 0 ? Math.min(o.topK, V) : V;
+  const probs: number[] = [];
+  let total = 0;
+  for (let j = 0; j < keep; j++) {
+    const p = Math.exp((logits[ids[j]!]! - logits[best]!) / o.temperature);
+    probs.push(p);
+    total += p;
+  }
+  let n = keep;
+  if (o.topP < 1) {
+    let acc = 0;
+    for (let j = 0; j < keep; j++) {
+      acc += probs[j]! / total;
+      if (acc >= o.topP) { n = j + 1; break; }
+    }
+    total = probs.slice(0, n).reduce((a, b) => a + b, 0);
+  }
+  let u = uniform() * total;
+  for (let j = 0; j < n; j++) {
+    u -= probs[j]!;
+    if (u <= 0) return ids[j]!;
+  }
+  return ids[n - 1]!;
+}
+
+/**
+ * Generates up to `maxTokens` tokens after `prompt` (token ids), calling `onToken` for each as it comes.
+ * Stops early at `stopId` (e.g. end-of-text). Returns the new ids. Throws on an empty prompt.
+ */
+export function generate(model: GPT, prompt: number[], maxTokens: number, o: SampleOptions & { seed: number; stopId?: number },
+  onToken?: (id: number) => void): number[] {
+  if (prompt.length === 0) throw new Error('generate: the prompt is empty (give some text to continue)');
+  const uniform = seededUniform(o.seed);
+  const ids = [...prompt], out: number[] = [];
+  const ctx = model.config.seq_len;
+  for (let i = 0; i < maxTokens; i++) {
+    const window = ids.slice(-ctx);
+    const logits = T.tidy(() => T.noGrad(() => {
+      const x = T.tensor(window, [1, window.length], { dtype: 'i32', backend: model.backend });
+      const l = model.forward(x).logits; // (1, t, V)
+      return T.slice(l, 1, window.length - 1, window.length).toArray();
+    }));
+    const next = sampleToken(logits, o, uniform);
+    if (next === o.stopId) break;
+    ids.push(next);
+    out.push(next);
+    onToken?.(next);
+  }
+  return out;
+}

@@ -1,0 +1,75 @@
+/**
+ * Training configuration: one strict schema (unknown keys are errors) with documented defaults.
+ * A JSON config file and CLI flags both produce this object; flags override the file.
+ */
+import { z } from 'zod';
+import { PRESETS } from '../nn/config.js';
+
+/** The config fields (the CLI derives its flags from this shape). */
+export const TrainConfigFields = z.strictObject({
+  /** Corpus: 'brown' (embedded default), a text file/folder, .jsonl, .parquet, or a prepared dataset folder. */
+  data: z.string().min(1).default('brown'),
+  /** Input format for a raw corpus (auto: by extension). */
+  format: z.enum(['auto', 'text', 'jsonl', 'parquet']).default('auto'),
+  /** JSONL field / Parquet column holding the text. */
+  text_field: z.string().default('text'),
+  tokenizer: z.enum(['byte', 'bpe', 'gpt2']).default('bpe'),
+  /** Vocabulary size of a trained BPE tokenizer (ignored for byte / gpt2). */
+  bpe_vocab: z.number().int().min(258).max(65536).default(1024),
+  /** Where prepared datasets are cached. */
+  cache_dir: z.string().default('.ssd-cache'),
+  /** Run directory: checkpoints, metrics.jsonl, summary.json. */
+  out: z.string().default('runs/default'),
+  /** Model size preset; the fields below override it. */
+  model: z.enum(Object.keys(PRESETS) as [keyof typeof PRESETS]).default('tiny'),
+  n_layer: z.number().int().min(1).optional(),
+  n_head: z.number().int().min(1).optional(),
+  d_model: z.number().int().min(1).optional(),
+  d_ff: z.number().int().min(1).optional(),
+  seq_len: z.number().int().min(1).optional(),
+  activation: z.enum(['relu', 'gelu']).default('relu'),
+  ffn_bias: z.boolean().default(true),
+  dropout: z.number().min(0).max(0.9).default(0),
+  batch_size: z.number().int().min(1).default(32),
+  grad_accum: z.number().int().min(1).default(1),
+  steps: z.number().int().min(1).default(2000),
+  lr: z.number().positive().default(2e-3),
+  /** Final learning rate as a fraction of lr (cosine decay). */
+  min_lr_ratio: z.number().min(0).max(1).default(0.1),
+  /** Linear warm-up steps (default: min(100, steps / 10)). */
+  warmup_steps: z.number().int().min(0).optional(),
+  weight_decay: z.number().min(0).default(0.1),
+  beta1: z.number().min(0).max(1).default(0.9),
+  beta2: z.number().min(0).max(1).default(0.95),
+  eps: z.number().positive().default(1e-8),
+  /** Global gradient-norm clip (0 disables). */
+  grad_clip: z.number().min(0).default(1),
+  eval_interval: z.number().int().min(1).default(250),
+  eval_batches: z.number().int().min(1).default(20),
+  ckpt_interval: z.number().int().min(1).default(500),
+  keep_checkpoints: z.number().int().min(1).default(3),
+  log_interval: z.number().int().min(1).default(10),
+  seed: z.number().int().min(0).default(1337),
+  backend: z.enum(['ref', 'cpu', 'cuda']).optional(),
+  threads: z.number().int().min(1).optional(),
+});
+
+export const TrainConfigSchema = TrainConfigFields
+  .refine((c) => c.warmup_steps === undefined || c.warmup_steps <= c.steps, { message: 'warmup_steps must not exceed steps', path: ['warmup_steps'] })
+  .transform((c) => ({ ...c, warmup_steps: c.warmup_steps ?? Math.min(100, Math.floor(c.steps / 10)) }));
+
+export type TrainConfig = z.output<typeof TrainConfigSchema>;
+
+/**
+ * Validates a raw config object (from a file and flags). Throws one Error listing every problem,
+ * e.g. "unknown key 'lerning_rate'".
+ */
+export function parseTrainConfig(raw: unknown): TrainConfig {
+  const r = TrainConfigSchema.safeParse(raw);
+  if (r.success) return r.data;
+  const msgs = r.error.issues.map((i) => {
+    if (i.code === 'unrecognized_keys') return `unknown key${i.keys.length > 1 ? 's' : ''} ${i.keys.map((k) => `'${k}'`).join(', ')}`;
+    return `${i.path.join('.') || '(config)'}: ${i.message}`;
+  });
+  throw new Error(`invalid training config: ${msgs.join('; ')}`);
+}

@@ -1,0 +1,226 @@
+/**
+ * The training loop: AdamW with warm-up + cosine LR, gradient clipping and accumulation, periodic
+ * evaluation, a JSON-lines metrics log, atomic checkpoints and exact resume.
+ * The loop knows nothing of SSD phases: a `StepHook` (the SSD controller) may change the model
+ * between steps and store its own state in the checkpoint.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Backend } from '../backend/contract.js';
+import { RandomBatchSampler, evalBatches, type Dataset, type SamplerState } from '../data/index.js';
+import { sameTokenizer } from '../data/tokenizer/index.js';
+import { makeConfig, type GPTConfig } from '../nn/config.js';
+import { GPT, flopsPerToken } from '../nn/gpt.js';
+import * as T from '../tensor/index.js';
+import { loadCheckpoint, restoreTensors, saveCheckpoint } from './checkpoint.js';
+import type { TrainConfig } from './config.js';
+import { AdamW, gradNorm } from './optim.js';
+import { learningRate } from './schedule.js';
+
+/** One logged training step (also a line of metrics.jsonl). */
+export interface StepMetrics {
+  step: number;
+  tokens: number;
+  loss: number;
+  lr: number;
+  grad_norm: number;
+  tokens_per_s: number;
+  /** Achieved model FLOP/s (6N + attention, PaLM convention). */
+  flops_per_s: number;
+  val_loss?: number;
+  phase?: string;
+  elapsed_s: number;
+}
+
+export interface TrainSummary {
+  steps: number;
+  tokens: number;
+  final_loss: number;
+  val_loss: number;
+  val_unigram_entropy: number;
+  elapsed_s: number;
+  tokens_per_s: number;
+  flops_per_s: number;
+  params: number;
+  run_dir: string;
+  checkpoint: string;
+}
+
+/** Lets another layer (the SSD controller) act around steps and persist its state. */
+export interface StepHook {
+  /** Called before each optimizer step's forward passes. */
+  beforeStep?(step: number, ctx: TrainContext): void;
+  /** Called after the update. */
+  afterStep?(step: number, ctx: TrainContext): void;
+  /** A label shown on the progress line (e.g. the phase). */
+  label?(): string;
+  state?(): unknown;
+  restore?(state: unknown, ctx: TrainContext): void;
+}
+
+export interface TrainContext {
+  model: GPT;
+  optimizer: AdamW;
+  dataset: Dataset;
+  config: TrainConfig;
+}
+
+export interface TrainOptions {
+  /** Resume from this checkpoint directory or run directory. */
+  resume?: string;
+  hook?: StepHook;
+  onStep?: (m: StepMetrics) => void;
+  onEval?: (step: number, valLoss: number) => void;
+  onCheckpoint?: (dir: string) => void;
+}
+
+/** The model config a training config implies for a dataset's vocabulary. */
+export function modelConfigFor(cfg: TrainConfig, vocabSize: number): GPTConfig {
+  const o: Partial<GPTConfig> & { vocab_size: number } = { vocab_size: vocabSize, activation: cfg.activation, ffn_bias: cfg.ffn_bias, dropout: cfg.dropout };
+  for (const k of ['n_layer', 'n_head', 'd_model', 'd_ff', 'seq_len'] as const) if (cfg[k] !== undefined) o[k] = cfg[k];
+  return makeConfig(cfg.model, o);
+}
+
+/** Mean validation loss (nats/token) over the first `maxBatches` fixed validation batches. */
+export function evaluate(model: GPT, tokens: Dataset['val'], batchSize: number, seqLen: number, maxBatches: number): number {
+  let total = 0, count = 0;
+  for (const b of evalBatches(tokens, { batchSize, seqLen, maxBatches })) {
+    total += T.tidy(() => T.noGrad(() => {
+      const x = T.tensor(b.x, [b.batchSize, seqLen], { dtype: 'i32', backend: model.backend });
+      const y = T.tensor(b.y, [b.batchSize, seqLen], { dtype: 'i32', backend: model.backend });
+      return model.forward(x, { targets: y }).loss!.item();
+    })) * b.batchSize;
+    count += b.batchSize;
+  }
+  return total / count;
+}
+
+/**
+ * Trains a GPT on `dataset` per `cfg` and returns a summary. Throws with a clear message on a NaN/inf
+ * loss (the last checkpoint stays intact), on a checkpoint from another model or tokenizer, or when
+ * the sequence length exceeds the data.
+ */
+export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts: TrainOptions = {}): TrainSummary {
+  const mc = modelConfigFor(cfg, dataset.tokenizer.vocabSize);
+  const seqLen = mc.seq_len;
+  // Data checks first: they fail fast (sequence longer than the data) before any allocation.
+  let sampler = new RandomBatchSampler(dataset.train, { batchSize: cfg.batch_size, seqLen, seed: cfg.seed });
+  evalBatches(dataset.val, { batchSize: cfg.batch_size, seqLen, maxBatches: 1 }).next();
+  const model = new GPT(mc, backend, cfg.seed);
+  const names = [...model.params.keys()];
+  const optimizer = new AdamW([...model.params.values()], {
+    lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weight_decay,
+    noDecay: (p) => GPT.noDecay(p.name ?? ''),
+  });
+  const ctx: TrainContext = { model, optimizer, dataset, config: cfg };
+  let startStep = 0;
+
+  if (opts.resume) {
+    const ck = loadCheckpoint(opts.resume);
+    if (JSON.stringify(ck.state.model_config) !== JSON.stringify(mc)) {
+      throw new Error(`cannot resume from ${ck.dir}: it was trained with model config ${JSON.stringify(ck.state.model_config)}, ` +
+        `but this run builds ${JSON.stringify(mc)}; use the same model flags or a new --out`);
+    }
+    if (!sameTokenizer(ck.state.tokenizer as never, dataset.tokenizer)) {
+      throw new Error(`cannot resume from ${ck.dir}: its tokenizer differs from the dataset's (${dataset.dir}); use the same data and tokenizer`);
+    }
+    restoreTensors(model.params, ck.params, `resume from ${ck.dir}`);
+    const moments = momentMap(optimizer, names, model);
+    restoreTensors(moments, ck.moments, `resume from ${ck.dir} (optimizer)`);
+    optimizer.step = ck.state.optimizer_step;
+    sampler = RandomBatchSampler.fromState(dataset.train, ck.state.extra.sampler as SamplerState);
+    if (opts.hook?.restore) opts.hook.restore(ck.state.extra.hook, ctx);
+    startStep = ck.state.step;
+  }
+
+  fs.mkdirSync(cfg.out, { recursive: true });
+  const metricsFile = path.join(cfg.out, 'metrics.jsonl');
+  const flopsTok = flopsPerToken(mc, seqLen);
+  const tokensPerStep = cfg.batch_size * seqLen * cfg.grad_accum;
+  const t0 = Date.now();
+  let lastLog = { t: t0, step: startStep };
+  let lastLoss = NaN, lastVal = NaN, lastCkpt = '';
+
+  const checkpoint = (step: number) => {
+    lastCkpt = saveCheckpoint(cfg.out, model.params, momentMap(optimizer, names, model), {
+      step, model_config: mc, tokenizer: dataset.tokenizer.toJSON(), train_config: cfg, optimizer_step: optimizer.step,
+      extra: { sampler: sampler.state(), hook: opts.hook?.state?.() ?? null, val_loss: lastVal },
+    }, cfg.keep_checkpoints);
+    opts.onCheckpoint?.(lastCkpt);
+  };
+
+  try {
+    for (let step = startStep; step < cfg.steps; step++) {
+      opts.hook?.beforeStep?.(step, ctx);
+      let loss = 0;
+      for (let micro = 0; micro < cfg.grad_accum; micro++) {
+        const b = sampler.next();
+        loss += T.tidy(() => {
+          const x = T.tensor(b.x, [cfg.batch_size, seqLen], { dtype: 'i32', backend });
+          const y = T.tensor(b.y, [cfg.batch_size, seqLen], { dtype: 'i32', backend });
+          const l = model.forward(x, { targets: y, train: true, seed: step * cfg.grad_accum + micro + cfg.seed * 7919 }).loss!;
+          T.backward(l);
+          return l.item();
+        }) / cfg.grad_accum;
+      }
+      if (!Number.isFinite(loss)) {
+        throw new Error(`training diverged: the loss is ${loss} at step ${step}; ` +
+          `${lastCkpt ? `the last good checkpoint (${lastCkpt}) is intact` : 'no checkpoint was written yet'}; ` +
+          `try a lower --lr or more --warmup-steps`);
+      }
+      // Gradients hold the sum over micro-batches of per-micro means: average, then clip.
+      const norm = gradNorm(optimizer.params) / cfg.grad_accum;
+      const clip = cfg.grad_clip > 0 && norm > cfg.grad_clip ? cfg.grad_clip / norm : 1;
+      const lr = learningRate(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio);
+      optimizer.update(lr, clip / cfg.grad_accum);
+      optimizer.zeroGrad();
+      opts.hook?.afterStep?.(step, ctx);
+      lastLoss = loss;
+
+      const done = step + 1;
+      const isEval = done % cfg.eval_interval === 0 || done === cfg.steps;
+      if (isEval) {
+        lastVal = evaluate(model, dataset.val, cfg.batch_size, seqLen, cfg.eval_batches);
+        opts.onEval?.(done, lastVal);
+      }
+      if (done % cfg.log_interval === 0 || isEval || done === startStep + 1) {
+        const now = Date.now();
+        const dt = Math.max(now - lastLog.t, 1) / 1000;
+        const tps = ((done - lastLog.step) * tokensPerStep) / dt;
+        const m: StepMetrics = {
+          step: done, tokens: done * tokensPerStep, loss, lr, grad_norm: norm, tokens_per_s: tps,
+          flops_per_s: tps * flopsTok, elapsed_s: (now - t0) / 1000,
+          ...(isEval ? { val_loss: lastVal } : {}), ...(opts.hook?.label ? { phase: opts.hook.label() } : {}),
+        };
+        fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
+        opts.onStep?.(m);
+        lastLog = { t: now, step: done };
+      }
+      if (done % cfg.ckpt_interval === 0 || done === cfg.steps) checkpoint(done);
+    }
+    const elapsed = (Date.now() - t0) / 1000;
+    const trained = (cfg.steps - startStep) * tokensPerStep;
+    const summary: TrainSummary = {
+      steps: cfg.steps, tokens: cfg.steps * tokensPerStep, final_loss: lastLoss, val_loss: lastVal,
+      val_unigram_entropy: dataset.meta.unigramEntropy.val, elapsed_s: elapsed,
+      tokens_per_s: trained / elapsed, flops_per_s: (trained / elapsed) * flopsTok, params: model.numParams(),
+      run_dir: cfg.out, checkpoint: lastCkpt,
+    };
+    fs.writeFileSync(path.join(cfg.out, 'summary.json'), JSON.stringify(summary, null, 1));
+    return summary;
+  } finally {
+    optimizer.dispose();
+    model.dispose();
+  }
+}
+
+/** Optimizer moments keyed `m.<param>` / `v.<param>`, for checkpoints. */
+function momentMap(opt: AdamW, names: string[], model: GPT): Map<string, T.Tensor> {
+  const m = new Map<string, T.Tensor>();
+  for (const n of names) {
+    const p = model.p(n);
+    m.set(`m.${n}`, opt.m.get(p)!);
+    m.set(`v.${n}`, opt.v.get(p)!);
+  }
+  return m;
+}
