@@ -136,7 +136,15 @@ function cases(): OpCase[] {
     const E = 4, k = 6, n = 5, offsets = [0, 3, 3, 10, 11];
     out.push({
       name: `segmentMatmul transB=${transB} (empty segment)`, inputs: [f([11, k], r), f(transB ? [E, n, k] : [E, k, n], r)],
-      fn: ([x, w]) => T.segmentMatmul(x!, w!, offsets, transB),
+      fn: ([x, w]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k, n, stride: k * n, ld: transB ? k : n, transB }),
+    });
+  }
+  {
+    // Experts as column blocks of a (d_model, d_ff) matrix, as for W_out: x (rows, s) · W[:, e·s:(e+1)·s]ᵀ.
+    const E = 3, s = 4, dm = 5, offsets = [0, 2, 2, 7];
+    out.push({
+      name: 'segmentMatmul column-block experts (W_out layout)', inputs: [f([7, s], r), f([dm, E * s], r)],
+      fn: ([x, w]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k: s, n: dm, stride: s, ld: E * s, transB: true }),
     });
   }
   return out;

@@ -21,12 +21,30 @@ export class AdamW {
   readonly m = new Map<Tensor, Tensor>();
   readonly v = new Map<Tensor, Tensor>();
 
-  constructor(readonly params: Tensor[], readonly config: AdamWConfig) {
-    for (const p of params) {
-      if (!p.requiresGrad) throw new Error(`AdamW: parameter ${p.name ?? p.toString()} does not require gradients`);
-      this.m.set(p, full(p.shape, 0, p.backend).keep());
-      this.v.set(p, full(p.shape, 0, p.backend).keep());
-    }
+  readonly params: Tensor[] = [];
+
+  constructor(params: Tensor[], readonly config: AdamWConfig) {
+    for (const p of params) this.addParam(p);
+  }
+
+  /** Starts optimizing `p` with zero moments (e.g. a router created at MoEfication). */
+  addParam(p: Tensor): void {
+    if (!p.requiresGrad) throw new Error(`AdamW: parameter ${p.name ?? p.toString()} does not require gradients`);
+    if (this.m.has(p)) throw new Error(`AdamW: parameter ${p.name ?? p.toString()} is already optimized`);
+    this.params.push(p);
+    this.m.set(p, full(p.shape, 0, p.backend).keep());
+    this.v.set(p, full(p.shape, 0, p.backend).keep());
+  }
+
+  /** Stops optimizing `p` and frees its moments (e.g. a router dropped at merge). */
+  removeParam(p: Tensor): void {
+    const i = this.params.indexOf(p);
+    if (i < 0) throw new Error(`AdamW: parameter ${p.name ?? p.toString()} is not optimized`);
+    this.params.splice(i, 1);
+    this.m.get(p)!.dispose();
+    this.v.get(p)!.dispose();
+    this.m.delete(p);
+    this.v.delete(p);
   }
 
   /**

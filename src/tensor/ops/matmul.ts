@@ -75,43 +75,60 @@ function reduceBatch(g: Tensor, operand: Tensor): Tensor {
 }
 
 /**
- * Grouped matmul over contiguous row segments (the MoE expert kernel, MegaBlocks-style):
- * rows offsets[e] .. offsets[e+1] of x (total, k) are multiplied by expert e's matrix:
- *   y[seg_e] = x[seg_e] · w_e      (w (E, k, n), transB false)
- *   y[seg_e] = x[seg_e] · w_eᵀ     (w (E, n, k), transB true)
- * -> y (total, n). `offsets` is a host array of E + 1 non-decreasing row offsets from 0 to total.
+ * Where each expert's matrix lives inside a weight tensor: op(w_e) is (k, n); w_e is stored row-major
+ * (n, k) when `transB`, else (k, n), starting at element e·stride with leading dimension `ld`.
+ * Example: experts as row blocks of W_in (d_ff, d_model): { k: d_model, n: s, stride: s·d_model,
+ * ld: d_model, transB: true }; as column blocks of W_out (d_model, d_ff): { k: s, n: d_model, stride: s,
+ * ld: d_ff, transB: true }.
  */
-export function segmentMatmul(x: Tensor, w: Tensor, offsets: readonly number[], transB: boolean): Tensor {
+export interface ExpertLayout {
+  nExpert: number;
+  k: number;
+  n: number;
+  stride: number;
+  ld: number;
+  transB: boolean;
+}
+
+/**
+ * Grouped matmul over contiguous row segments (the MoE expert kernel, MegaBlocks-style):
+ * y[seg_e] = x[seg_e] · op(w_e) for rows offsets[e] .. offsets[e+1] of x (total, k) -> y (total, n).
+ * `offsets` is a host array of E + 1 non-decreasing row offsets from 0 to total. The weight gradient
+ * is written only inside the experts' regions (zero elsewhere).
+ */
+export function segmentMatmul(x: Tensor, w: Tensor, offsets: readonly number[], L: ExpertLayout): Tensor {
   const be = backendOf('segmentMatmul', x, w);
   expectRank('segmentMatmul', x, 2, 'x');
-  expectRank('segmentMatmul', w, 3, 'w');
   expectDtype('segmentMatmul', x, 'f32', 'x');
   expectDtype('segmentMatmul', w, 'f32', 'w');
-  const E = w.shape[0]!, total = x.shape[0]!, k = x.shape[1]!;
-  const [wk, n] = transB ? [w.shape[2]!, w.shape[1]!] : [w.shape[1]!, w.shape[2]!];
-  if (wk !== k) throw new Error(`segmentMatmul: x ${fmt(x)} and w ${fmt(w)}${transB ? 'ᵀ' : ''} inner sizes differ`);
+  const E = L.nExpert, total = x.shape[0]!, { k, n } = L;
+  if (x.shape[1] !== k) throw new Error(`segmentMatmul: x ${fmt(x)} has ${x.shape[1]} columns, the experts take ${k}`);
+  const rowsStored = L.transB ? n : k, colsStored = L.transB ? k : n;
+  if (colsStored > L.ld || (E - 1) * L.stride + (rowsStored - 1) * L.ld + colsStored > w.size) {
+    throw new Error(`segmentMatmul: ${E} experts of (${rowsStored}, ${colsStored}) with stride ${L.stride}, ld ${L.ld} do not fit w ${fmt(w)}`);
+  }
   checkOffsets(offsets, E, total);
   const y = out([total, n], be);
   const problems = new Int32Array(9 * E);
   for (let e = 0; e < E; e++) {
     const rows = offsets[e + 1]! - offsets[e]!;
-    problems.set([rows, n, k, offsets[e]! * k, k, e * k * n, transB ? k : n, offsets[e]! * n, n], 9 * e);
+    problems.set([rows, n, k, offsets[e]! * k, k, e * L.stride, L.ld, offsets[e]! * n, n], 9 * e);
   }
   be.groupedMatmul(x.buf('segmentMatmul'), w.buf('segmentMatmul'), y.buf('segmentMatmul'),
-    { problems, transA: false, transB, alpha: 1, beta: 0 });
+    { problems, transA: false, transB: L.transB, alpha: 1, beta: 0 });
   return record(y, 'segmentMatmul', [x, w], (g) => {
-    // gx[seg_e] = g[seg_e] · op(w_e)ᵀ
-    const gx = segmentMatmul(g, w, offsets, !transB);
-    // gw_e = x[seg_e]ᵀ · g[seg_e] (k, n), or its transpose (n, k) when transB.
+    // gx[seg_e] = g[seg_e] · op(w_e)ᵀ: the same memory read with the transpose flipped.
+    const gx = segmentMatmul(g, w, offsets, { ...L, k: n, n: k, transB: !L.transB });
+    // gw_e = (x[seg_e]ᵀ · g[seg_e]) (k, n), stored transposed (n, k) when transB.
     const gw = out(w.shape, be);
     const p = new Int32Array(9 * E);
     for (let e = 0; e < E; e++) {
       const rows = offsets[e + 1]! - offsets[e]!;
-      p.set(transB
-        ? [n, k, rows, offsets[e]! * n, n, offsets[e]! * k, k, e * n * k, k]
-        : [k, n, rows, offsets[e]! * k, k, offsets[e]! * n, n, e * k * n, n], 9 * e);
+      p.set(L.transB
+        ? [n, k, rows, offsets[e]! * n, n, offsets[e]! * k, k, e * L.stride, L.ld]
+        : [k, n, rows, offsets[e]! * k, k, offsets[e]! * n, n, e * L.stride, L.ld], 9 * e);
     }
-    const [A, B] = transB ? [g, x] : [x, g];
+    const [A, B] = L.transB ? [g, x] : [x, g];
     be.groupedMatmul(A.buf('segmentMatmul'), B.buf('segmentMatmul'), gw.buf('segmentMatmul'),
       { problems: p, transA: true, transB: false, alpha: 1, beta: 0 });
     return [gx, gw];

@@ -1,0 +1,108 @@
+/**
+ * Balanced assignment by the auction algorithm (Bertsekas 1988; "auction for transportation problems"
+ * with similar objects, Bertsekas & Castañon 1989), with ε-scaling.
+ *
+ * Problem: n items (neurons) and E clusters of capacity s = n / E; maximise Σ_i score[i, σ(i)] subject
+ * to every cluster receiving exactly s items. Each cluster is s identical "slots" with their own
+ * prices; an unassigned item bids for its best cluster (value = score − cheapest slot price), raising
+ * that slot's price by the gap to its second-best value plus ε, and evicting the slot's previous holder.
+ * At termination the assignment is within n·ε of the optimum (ε-complementary slackness).
+ */
+
+export interface AuctionResult {
+  /** cluster of each item, (n) */
+  assignment: Int32Array;
+  /** Σ score[i, assignment[i]] */
+  score: number;
+  /** Slot prices per cluster (E · s), reusable as a warm start. */
+  prices: Float64Array;
+  /** Bids made over all ε phases. */
+  bids: number;
+  /** The final ε (the result is within n·ε of optimal). */
+  epsilon: number;
+}
+
+export interface AuctionOptions {
+  /** Final ε as a fraction of the score range (default 1e-4). */
+  epsilonFinal?: number;
+  /** ε is divided by this factor between phases (default 8). */
+  scaling?: number;
+  /** Slot prices from an earlier call with the same n and E (warm start). */
+  prices?: Float64Array;
+  /** Initial ε as a fraction of the score range (default 1/4; smaller suits warm-started prices). */
+  epsilonStart?: number;
+}
+
+/**
+ * Solves the balanced assignment for `score` (n × E, row-major). Throws if n is not a multiple of E.
+ */
+export function balancedAuction(score: Float64Array | Float32Array, n: number, E: number, opts: AuctionOptions = {}): AuctionResult {
+  if (n % E !== 0) throw new Error(`balancedAuction: ${n} items cannot be split into ${E} equal clusters`);
+  if (score.length !== n * E) throw new Error(`balancedAuction: score has ${score.length} entries, expected ${n} × ${E}`);
+  const s = n / E;
+  let lo = Infinity, hi = -Infinity;
+  for (let i = 0; i < score.length; i++) {
+    lo = Math.min(lo, score[i]!);
+    hi = Math.max(hi, score[i]!);
+  }
+  const range = Math.max(hi - lo, 1e-12);
+  const epsFinal = (opts.epsilonFinal ?? 1e-4) * range;
+  const factor = opts.scaling ?? 8;
+  // Per cluster a binary min-heap over its s slots: (price, holder), holder −1 = free.
+  const price = opts.prices ? Float64Array.from(opts.prices) : new Float64Array(n);
+  const holder = new Int32Array(n);
+  let eps = Math.max((opts.epsilonStart ?? 0.25) * range, epsFinal);
+  let bids = 0;
+  for (;;) {
+    holder.fill(-1);
+    for (let j = 0; j < E; j++) heapify(price, holder, j * s, s);
+    const queue: number[] = [];
+    for (let i = n - 1; i >= 0; i--) queue.push(i);
+    while (queue.length) {
+      const i = queue.pop()!;
+      const row = i * E;
+      let best = -1, v1 = -Infinity, v2 = -Infinity;
+      for (let j = 0; j < E; j++) {
+        const v = score[row + j]! - price[j * s]!; // cheapest slot is the heap root
+        if (v > v1) { v2 = v1; v1 = v; best = j; }
+        else if (v > v2) v2 = v;
+      }
+      const root = best * s;
+      const gap = Number.isFinite(v2) ? v1 - v2 : 0;
+      const evicted = holder[root]!;
+      price[root] = price[root]! + gap + eps;
+      holder[root] = i;
+      bids++;
+      if (evicted >= 0) queue.push(evicted);
+      siftDown(price, holder, best * s, s, 0);
+    }
+    if (eps <= epsFinal) break;
+    eps = Math.max(eps / factor, epsFinal);
+  }
+  const assignment = new Int32Array(n);
+  let total = 0;
+  for (let slot = 0; slot < n; slot++) {
+    const i = holder[slot]!;
+    assignment[i] = Math.floor(slot / s);
+  }
+  for (let i = 0; i < n; i++) total += score[i * E + assignment[i]!]!;
+  return { assignment, score: total, prices: price, bids, epsilon: eps };
+}
+
+function heapify(price: Float64Array, holder: Int32Array, base: number, s: number): void {
+  for (let k = (s >> 1) - 1; k >= 0; k--) siftDown(price, holder, base, s, k);
+}
+
+function siftDown(price: Float64Array, holder: Int32Array, base: number, s: number, k: number): void {
+  for (;;) {
+    const l = 2 * k + 1, r = l + 1;
+    let m = k;
+    if (l < s && price[base + l]! < price[base + m]!) m = l;
+    if (r < s && price[base + r]! < price[base + m]!) m = r;
+    if (m === k) return;
+    const a = base + k, b = base + m;
+    [price[a], price[b]] = [price[b]!, price[a]!];
+    [holder[a], holder[b]] = [holder[b]!, holder[a]!];
+    k = m;
+  }
+}

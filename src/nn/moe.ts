@@ -1,0 +1,120 @@
+/**
+ * The MoE feed-forward layer of a MoEfied FFN (MoEfication, Zhang et al. 2022; SSD method page §4.5).
+ * Experts are contiguous blocks of the (permuted) dense FFN: expert e owns neurons e·s .. (e+1)·s − 1,
+ * i.e. rows of W_in / b_in and columns of W_out. Per token the router scores x · W_g pick the top-k
+ * experts; only those experts are computed, in forward and backward:
+ *   tokens are grouped by expert, gathered, multiplied by each expert's W_in block (one grouped GEMM),
+ *   activated, multiplied by the expert's W_out block, weighted and scatter-added back.
+ * Output weights are 1 + s − stopgrad(s) with s = softmax of the selected scores: exactly 1 in the
+ * forward pass, while the router still receives a gradient (switchable off).
+ */
+import * as T from '../tensor/index.js';
+import type { Tensor } from '../tensor/index.js';
+import type { FFNParams } from './ffn.js';
+
+export interface MoEOptions {
+  nExpert: number;
+  topK: number;
+  activation: 'relu' | 'gelu';
+  /** Give the router a gradient through 1 + s − stopgrad(s) (default true). */
+  trainRouter?: boolean;
+}
+
+/** The routing of one batch: which experts each token uses and how rows are grouped by expert. */
+export interface Routing {
+  /** Selected experts per token, (N, k) row-major. */
+  experts: Int32Array;
+  /** Tokens per expert, (E). */
+  load: Int32Array;
+  /** Row offsets of each expert's segment in the grouped order, (E + 1). */
+  offsets: number[];
+  /** For each grouped row: its token (N·k). */
+  rowToken: Int32Array;
+  /** For each grouped row: its (token, slot) position n·k + j (N·k). */
+  rowSlot: Int32Array;
+  /** For each grouped row: its expert (N·k). */
+  rowExpert: Int32Array;
+}
+
+/** Groups the (N, k) expert choices by expert with a stable counting sort (token order within an expert). */
+export function groupByExpert(experts: Int32Array, N: number, k: number, E: number): Routing {
+  const load = new Int32Array(E);
+  for (let i = 0; i < N * k; i++) load[experts[i]!]!++;
+  const offsets = new Array<number>(E + 1).fill(0);
+  for (let e = 0; e < E; e++) offsets[e + 1] = offsets[e]! + load[e]!;
+  const next = offsets.slice(0, E);
+  const rowToken = new Int32Array(N * k), rowSlot = new Int32Array(N * k), rowExpert = new Int32Array(N * k);
+  for (let i = 0; i < N * k; i++) {
+    const e = experts[i]!, r = next[e]!++;
+    rowToken[r] = Math.floor(i / k);
+    rowSlot[r] = i;
+    rowExpert[r] = e;
+  }
+  return { experts, load, offsets, rowToken, rowSlot, rowExpert };
+}
+
+/** Top-k experts per token from router scores x · W_g: x (N, d_model), router (d_model, E). */
+export function route(x: Tensor, router: Tensor, topK: number): { values: Tensor; routing: Routing } {
+  const E = router.shape[1]!, N = x.shape[0]!;
+  if (!Number.isInteger(topK) || topK < 1 || topK > E) throw new Error(`MoE: top_k = ${topK} is outside [1, ${E}]`);
+  const scores = T.matmul(x, router); // (N, E)
+  const { values, indices } = T.topk(scores, topK); // (N, k)
+  return { values, routing: groupByExpert(indices.toArray() as Int32Array, N, topK, E) };
+}
+
+/**
+ * MoE FFN forward: x (N, d_model) -> (N, d_model), computing only the selected experts.
+ * Throws if d_ff is not divisible by n_expert or top_k is out of range.
+ */
+export function moeFFN(x: Tensor, p: FFNParams, router: Tensor, o: MoEOptions): { y: Tensor; routing: Routing } {
+  const [dff, dm] = p.w_in.shape as [number, number];
+  const E = o.nExpert, k = o.topK, N = x.shape[0]!;
+  if (dff % E !== 0) throw new Error(`MoE: d_ff = ${dff} is not divisible by n_expert = ${E}`);
+  if (router.shape[0] !== dm || router.shape[1] !== E) {
+    throw new Error(`MoE: router has shape [${router.shape}], expected [${dm}, ${E}]`);
+  }
+  const s = dff / E;
+  const { values, routing } = route(x, router, k);
+  const rowToken = T.tensor(routing.rowToken, [N * k], { dtype: 'i32', backend: x.backend });
+  const rowExpert = T.tensor(routing.rowExpert, [N * k], { dtype: 'i32', backend: x.backend });
+  const xg = T.gatherRows(x, rowToken); // (N·k, d_model), grouped by expert
+  let h = T.segmentMatmul(xg, p.w_in, routing.offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true }); // (N·k, s)
+  if (p.b_in) h = T.add(h, T.gatherRows(T.reshape(p.b_in, [E, s]), rowExpert));
+  h = o.activation === 'relu' ? T.relu(h) : T.gelu(h);
+  let yg = T.segmentMatmul(h, p.w_out, routing.offsets, { nExpert: E, k: s, n: dm, stride: s, ld: dff, transB: true }); // (N·k, d_model)
+  if (o.trainRouter ?? true) {
+    const sm = T.softmax(values); // (N, k)
+    const fixed = T.noGrad(() => T.affine(sm, 1, 0));
+    const gate = T.affine(T.sub(sm, fixed), 1, 1); // 1 + s − stopgrad(s): exactly 1 forward
+    const rowSlot = T.tensor(routing.rowSlot, [N * k], { dtype: 'i32', backend: x.backend });
+    yg = T.mul(yg, T.gatherRows(T.reshape(gate, [N * k, 1]), rowSlot)); // (N·k, d_model) · (N·k, 1)
+  }
+  let y = T.scatterAddRows(yg, rowToken, N); // (N, d_model)
+  if (p.b_out) y = T.add(y, p.b_out);
+  return { y, routing };
+}
+
+/**
+ * Share of the positive activation mass Σ relu(h) that the selected experts hold, averaged over tokens
+ * (1 means the MoE drops nothing). Costs a dense first FFN matmul. x (N, d_model).
+ */
+export function capturedActivationMass(x: Tensor, p: FFNParams, routing: Routing, nExpert: number): number {
+  return T.tidy(() => T.noGrad(() => {
+    let h = T.matmul(x, p.w_in, { transB: true });
+    if (p.b_in) h = T.add(h, p.b_in);
+    const H = T.relu(h).toArray();
+    const [N, dff] = h.shape as [number, number];
+    const s = dff / nExpert, k = routing.experts.length / N;
+    let share = 0;
+    for (let n = 0; n < N; n++) {
+      let total = 0, kept = 0;
+      for (let i = 0; i < dff; i++) total += H[n * dff + i]!;
+      for (let j = 0; j < k; j++) {
+        const e = routing.experts[n * k + j]!;
+        for (let i = e * s; i < (e + 1) * s; i++) kept += H[n * dff + i]!;
+      }
+      share += total > 0 ? kept / total : 1;
+    }
+    return share / N;
+  }));
+}
