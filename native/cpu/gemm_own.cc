@@ -1,0 +1,471 @@
+// Own single-precision GEMM: Goto/BLIS structure.
+//
+//   for jc over N in NC-wide column blocks:
+//     for pc over K in KC-deep blocks (fixed, in order: this fixes the summation order):
+//       pack op(B)[pc:pc+KC, jc:jc+NC] into NR-wide micro-panels ([k][NR], zero padded)
+//       for ic over M in MC-row blocks:
+//         pack op(A)[ic:ic+MC, pc:pc+KC] into MR-row micro-panels ([k][MR], zero padded)
+//         for jr over NR panels: for ir over MR panels: micro-kernel MR x NR
+//
+// The AVX-512 micro-kernel keeps an MR x NR accumulator tile in zmm registers (broadcast A,
+// vector-load B, FMA). Transposes are absorbed by the packing routines (16x16 in-register
+// transposes). Each output element is computed as
+//     acc_p = sum_{k in block p} a_ik * b_kj   (sequential fma chain from 0, k ascending)
+//     C     = alpha * acc_0 + beta * C          (beta == 0: C = alpha * acc_0, C not read)
+//     C     = alpha * acc_p + C                 (p = 1, 2, ...)
+// which does not depend on the tile / thread an element lands in, so results are bit-identical
+// for any thread count. Threads get contiguous ranges of MR-row groups (or NR-column groups)
+// and run the whole blocked algorithm on their sub-matrix with thread-local packing buffers.
+//
+// Without AVX-512 at runtime, a portable blocked loop (compiled for the baseline target) is used.
+#include "gemm_own.h"
+
+// GCC 12 false positive: _mm512_undefined_ps() (used inside many AVX-512 intrinsics) trips
+// -Wmaybe-uninitialized once inlined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <utility>
+#include <vector>
+
+#include "parallel.h"
+
+// Blocking parameters (overridable at compile time for tuning from the test harness).
+#ifndef SSD_GEMM_MR
+#define SSD_GEMM_MR 14
+#endif
+#ifndef SSD_GEMM_NV
+#define SSD_GEMM_NV 2  // NR = 16 * NV
+#endif
+#ifndef SSD_GEMM_KC
+#define SSD_GEMM_KC 384
+#endif
+#ifndef SSD_GEMM_MC
+#define SSD_GEMM_MC (SSD_GEMM_MR * 24)
+#endif
+#ifndef SSD_GEMM_NC
+#define SSD_GEMM_NC 3072
+#endif
+
+#define SSD_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
+
+namespace ssd {
+namespace gemm_detail {
+
+constexpr int MR = SSD_GEMM_MR;
+constexpr int NV = SSD_GEMM_NV;
+constexpr int NR = 16 * NV;
+constexpr int64_t KC = SSD_GEMM_KC;
+constexpr int64_t MC = (SSD_GEMM_MC / MR) * MR;
+constexpr int64_t NC = (SSD_GEMM_NC / NR) * NR;
+static_assert(MR >= 1 && MR <= 16, "MR must be in [1,16] (A packing uses 16x16 transposes)");
+static_assert(MR * NV + NV + 1 <= 32, "accumulator tile does not fit in 32 zmm registers");
+static_assert(MC >= MR && NC >= NR && KC >= 1, "bad blocking");
+
+// Grow-only 64-byte aligned buffer; one per thread per role (thread_local), so concurrent calls
+// from different threads never share packing memory.
+struct AlignedBuf {
+  float* p = nullptr;
+  size_t cap = 0;
+  ~AlignedBuf() { std::free(p); }
+  float* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      size_t bytes = (n * sizeof(float) + 63) & ~size_t(63);
+      p = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!p) throw std::bad_alloc();
+      cap = n;
+    }
+    return p;
+  }
+};
+
+inline AlignedBuf& buf_a() { static thread_local AlignedBuf b; return b; }
+inline AlignedBuf& buf_b() { static thread_local AlignedBuf b; return b; }
+
+// ------------------------------------------------------------------------------------------------
+// AVX-512 path
+// ------------------------------------------------------------------------------------------------
+
+SSD_AVX512 static inline __mmask16 mask_n(int64_t n) {
+  return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+// In-register 16x16 transpose: r[i] lane j  ->  r[j] lane i.
+SSD_AVX512 static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int i = 0; i < 4; ++i) {
+      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
+      t[8 * h + 4 + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+  }
+}
+
+// Pack op(A)[i0:i0+mc, k0:k0+kc] into ceil(mc/MR) micro-panels, each kc x MR ([k][MR]).
+SSD_AVX512 static void pack_a_avx512(bool transA, const float* A, int64_t lda, int64_t i0, int64_t mc,
+                                     int64_t k0, int64_t kc, float* dst) {
+  const __mmask16 mr_mask = mask_n(MR);
+  for (int64_t ip = 0; ip < mc; ip += MR) {
+    const int64_t mb = std::min<int64_t>(MR, mc - ip);
+    float* d = dst + ip * kc;  // panel (ip / MR) starts at (ip / MR) * MR * kc
+    if (transA) {
+      // op(A)(i,k) = A[k*lda + i]: rows of the panel are contiguous in A.
+      const __mmask16 lm = mask_n(mb);
+      const float* s = A + k0 * lda + i0 + ip;
+      for (int64_t k = 0; k < kc; ++k) {
+        __m512 v = _mm512_maskz_loadu_ps(lm, s + k * lda);
+        _mm512_mask_storeu_ps(d + k * MR, mr_mask, v);
+      }
+    } else {
+      // op(A)(i,k) = A[i*lda + k]: transpose 16(k) x MR(i) blocks.
+      const float* s = A + (i0 + ip) * lda + k0;
+      for (int64_t kb = 0; kb < kc; kb += 16) {
+        const int64_t kn = std::min<int64_t>(16, kc - kb);
+        const __mmask16 km = mask_n(kn);
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = (i < mb) ? _mm512_maskz_loadu_ps(km, s + i * lda + kb) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int t = 0; t < kn; ++t) _mm512_mask_storeu_ps(d + (kb + t) * MR, mr_mask, r[t]);
+      }
+    }
+  }
+}
+
+// Pack op(B)[k0:k0+kc, j0:j0+nc] into ceil(nc/NR) micro-panels, each kc x NR ([k][NR]).
+SSD_AVX512 static void pack_b_avx512(bool transB, const float* B, int64_t ldb, int64_t k0, int64_t kc,
+                                     int64_t j0, int64_t nc, float* dst) {
+  for (int64_t jp = 0; jp < nc; jp += NR) {
+    const int64_t nb = std::min<int64_t>(NR, nc - jp);
+    float* d = dst + jp * kc;
+    if (!transB) {
+      // op(B)(k,j) = B[k*ldb + j]: rows contiguous.
+      const float* s = B + k0 * ldb + j0 + jp;
+      if (nb == NR) {
+        for (int64_t k = 0; k < kc; ++k)
+          for (int v = 0; v < NV; ++v)
+            _mm512_store_ps(d + k * NR + 16 * v, _mm512_loadu_ps(s + k * ldb + 16 * v));
+      } else {
+        __mmask16 m[NV];
+        for (int v = 0; v < NV; ++v) m[v] = mask_n(nb - 16 * v);
+        for (int64_t k = 0; k < kc; ++k)
+          for (int v = 0; v < NV; ++v)
+            _mm512_store_ps(d + k * NR + 16 * v, _mm512_maskz_loadu_ps(m[v], s + k * ldb + 16 * v));
+      }
+    } else {
+      // op(B)(k,j) = B[j*ldb + k]: transpose 16(j) x 16(k) blocks.
+      for (int v = 0; v < NV; ++v) {
+        const int64_t jn = nb - 16 * v;  // valid columns in this 16-group (may be <= 0)
+        const float* s = B + (j0 + jp + 16 * v) * ldb + k0;
+        for (int64_t kb = 0; kb < kc; kb += 16) {
+          const int64_t kn = std::min<int64_t>(16, kc - kb);
+          const __mmask16 km = mask_n(kn);
+          __m512 r[16];
+          for (int i = 0; i < 16; ++i)
+            r[i] = (i < jn) ? _mm512_maskz_loadu_ps(km, s + i * ldb + kb) : _mm512_setzero_ps();
+          transpose16(r);
+          for (int t = 0; t < kn; ++t) _mm512_store_ps(d + (kb + t) * NR + 16 * v, r[t]);
+        }
+      }
+    }
+  }
+}
+
+// R x NR micro-kernel (R <= MR rows computed). Ap: kc x MR packed (row stride MR), Bp: kc x NR
+// packed (64-byte aligned). Writes rows [0, m) (m <= R) and columns [0, n) of the tile at C:
+// C = alpha*acc + beta*C, or alpha*acc when beta_zero (C not read). The arithmetic per element is
+// the same for every R, so the variant used for an edge tile never changes results.
+template <int R>
+SSD_AVX512 static void kernel_avx512(int64_t kc, const float* __restrict Ap, const float* __restrict Bp,
+                                     float* C, int64_t ldc, int64_t m, int64_t n, float alpha, float beta,
+                                     bool beta_zero) {
+  // Prefetch the C tile (read for beta != 0, written in any case) while the FMAs run.
+  for (int64_t i = 0; i < m; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + n - 1), _MM_HINT_T0);
+  }
+  __m512 acc[R][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_load_ps(Bp + 16 * v);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const __m512 a = _mm512_set1_ps(Ap[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+    }
+    Ap += MR;
+    Bp += NR;
+  }
+
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __m512 vb = _mm512_set1_ps(beta);
+  __mmask16 msk[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) msk[v] = mask_n(n - 16 * v);
+  const bool full = (n == NR);
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) {
+    if (i >= m) break;
+    float* c = C + i * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      __m512 r;
+      if (beta_zero) {
+        r = _mm512_mul_ps(va, acc[i][v]);
+      } else {
+        const __m512 old = full ? _mm512_loadu_ps(c + 16 * v) : _mm512_maskz_loadu_ps(msk[v], c + 16 * v);
+        r = _mm512_fmadd_ps(va, acc[i][v], _mm512_mul_ps(vb, old));
+      }
+      if (full) _mm512_storeu_ps(c + 16 * v, r);
+      else _mm512_mask_storeu_ps(c + 16 * v, msk[v], r);
+    }
+  }
+}
+
+// K block size: at most KC, balanced so the last block is not tiny (e.g. K=1024 -> 352,352,320).
+// Depends on K only, never on the thread partition.
+static inline int64_t k_block(int64_t K) {
+  const int64_t nblk = (K + KC - 1) / KC;
+  const int64_t kc = ((K + nblk - 1) / nblk + 15) / 16 * 16;
+  return std::min<int64_t>(kc, KC);
+}
+
+using KernelFn = void (*)(int64_t, const float*, const float*, float*, int64_t, int64_t, int64_t, float, float,
+                         bool);
+
+template <int... Rs>
+struct KernelTable {
+  static constexpr KernelFn fns[sizeof...(Rs)] = {&kernel_avx512<Rs>...};
+};
+template <int... Rs>
+constexpr KernelFn KernelTable<Rs...>::fns[sizeof...(Rs)];
+
+template <int... I>
+static constexpr auto make_table(std::integer_sequence<int, I...>) {
+  return KernelTable<(I + 1)...>{};
+}
+// kernels[r - 1] computes r rows (r = 1 .. MR).
+using Kernels = decltype(make_table(std::make_integer_sequence<int, MR>{}));
+
+static inline void run_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t m,
+                              int64_t n, float alpha, float beta, bool beta_zero) {
+  Kernels::fns[m - 1](kc, Ap, Bp, C, ldc, m, n, alpha, beta, beta_zero);
+}
+
+// Full blocked GEMM on the sub-matrix C[m0:m1, n0:n1] (single thread).
+SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, int64_t m1, int64_t n0,
+                                         int64_t n1, int64_t K, float alpha, const float* A, int64_t lda,
+                                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (m1 <= m0 || n1 <= n0) return;
+  const int64_t kcb = k_block(K);
+  const int64_t kc_max = std::min<int64_t>(kcb, K);
+  const int64_t nc_max = std::min<int64_t>(NC, ((n1 - n0 + NR - 1) / NR) * NR);
+  const int64_t mc_max = std::min<int64_t>(MC, ((m1 - m0 + MR - 1) / MR) * MR);
+  float* ap = buf_a().get(size_t(kc_max * mc_max));
+
+  if (m1 - m0 <= MC) {
+    // One MC block: pack A once per K block and pack each B micro-panel right before its use
+    // (it stays in L1/L2), instead of streaming a whole packed KC x NC panel through L3.
+    float* bp = buf_b().get(size_t(kc_max * NR));
+    const int64_t mc = m1 - m0;
+    for (int64_t pc = 0; pc < K; pc += kcb) {
+      const int64_t kc = std::min<int64_t>(kcb, K - pc);
+      const bool first = (pc == 0);
+      const bool bz = first && beta == 0.0f;
+      const float be = first ? beta : 1.0f;
+      pack_a_avx512(transA, A, lda, m0, mc, pc, kc, ap);
+      for (int64_t jr = n0; jr < n1; jr += NR) {
+        const int64_t nr = std::min<int64_t>(NR, n1 - jr);
+        pack_b_avx512(transB, B, ldb, pc, kc, jr, nr, bp);
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          const int64_t mr = std::min<int64_t>(MR, mc - ir);
+          run_kernel(kc, ap + ir * kc, bp, C + (m0 + ir) * ldc + jr, ldc, mr, nr, alpha, be, bz);
+        }
+      }
+    }
+    return;
+  }
+
+  float* bp = buf_b().get(size_t(kc_max * nc_max));
+
+  for (int64_t jc = n0; jc < n1; jc += NC) {
+    const int64_t nc = std::min<int64_t>(NC, n1 - jc);
+    for (int64_t pc = 0; pc < K; pc += kcb) {
+      const int64_t kc = std::min<int64_t>(kcb, K - pc);
+      const bool first = (pc == 0);
+      const bool bz = first && beta == 0.0f;
+      const float be = first ? beta : 1.0f;
+      pack_b_avx512(transB, B, ldb, pc, kc, jc, nc, bp);
+      for (int64_t ic = m0; ic < m1; ic += MC) {
+        const int64_t mc = std::min<int64_t>(MC, m1 - ic);
+        pack_a_avx512(transA, A, lda, ic, mc, pc, kc, ap);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int64_t nr = std::min<int64_t>(NR, nc - jr);
+          const float* bpanel = bp + jr * kc;
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int64_t mr = std::min<int64_t>(MR, mc - ir);
+            run_kernel(kc, ap + ir * kc, bpanel, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, alpha, be, bz);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Portable fallback (baseline target, auto-vectorised). Same per-element summation structure in
+// spirit (sequential k, fixed), bit-identical across thread counts; not necessarily identical to
+// the AVX-512 path.
+// ------------------------------------------------------------------------------------------------
+
+// Rows [m0, m1) of C. Bk: op(B) as a K x N row-major matrix with leading dim ldbk.
+static void gemm_rows_fallback(bool transA, int64_t m0, int64_t m1, int64_t N, int64_t K, float alpha,
+                               const float* A, int64_t lda, const float* Bk, int64_t ldbk, float beta,
+                               float* C, int64_t ldc) {
+  constexpr int RB = 4;      // rows sharing each B row load
+  constexpr int64_t CB = 256;  // columns per accumulator strip
+  float acc[RB][CB];
+  for (int64_t i0 = m0; i0 < m1; i0 += RB) {
+    const int rb = (int)std::min<int64_t>(RB, m1 - i0);
+    for (int64_t j0 = 0; j0 < N; j0 += CB) {
+      const int64_t cb = std::min<int64_t>(CB, N - j0);
+      for (int r = 0; r < RB; ++r)
+        for (int64_t j = 0; j < cb; ++j) acc[r][j] = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        const float* brow = Bk + k * ldbk + j0;
+        for (int r = 0; r < rb; ++r) {
+          const float a = transA ? A[k * lda + i0 + r] : A[(i0 + r) * lda + k];
+          float* ar = acc[r];
+          for (int64_t j = 0; j < cb; ++j) ar[j] += a * brow[j];
+        }
+      }
+      for (int r = 0; r < rb; ++r) {
+        float* c = C + (i0 + r) * ldc + j0;
+        if (beta == 0.0f) {
+          for (int64_t j = 0; j < cb; ++j) c[j] = alpha * acc[r][j];
+        } else {
+          for (int64_t j = 0; j < cb; ++j) c[j] = alpha * acc[r][j] + beta * c[j];
+        }
+      }
+    }
+  }
+}
+
+static void sgemm_fallback(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                           int64_t ldc) {
+  const float* Bk = B;
+  int64_t ldbk = ldb;
+  std::vector<float> bt;
+  if (transB) {
+    bt.resize(size_t(K * N));
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t k = 0; k < K; ++k) bt[size_t(k * N + j)] = B[j * ldb + k];
+    Bk = bt.data();
+    ldbk = N;
+  }
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  const int64_t groups = (M + 3) / 4;
+  auto body = [&](int64_t g0, int64_t g1) {
+    gemm_rows_fallback(transA, g0 * 4, std::min<int64_t>(g1 * 4, M), N, K, alpha, A, lda, Bk, ldbk, beta, C,
+                       ldc);
+  };
+  if (flops < 4e6) body(0, groups);
+  else parallel_for(groups, 1, body);
+}
+
+static bool have_avx512() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  }();
+  return ok;
+}
+
+static void sgemm_avx512(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                         const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                         int64_t ldc) {
+  if (N == 1 && ldc == 1 && M > 1) {
+    // C (M x 1, contiguous) = op(A) op(B)  <=>  C^T (1 x M) = op(B)^T op(A)^T. fma(a, b, c) is
+    // symmetric in a and b, so every element gets exactly the same arithmetic; this only avoids
+    // wasting NR - 1 of the NR kernel columns.
+    sgemm_avx512(!transB, !transA, 1, M, K, alpha, B, ldb, A, lda, beta, C, M);
+    return;
+  }
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  const int nt = pool().size();
+  if (nt <= 1 || flops < 1.0e7 || ThreadPool::in_parallel()) {
+    gemm_block_avx512(transA, transB, 0, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // Split the larger output dimension; the other operand's packing is duplicated per thread.
+  if (M >= N) {
+    const int64_t groups = (M + MR - 1) / MR;
+    parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
+      gemm_block_avx512(transA, transB, g0 * MR, std::min<int64_t>(g1 * MR, M), 0, N, K, alpha, A, lda, B, ldb,
+                        beta, C, ldc);
+    });
+  } else {
+    const int64_t groups = (N + NR - 1) / NR;
+    parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
+      gemm_block_avx512(transA, transB, 0, M, g0 * NR, std::min<int64_t>(g1 * NR, N), K, alpha, A, lda, B, ldb,
+                        beta, C, ldc);
+    });
+  }
+}
+
+// C = beta * C (K == 0 or alpha == 0 handling); beta == 0 writes zeros without reading C.
+static void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    float* c = C + i * ldc;
+    if (beta == 0.0f) std::memset(c, 0, size_t(N) * sizeof(float));
+    else if (beta != 1.0f)
+      for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+  }
+}
+
+}  // namespace gemm_detail
+
+void sgemm_own(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  using namespace gemm_detail;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  if (have_avx512()) sgemm_avx512(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else sgemm_fallback(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace ssd

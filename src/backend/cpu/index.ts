@@ -1,0 +1,390 @@
+/**
+ * The native `cpu` backend: buffers are host typed arrays (Float32Array for f32, Uint16Array holding
+ * bf16 bit patterns, Int32Array for i32) passed zero-copy to the C++ kernels in native/cpu (threads,
+ * AVX2/AVX-512, a GEMM provider picked at load time: oneDNN, OpenBLAS or our own kernel).
+ * Sizes are validated here, so a bad call throws an Error naming the op instead of reaching native code.
+ */
+import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
+import { DTYPE_BYTES } from '../contract.js';
+import { loadAddon, type NativeAddon } from './addon.js';
+
+type Arr = Float32Array | Uint16Array | Int32Array;
+
+const UNARY_CODE: Record<UnaryOp, number> = { relu: 0, gelu: 1, neg: 2, exp: 3, log: 4, sqrt: 5, square: 6, tanh: 7 };
+const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3 };
+
+/** Elements above which fills/copies go through the (multi-threaded) addon rather than JS. */
+const NATIVE_MIN = 1 << 15;
+
+class CpuBuf implements Buf {
+  /** null once freed. */
+  data: Arr | null;
+  constructor(readonly dtype: DType, readonly size: number, data: Arr) {
+    this.data = data;
+  }
+}
+
+function newArray(dtype: DType, size: number): Arr {
+  switch (dtype) {
+    case 'f32': return new Float32Array(size);
+    case 'bf16': return new Uint16Array(size);
+    case 'i32': return new Int32Array(size);
+  }
+}
+
+function isInt(x: number): boolean {
+  return Number.isInteger(x) && x >= 0;
+}
+
+function need(op: string, cond: boolean, msg: () => string): void {
+  if (!cond) throw new Error(`cpu.${op}: ${msg()}`);
+}
+
+export interface CpuBackendOptions {
+  /** Thread count for kernels and the GEMM provider (default: SSD_THREADS or the core count). */
+  threads?: number;
+  /** Bytes of freed buffers kept for reuse (default 1 GiB, or SSD_CPU_POOL_MB). */
+  poolBytes?: number;
+}
+
+export class CpuBackend implements Backend {
+  readonly name = 'cpu';
+  private live = 0;
+  private liveBytes = 0;
+  private pooledBytes = 0;
+  private readonly pool = new Map<string, Arr[]>();
+  private readonly poolLimit: number;
+
+  constructor(private readonly nat: NativeAddon, opts: CpuBackendOptions = {}) {
+    const env = process.env['SSD_CPU_POOL_MB'];
+    this.poolLimit = opts.poolBytes ?? (env !== undefined && env !== '' ? Number(env) * 2 ** 20 : 2 ** 30);
+  }
+
+  // ------------------------------------------------------------ buffer access
+  private buf(op: string, b: Buf, what: string): CpuBuf {
+    if (!(b instanceof CpuBuf)) throw new Error(`cpu.${op}: ${what} is not a cpu buffer`);
+    if (b.data === null) throw new Error(`cpu.${op}: ${what} was freed (${b.dtype}, size ${b.size})`);
+    return b;
+  }
+  private f(op: string, b: Buf, what: string, minSize = 0): Float32Array {
+    const c = this.buf(op, b, what);
+    if (c.dtype !== 'f32') throw new Error(`cpu.${op}: ${what} must be f32, got ${c.dtype}`);
+    if (c.size < minSize) throw new Error(`cpu.${op}: ${what} has ${c.size} elements, needs ${minSize}`);
+    return c.data as Float32Array;
+  }
+  private i(op: string, b: Buf, what: string, minSize = 0): Int32Array {
+    const c = this.buf(op, b, what);
+    if (c.dtype !== 'i32') throw new Error(`cpu.${op}: ${what} must be i32, got ${c.dtype}`);
+    if (c.size < minSize) throw new Error(`cpu.${op}: ${what} has ${c.size} elements, needs ${minSize}`);
+    return c.data as Int32Array;
+  }
+  private dims(op: string, v: Record<string, number>): void {
+    for (const [k, x] of Object.entries(v)) need(op, isInt(x), () => `${k} must be a non-negative integer, got ${x}`);
+  }
+
+  // ------------------------------------------------------------ memory
+  alloc(dtype: DType, size: number): Buf {
+    need('alloc', isInt(size), () => `bad size ${size}`);
+    need('alloc', dtype in DTYPE_BYTES, () => `bad dtype ${dtype}`);
+    const key = `${dtype}:${size}`;
+    const list = this.pool.get(key);
+    let data: Arr;
+    if (list && list.length > 0) {
+      data = list.pop()!;
+      this.pooledBytes -= data.byteLength;
+      if (size >= NATIVE_MIN) this.nat.fill(data, 0);
+      else data.fill(0);
+    } else {
+      data = newArray(dtype, size);
+    }
+    this.live++;
+    this.liveBytes += size * DTYPE_BYTES[dtype];
+    return new CpuBuf(dtype, size, data);
+  }
+  free(buf: Buf): void {
+    if (!(buf instanceof CpuBuf)) throw new Error('cpu.free: not a cpu buffer');
+    if (buf.data === null) throw new Error(`cpu.free: buffer freed twice (${buf.dtype}, size ${buf.size})`);
+    const data = buf.data;
+    buf.data = null;
+    this.live--;
+    this.liveBytes -= buf.size * DTYPE_BYTES[buf.dtype];
+    if (data.byteLength > 0 && this.pooledBytes + data.byteLength <= this.poolLimit) {
+      const key = `${buf.dtype}:${buf.size}`;
+      let list = this.pool.get(key);
+      if (!list) this.pool.set(key, (list = []));
+      list.push(data);
+      this.pooledBytes += data.byteLength;
+    }
+  }
+  /** Drops the pooled (freed, reusable) arrays so the GC can reclaim them. */
+  trimPool(): void {
+    this.pool.clear();
+    this.pooledBytes = 0;
+  }
+  upload(buf: Buf, data: ArrayLike<number>): void {
+    const b = this.buf('upload', buf, 'buffer');
+    need('upload', data.length === b.size, () => `${data.length} values for a buffer of ${b.size}`);
+    if (b.dtype === 'bf16') {
+      const tmp = data instanceof Float32Array ? data : Float32Array.from(data);
+      this.nat.cast(tmp, b.data!);
+    } else {
+      (b.data as Float32Array | Int32Array).set(data);
+    }
+  }
+  download(buf: Buf): HostArray {
+    const b = this.buf('download', buf, 'buffer');
+    if (b.dtype === 'bf16') {
+      const out = new Float32Array(b.size);
+      this.nat.cast(b.data!, out);
+      return out;
+    }
+    return (b.data as Float32Array | Int32Array).slice();
+  }
+  memoryStats(): { liveBuffers: number; liveBytes: number } {
+    return { liveBuffers: this.live, liveBytes: this.liveBytes };
+  }
+
+  // ------------------------------------------------------------ data movement
+  fill(out: Buf, value: number): void {
+    const b = this.buf('fill', out, 'out');
+    if (b.dtype === 'i32') (b.data as Int32Array).fill(value);
+    else if (b.dtype === 'f32' && b.size < NATIVE_MIN) (b.data as Float32Array).fill(value);
+    else this.nat.fill(b.data!, value);
+  }
+  cast(x: Buf, out: Buf): void {
+    const s = this.buf('cast', x, 'x'), d = this.buf('cast', out, 'out');
+    need('cast', s.size === d.size, () => `sizes ${s.size} and ${d.size} differ`);
+    if (s.dtype === d.dtype || (s.dtype === 'f32' && d.dtype === 'bf16') || (s.dtype === 'bf16' && d.dtype === 'f32')) {
+      this.nat.cast(s.data!, d.data!);
+    } else if (s.dtype === 'i32' && d.dtype === 'f32') {
+      (d.data as Float32Array).set(s.data as Int32Array);
+    } else if (s.dtype === 'f32' && d.dtype === 'i32') {
+      (d.data as Int32Array).set(s.data as Float32Array);
+    } else {
+      throw new Error(`cpu.cast: unsupported ${s.dtype} -> ${d.dtype}`);
+    }
+  }
+  copyStrided(src: Buf, srcOffset: number, srcStrides: number[], dst: Buf, dstOffset: number,
+    dstStrides: number[], shape: number[], accumulate: boolean): void {
+    const s = this.buf('copyStrided', src, 'src'), d = this.buf('copyStrided', dst, 'dst');
+    need('copyStrided', s.dtype === d.dtype, () => `src is ${s.dtype} but dst is ${d.dtype}`);
+    need('copyStrided', srcStrides.length === shape.length && dstStrides.length === shape.length,
+      () => `ranks differ: shape ${shape.length}, srcStrides ${srcStrides.length}, dstStrides ${dstStrides.length}`);
+    for (const x of shape) need('copyStrided', isInt(x), () => `bad shape [${shape}]`);
+    for (const x of [...srcStrides, ...dstStrides, srcOffset, dstOffset]) {
+      need('copyStrided', Number.isInteger(x), () => `non-integer stride or offset`);
+    }
+    this.nat.copyStrided(s.data!, srcOffset, srcStrides, d.data!, dstOffset, dstStrides, shape, accumulate);
+  }
+
+  // ------------------------------------------------------------ elementwise
+  unary(op: UnaryOp, x: Buf, out: Buf): void {
+    const code = UNARY_CODE[op];
+    need('unary', code !== undefined, () => `unknown op ${op}`);
+    const a = this.f('unary', x, 'x'), o = this.f('unary', out, 'out');
+    need('unary', a.length === o.length, () => `${op}: sizes ${a.length} and ${o.length} differ`);
+    this.nat.unary(code, a, o);
+  }
+  unaryBackward(op: UnaryOp, x: Buf, gy: Buf, gx: Buf): void {
+    const code = UNARY_CODE[op];
+    need('unaryBackward', code !== undefined, () => `unknown op ${op}`);
+    const a = this.f('unaryBackward', x, 'x'), g = this.f('unaryBackward', gy, 'gy'), o = this.f('unaryBackward', gx, 'gx');
+    need('unaryBackward', a.length === g.length && a.length === o.length,
+      () => `${op}: sizes ${a.length}, ${g.length}, ${o.length} differ`);
+    this.nat.unaryBackward(code, a, g, o);
+  }
+  affine(x: Buf, out: Buf, scale: number, shift: number): void {
+    const a = this.f('affine', x, 'x'), o = this.f('affine', out, 'out');
+    need('affine', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
+    this.nat.affine(a, o, scale, shift);
+  }
+  binary(op: BinaryOp, a: Buf, aStrides: number[], b: Buf, bStrides: number[], out: Buf, shape: number[]): void {
+    const code = BINARY_CODE[op];
+    need('binary', code !== undefined, () => `unknown op ${op}`);
+    need('binary', aStrides.length === shape.length && bStrides.length === shape.length,
+      () => `${op}: ranks differ: shape [${shape}], aStrides [${aStrides}], bStrides [${bStrides}]`);
+    let total = 1;
+    for (const s of shape) {
+      need('binary', isInt(s), () => `${op}: bad shape [${shape}]`);
+      total *= s;
+    }
+    const A = this.f('binary', a, 'a'), B = this.f('binary', b, 'b'), O = this.f('binary', out, 'out', total);
+    this.nat.binary(code, A, aStrides, B, bStrides, O, shape);
+  }
+  reduceSum(x: Buf, out: Buf, outer: number, mid: number, inner: number): void {
+    this.dims('reduceSum', { outer, mid, inner });
+    const X = this.f('reduceSum', x, 'x', outer * mid * inner), O = this.f('reduceSum', out, 'out', outer * inner);
+    this.nat.reduceSum(X, O, outer, mid, inner);
+  }
+  sumSquares(x: Buf): number {
+    return this.nat.sumSquares(this.f('sumSquares', x, 'x'));
+  }
+
+  // ------------------------------------------------------------ linear algebra
+  matmul(a: Buf, b: Buf, c: Buf, g: MatmulArgs): void {
+    const { batch, m, n, k } = g;
+    this.dims('matmul', { batch, m, n, k, strideA: g.strideA, strideB: g.strideB, strideC: g.strideC });
+    const A = this.f('matmul', a, 'a'), B = this.f('matmul', b, 'b'), C = this.f('matmul', c, 'c');
+    if (batch === 0 || m === 0 || n === 0) return;
+    need('matmul', batch === 1 || g.strideC >= m * n, () => `strideC ${g.strideC} < m*n = ${m * n}`);
+    const needA = (batch - 1) * g.strideA + m * k, needB = (batch - 1) * g.strideB + k * n;
+    const needC = (batch - 1) * g.strideC + m * n;
+    need('matmul', A.length >= needA, () => `a has ${A.length} elements, needs ${needA} (batch ${batch}, m ${m}, k ${k})`);
+    need('matmul', B.length >= needB, () => `b has ${B.length} elements, needs ${needB} (batch ${batch}, k ${k}, n ${n})`);
+    need('matmul', C.length >= needC, () => `c has ${C.length} elements, needs ${needC} (batch ${batch}, m ${m}, n ${n})`);
+    this.nat.matmul(A, B, C, batch, m, n, k, g.transA, g.transB, g.strideA, g.strideB, g.strideC, g.alpha, g.beta);
+  }
+  groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
+    const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b'), C = this.f('groupedMatmul', c, 'c');
+    need('groupedMatmul', g.problems instanceof Int32Array, () => 'problems must be an Int32Array');
+    need('groupedMatmul', g.problems.length % 9 === 0, () => `problems length ${g.problems.length} is not a multiple of 9`);
+    // Per-group bounds are checked natively (before any group runs).
+    this.nat.groupedMatmul(A, B, C, g.problems, g.transA, g.transB, g.alpha, g.beta);
+  }
+
+  // ------------------------------------------------------------ NN kernels
+  softmax(x: Buf, out: Buf, rows: number, cols: number): void {
+    this.dims('softmax', { rows, cols });
+    const n = rows * cols;
+    this.nat.softmax(this.f('softmax', x, 'x', n), this.f('softmax', out, 'out', n), rows, cols);
+  }
+  softmaxBackward(y: Buf, gy: Buf, gx: Buf, rows: number, cols: number): void {
+    this.dims('softmaxBackward', { rows, cols });
+    const n = rows * cols, op = 'softmaxBackward';
+    this.nat.softmaxBackward(this.f(op, y, 'y', n), this.f(op, gy, 'gy', n), this.f(op, gx, 'gx', n), rows, cols);
+  }
+  layerNorm(x: Buf, gamma: Buf, beta: Buf, y: Buf, mean: Buf, rstd: Buf, rows: number, cols: number, eps: number): void {
+    const op = 'layerNorm';
+    this.dims(op, { rows, cols });
+    const n = rows * cols;
+    this.nat.layerNorm(this.f(op, x, 'x', n), this.f(op, gamma, 'gamma', cols), this.f(op, beta, 'beta', cols),
+      this.f(op, y, 'y', n), this.f(op, mean, 'mean', rows), this.f(op, rstd, 'rstd', rows), rows, cols, eps);
+  }
+  layerNormBackward(x: Buf, gamma: Buf, mean: Buf, rstd: Buf, gy: Buf, gx: Buf, ggamma: Buf, gbeta: Buf,
+    rows: number, cols: number): void {
+    const op = 'layerNormBackward';
+    this.dims(op, { rows, cols });
+    const n = rows * cols;
+    this.nat.layerNormBackward(this.f(op, x, 'x', n), this.f(op, gamma, 'gamma', cols), this.f(op, mean, 'mean', rows),
+      this.f(op, rstd, 'rstd', rows), this.f(op, gy, 'gy', n), this.f(op, gx, 'gx', n), this.f(op, ggamma, 'ggamma', cols),
+      this.f(op, gbeta, 'gbeta', cols), rows, cols);
+  }
+  embedding(table: Buf, ids: Buf, out: Buf, n: number, vocab: number, dim: number): void {
+    const op = 'embedding';
+    this.dims(op, { n, vocab, dim });
+    this.nat.embedding(this.f(op, table, 'table', vocab * dim), this.i(op, ids, 'ids', n), this.f(op, out, 'out', n * dim),
+      n, vocab, dim);
+  }
+  embeddingBackward(gy: Buf, ids: Buf, gtable: Buf, n: number, vocab: number, dim: number): void {
+    const op = 'embeddingBackward';
+    this.dims(op, { n, vocab, dim });
+    this.nat.embeddingBackward(this.f(op, gy, 'gy', n * dim), this.i(op, ids, 'ids', n),
+      this.f(op, gtable, 'gtable', vocab * dim), n, vocab, dim);
+  }
+  attention(qkv: Buf, out: Buf, lse: Buf, B: number, T: number, H: number, D: number, causal: boolean, scale: number): void {
+    const op = 'attention';
+    this.dims(op, { B, T, H, D });
+    this.nat.attention(this.f(op, qkv, 'qkv', B * T * 3 * H * D), this.f(op, out, 'out', B * T * H * D),
+      this.f(op, lse, 'lse', B * H * T), B, T, H, D, causal, scale);
+  }
+  attentionBackward(qkv: Buf, out: Buf, lse: Buf, gout: Buf, gqkv: Buf, B: number, T: number, H: number, D: number,
+    causal: boolean, scale: number): void {
+    const op = 'attentionBackward';
+    this.dims(op, { B, T, H, D });
+    const nq = B * T * 3 * H * D, no = B * T * H * D;
+    this.nat.attentionBackward(this.f(op, qkv, 'qkv', nq), this.f(op, out, 'out', no), this.f(op, lse, 'lse', B * H * T),
+      this.f(op, gout, 'gout', no), this.f(op, gqkv, 'gqkv', nq), B, T, H, D, causal, scale);
+  }
+  dropout(x: Buf, out: Buf, p: number, seed: number): void {
+    const a = this.f('dropout', x, 'x'), o = this.f('dropout', out, 'out');
+    need('dropout', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
+    need('dropout', p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
+    this.nat.dropout(a, o, p, seed >>> 0);
+  }
+  dropoutBackward(gy: Buf, gx: Buf, p: number, seed: number): void {
+    const a = this.f('dropoutBackward', gy, 'gy'), o = this.f('dropoutBackward', gx, 'gx');
+    need('dropoutBackward', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
+    need('dropoutBackward', p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
+    this.nat.dropout(a, o, p, seed >>> 0);
+  }
+  crossEntropy(logits: Buf, targets: Buf, losses: Buf, lse: Buf, N: number, V: number): void {
+    const op = 'crossEntropy';
+    this.dims(op, { N, V });
+    this.nat.crossEntropy(this.f(op, logits, 'logits', N * V), this.i(op, targets, 'targets', N),
+      this.f(op, losses, 'losses', N), this.f(op, lse, 'lse', N), N, V);
+  }
+  crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number): void {
+    const op = 'crossEntropyBackward';
+    this.dims(op, { N, V });
+    this.nat.crossEntropyBackward(this.f(op, logits, 'logits', N * V), this.i(op, targets, 'targets', N),
+      this.f(op, lse, 'lse', N), this.f(op, gloss, 'gloss', N), this.f(op, glogits, 'glogits', N * V), N, V);
+  }
+  adamw(p: Buf, g: Buf, m: Buf, v: Buf, a: AdamWArgs): void {
+    const op = 'adamw';
+    const P = this.f(op, p, 'p'), n = P.length;
+    const G = this.f(op, g, 'g'), M = this.f(op, m, 'm'), V = this.f(op, v, 'v');
+    need(op, G.length === n && M.length === n && V.length === n,
+      () => `sizes differ: p ${n}, g ${G.length}, m ${M.length}, v ${V.length}`);
+    need(op, a.step >= 1, () => `step must be >= 1, got ${a.step}`);
+    this.nat.adamw(P, G, M, V, a.lr, a.beta1, a.beta2, a.eps, a.weightDecay, a.step, a.gradScale);
+  }
+
+  // ------------------------------------------------------------ MoE primitives
+  topk(x: Buf, values: Buf, indices: Buf, rows: number, cols: number, k: number): void {
+    const op = 'topk';
+    this.dims(op, { rows, cols, k });
+    need(op, k <= cols, () => `k ${k} > cols ${cols}`);
+    this.nat.topk(this.f(op, x, 'x', rows * cols), this.f(op, values, 'values', rows * k),
+      this.i(op, indices, 'indices', rows * k), rows, cols, k);
+  }
+  gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
+    const op = 'gatherRows';
+    this.dims(op, { m, n, d });
+    this.nat.gatherRows(this.f(op, x, 'x', n * d), this.i(op, idx, 'idx', m), this.f(op, out, 'out', m * d), m, n, d);
+  }
+  scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
+    const op = 'scatterAddRows';
+    this.dims(op, { m, n, d });
+    this.nat.scatterAddRows(this.f(op, src, 'src', m * d), this.i(op, idx, 'idx', m), this.f(op, out, 'out', n * d),
+      m, n, d);
+  }
+}
+
+/**
+ * Creates the native cpu backend. Throws if the addon is not built, or if SSD_GEMM names a provider
+ * that is unknown or cannot be loaded.
+ */
+export function createCpuBackend(opts: CpuBackendOptions = {}): Backend {
+  const nat = loadAddon();
+  if (opts.threads !== undefined) setThreads(opts.threads);
+  nat.gemmInit();
+  return new CpuBackend(nat, opts);
+}
+
+/** Which GEMM provider, how many threads and which SIMD level the native backend uses. */
+export function cpuBackendInfo(): { gemm: string; threads: number; simd: string } {
+  const nat = loadAddon();
+  return { gemm: nat.gemmProvider(), threads: nat.getThreads(), simd: nat.simd() };
+}
+
+/** Sets the native thread count (kernels and GEMM provider); n < 1 restores the default. Returns it. */
+export function setThreads(n: number): number {
+  if (!Number.isInteger(n)) throw new Error(`setThreads: expected an integer, got ${n}`);
+  return loadAddon().setThreads(n);
+}
+
+/** GEMM providers loadable on this machine ('onednn', 'openblas', 'own'). */
+export function gemmProviders(): string[] {
+  return loadAddon().gemmProviders();
+}
+
+/** Switches the GEMM provider (for benchmarks / tests); returns the provider description. */
+export function setGemmProvider(name: string): string {
+  return loadAddon().setGemmProvider(name);
+}
+
+/** The typed array behind a cpu buffer (zero-copy; for tests and benchmarks). */
+export function cpuArray(buf: Buf): Float32Array | Uint16Array | Int32Array {
+  if (!(buf instanceof CpuBuf) || buf.data === null) throw new Error('cpuArray: not a live cpu buffer');
+  return buf.data;
+}
