@@ -12,7 +12,8 @@ import * as T from '../tensor/index.js';
 import { parseTrainConfig, TrainConfigFields } from '../train/config.js';
 import { cachedDatasetDir, resolveDataset } from '../train/dataset.js';
 import { loadModel } from '../train/load.js';
-import { evaluate, train } from '../train/trainer.js';
+import { evaluate, modelConfigFor, train } from '../train/trainer.js';
+import { createSSDController } from '../ssd/index.js';
 import { Progress } from './progress.js';
 
 const program = new Command('ssd')
@@ -78,9 +79,10 @@ addConfigFlags(program.command('train')
     T.useBackend(backend);
     const resume = opts.resume === true ? cfg.out : (opts.resume as string | undefined);
     console.error(`data: ${dataset.meta.tokens.train} train / ${dataset.meta.tokens.val} val tokens, vocab ${dataset.tokenizer.vocabSize}`);
+    const controller = createSSDController(cfg, modelConfigFor(cfg, dataset.tokenizer.vocabSize), dataset, (line) => bar.log(line));
     bar.start(cfg.steps);
     const s = train(cfg, dataset, backend, {
-      ...(resume ? { resume } : {}),
+      ...(resume ? { resume } : {}), hook: controller,
       onStep: (m) => bar.update(m.step, `loss ${m.loss.toFixed(3)}${m.val_loss !== undefined ? ` val ${m.val_loss.toFixed(3)}` : ''}` +
         ` | ${Math.round(m.tokens_per_s)} tok/s | ${(m.flops_per_s / 1e9).toFixed(1)} GFLOP/s${m.phase ? ` | ${m.phase}` : ''}`),
     });
@@ -89,6 +91,13 @@ addConfigFlags(program.command('train')
       `${(s.flops_per_s / 1e9).toFixed(1)} GFLOP/s)`);
     console.log(`val loss ${s.val_loss.toFixed(4)} nats (perplexity ${Math.exp(s.val_loss).toFixed(2)}); ` +
       `unigram entropy of val tokens ${s.val_unigram_entropy.toFixed(4)} nats; ratio ${(s.val_loss / s.val_unigram_entropy).toFixed(3)}`);
+    if (cfg.method !== 'dense') {
+      const h = controller.summary();
+      console.log(`SSD (${cfg.method}): ${h.sparse_steps} sparse steps (${(h.sparse_share * 100).toFixed(1)}%), ${h.moefications} MoEfications; ` +
+        `FLOPs ${(s.flops_actual / 1e12).toFixed(2)} TFLOP vs ${(s.flops_dense_equivalent / 1e12).toFixed(2)} dense-equivalent ` +
+        `(${((1 - s.flops_actual / s.flops_dense_equivalent) * 100).toFixed(1)}% saved); checks ${h.check_seconds.toFixed(1)} s ` +
+        `(${(h.check_seconds / s.elapsed_s * 100).toFixed(1)}% of training), MoEfication ${h.moefy_seconds.toFixed(1)} s`);
+    }
     console.log(`checkpoint: ${s.checkpoint}`);
   });
 

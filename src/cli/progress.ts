@@ -22,6 +22,15 @@ export class Progress {
     else console.error(`step ${step}: ${info}`);
   }
 
+  /** A permanent line printed above the bar (or as is when not a TTY). */
+  log(line: string): void {
+    if (this.bar) {
+      process.stderr.write('\r\x1b[K');
+      console.error(line);
+      this.bar.render?.();
+    } else console.error(line);
+  }
+
   /** A transient status note (rate-limited to one line per 2 s when not a TTY). */
   note(text: string): void {
     if (this.tty) {

@@ -109,13 +109,29 @@ export function moefyModel(model: GPT, optimizer: AdamW | null, o: MoEfyOptions)
     permuteLayer(model, optimizer, i, perm);
     partitions.push({ ...part, perm, layer: i });
     const wg = centroidRouter(model.ffnParams(i).w_in.toArray() as Float32Array, c.d_ff, c.d_model, o.nExpert);
-    const router = T.parameter(`h.${i}.mlp.router`, wg, [c.d_model, o.nExpert], model.backend);
-    if (o.trainRouter === false) router.requiresGrad = false;
-    else optimizer?.addParam(router);
-    routers.push(router);
+    routers.push(T.parameter(routerName(i), wg, [c.d_model, o.nExpert], model.backend));
   }
-  setMoE(model, routers, o);
+  attachRouters(model, optimizer, routers, o);
   return { partitions, routers, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** The parameter name of layer i's router. */
+export function routerName(i: number): string {
+  return `h.${i}.mlp.router`;
+}
+
+/**
+ * Makes `routers` (one (d_model, E) tensor per layer) part of the model's parameters (so checkpoints
+ * hold them) and of the optimizer when trainable, and switches the model to MoE mode.
+ */
+export function attachRouters(model: GPT, optimizer: AdamW | null, routers: Tensor[],
+  o: Pick<MoEfyOptions, 'nExpert' | 'topK' | 'trainRouter'>): void {
+  routers.forEach((r, i) => {
+    model.params.set(routerName(i), r);
+    if (o.trainRouter === false) r.requiresGrad = false;
+    else optimizer?.addParam(r);
+  });
+  setMoE(model, routers, o);
 }
 
 /** Switches the model's FFNs to MoE mode with the given routers (one per layer). */
@@ -128,10 +144,11 @@ export function setMoE(model: GPT, routers: Tensor[], o: Pick<MoEfyOptions, 'nEx
 
 /** Merges back to dense: drops the routers (from the optimizer too) and restores the dense FFN. */
 export function mergeModel(model: GPT, optimizer: AdamW | null, routers: Tensor[]): void {
-  for (const r of routers) {
+  routers.forEach((r, i) => {
     if (optimizer?.m.has(r)) optimizer.removeParam(r);
+    if (model.params.get(routerName(i)) === r) model.params.delete(routerName(i));
     r.dispose();
-  }
+  });
   model.ffnOverride = null;
 }
 

@@ -20,8 +20,13 @@ export function ffnHidden(x: Tensor, p: FFNParams, activation: 'relu' | 'gelu'):
   return activation === 'relu' ? T.relu(h) : T.gelu(h);
 }
 
+/** The FFN's output from its hidden activations: h (N, d_ff) -> h W_outᵀ + b_out (N, d_model). */
+export function ffnOut(h: Tensor, p: FFNParams): Tensor {
+  const y = T.matmul(h, p.w_out, { transB: true }); // (N, d_model)
+  return p.b_out ? T.add(y, p.b_out) : y;
+}
+
 /** Dense FFN forward: x (N, d_model) -> (N, d_model). */
 export function ffnDense(x: Tensor, p: FFNParams, activation: 'relu' | 'gelu'): Tensor {
-  const y = T.matmul(ffnHidden(x, p, activation), p.w_out, { transB: true }); // (N, d_model)
-  return p.b_out ? T.add(y, p.b_out) : y;
+  return ffnOut(ffnHidden(x, p, activation), p);
 }

@@ -13,7 +13,7 @@ export const TrainConfigFields = z.strictObject({
   format: z.enum(['auto', 'text', 'jsonl', 'parquet']).default('auto'),
   /** JSONL field / Parquet column holding the text. */
   text_field: z.string().default('text'),
-  tokenizer: z.enum(['byte', 'bpe', 'gpt2']).default('bpe'),
+  tokenizer: z.enum(['byte', 'bpe', 'gpt2']).default('byte'),
   /** Vocabulary size of a trained BPE tokenizer (ignored for byte / gpt2). */
   bpe_vocab: z.number().int().min(258).max(65536).default(1024),
   /** Where prepared datasets are cached. */
@@ -32,7 +32,7 @@ export const TrainConfigFields = z.strictObject({
   dropout: z.number().min(0).max(0.9).default(0),
   batch_size: z.number().int().min(1).default(32),
   grad_accum: z.number().int().min(1).default(1),
-  steps: z.number().int().min(1).default(2000),
+  steps: z.number().int().min(1).default(2500),
   lr: z.number().positive().default(2e-3),
   /** Final learning rate as a fraction of lr (cosine decay). */
   min_lr_ratio: z.number().min(0).max(1).default(0.1),
@@ -50,6 +50,35 @@ export const TrainConfigFields = z.strictObject({
   keep_checkpoints: z.number().int().min(1).default(3),
   log_interval: z.number().int().min(1).default(10),
   seed: z.number().int().min(0).default(1337),
+  // ---- SSD (method page §3; values marked "ours" in the method page are our defaults)
+  /** dense: never sparse; ssd: switch dense <-> sparse; moe: MoEfy once when stable and stay sparse. */
+  method: z.enum(['dense', 'ssd', 'moe']).default('ssd'),
+  /** Steps between activation-pattern checks in dense phases (ours). */
+  check_interval: z.number().int().min(1).default(50),
+  /** Held-out tokens in the probe set (ours). */
+  probe_tokens: z.number().int().min(1).default(2048),
+  /** Pattern similarity at which it counts as stable (ours: 0.9). */
+  stable_threshold: z.number().default(0.9),
+  /** ...or a rise of the similarity since the last check below this (ours: 0.01). */
+  stable_delta: z.number().default(0.01),
+  /** No sparse phase while the mean activation ratio is at or above this (ours: 0.5). */
+  max_active_ratio: z.number().default(0.5),
+  /** Minimum length of a dense phase (default: 10% of steps, ours). */
+  min_dense_steps: z.number().int().min(0).optional(),
+  /** Length of a sparse phase (default: 10% of steps, ours). */
+  sparse_steps: z.number().int().min(1).optional(),
+  /** The last share of training that is dense (ours: 0.1). */
+  final_dense_fraction: z.number().default(0.1),
+  /** Experts per FFN layer (default: d_ff / 32, i.e. 32 neurons per expert). */
+  n_expert: z.number().int().min(1).optional(),
+  /** Experts per token in sparse phases (default: n_expert × active_ratio). */
+  top_k: z.number().int().min(1).optional(),
+  /** top_k / n_expert when top_k is not given. */
+  active_ratio: z.number().gt(0).max(1).default(0.25),
+  /** Train the routers through 1 + s − stopgrad(s) (reference MoE layer). */
+  train_router: z.boolean().default(true),
+  /** Balanced k-means iterations per start at MoEfication (reference: 100). */
+  moefy_max_iter: z.number().int().min(1).default(100),
   backend: z.enum(['ref', 'cpu', 'cuda']).optional(),
   threads: z.number().int().min(1).optional(),
 });

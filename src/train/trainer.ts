@@ -25,7 +25,7 @@ export interface StepMetrics {
   lr: number;
   grad_norm: number;
   tokens_per_s: number;
-  /** Achieved model FLOP/s (6N + attention, PaLM convention). */
+  /** Achieved model FLOP/s (6N + attention, PaLM convention; sparse phases count only what they compute). */
   flops_per_s: number;
   val_loss?: number;
   phase?: string;
@@ -41,9 +41,13 @@ export interface TrainSummary {
   elapsed_s: number;
   tokens_per_s: number;
   flops_per_s: number;
+  /** Model FLOPs actually computed, and what dense training of the same tokens would have cost. */
+  flops_actual: number;
+  flops_dense_equivalent: number;
   params: number;
   run_dir: string;
   checkpoint: string;
+  hook?: Record<string, number>;
 }
 
 /** Lets another layer (the SSD controller) act around steps and persist its state. */
@@ -54,7 +58,15 @@ export interface StepHook {
   afterStep?(step: number, ctx: TrainContext): void;
   /** A label shown on the progress line (e.g. the phase). */
   label?(): string;
+  /** Model FLOPs per trained token now (default: the dense model's). */
+  flopsPerToken?(c: GPTConfig): number;
+  /** Called after the last update, before the final evaluation and checkpoint. */
+  finish?(ctx: TrainContext): void;
+  /** Figures for the run summary. */
+  summary?(): Record<string, number>;
   state?(): unknown;
+  /** Extra keys for the checkpoint's `extra` (besides the hook state). */
+  extra?(): Record<string, unknown>;
   restore?(state: unknown, ctx: TrainContext): void;
 }
 
@@ -107,7 +119,6 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
   let sampler = new RandomBatchSampler(dataset.train, { batchSize: cfg.batch_size, seqLen, seed: cfg.seed });
   evalBatches(dataset.val, { batchSize: cfg.batch_size, seqLen, maxBatches: 1 }).next();
   const model = new GPT(mc, backend, cfg.seed);
-  const names = [...model.params.keys()];
   const optimizer = new AdamW([...model.params.values()], {
     lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weight_decay,
     noDecay: (p) => GPT.noDecay(p.name ?? ''),
@@ -124,12 +135,12 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
     if (!sameTokenizer(ck.state.tokenizer as never, dataset.tokenizer)) {
       throw new Error(`cannot resume from ${ck.dir}: its tokenizer differs from the dataset's (${dataset.dir}); use the same data and tokenizer`);
     }
+    // The hook first (it may add parameters, e.g. the routers of a sparse phase), then the tensors.
+    if (opts.hook?.restore) opts.hook.restore(ck.state.extra.hook, ctx);
     restoreTensors(model.params, ck.params, `resume from ${ck.dir}`);
-    const moments = momentMap(optimizer, names, model);
-    restoreTensors(moments, ck.moments, `resume from ${ck.dir} (optimizer)`);
+    restoreTensors(momentMap(optimizer, model), ck.moments, `resume from ${ck.dir} (optimizer)`);
     optimizer.step = ck.state.optimizer_step;
     sampler = RandomBatchSampler.fromState(dataset.train, ck.state.extra.sampler as SamplerState);
-    if (opts.hook?.restore) opts.hook.restore(ck.state.extra.hook, ctx);
     startStep = ck.state.step;
   }
 
@@ -140,11 +151,12 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
   const t0 = Date.now();
   let lastLog = { t: t0, step: startStep };
   let lastLoss = NaN, lastVal = NaN, lastCkpt = '';
+  let flopsActual = 0, flopsDense = 0, windowFlops = 0;
 
   const checkpoint = (step: number) => {
-    lastCkpt = saveCheckpoint(cfg.out, model.params, momentMap(optimizer, names, model), {
+    lastCkpt = saveCheckpoint(cfg.out, model.params, momentMap(optimizer, model), {
       step, model_config: mc, tokenizer: dataset.tokenizer.toJSON(), train_config: cfg, optimizer_step: optimizer.step,
-      extra: { sampler: sampler.state(), hook: opts.hook?.state?.() ?? null, val_loss: lastVal },
+      extra: { sampler: sampler.state(), hook: opts.hook?.state?.() ?? null, val_loss: lastVal, ...(opts.hook?.extra?.() ?? {}) },
     }, cfg.keep_checkpoints);
     opts.onCheckpoint?.(lastCkpt);
   };
@@ -152,6 +164,10 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
   try {
     for (let step = startStep; step < cfg.steps; step++) {
       opts.hook?.beforeStep?.(step, ctx);
+      const stepFlops = (opts.hook?.flopsPerToken?.(mc) ?? flopsTok) * tokensPerStep;
+      flopsActual += stepFlops;
+      flopsDense += flopsTok * tokensPerStep;
+      windowFlops += stepFlops;
       let loss = 0;
       for (let micro = 0; micro < cfg.grad_accum; micro++) {
         const b = sampler.next();
@@ -178,6 +194,7 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       lastLoss = loss;
 
       const done = step + 1;
+      if (done === cfg.steps) opts.hook?.finish?.(ctx);
       const isEval = done % cfg.eval_interval === 0 || done === cfg.steps;
       if (isEval) {
         lastVal = evaluate(model, dataset.val, cfg.batch_size, seqLen, cfg.eval_batches);
@@ -189,12 +206,13 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
         const tps = ((done - lastLog.step) * tokensPerStep) / dt;
         const m: StepMetrics = {
           step: done, tokens: done * tokensPerStep, loss, lr, grad_norm: norm, tokens_per_s: tps,
-          flops_per_s: tps * flopsTok, elapsed_s: (now - t0) / 1000,
+          flops_per_s: windowFlops / dt, elapsed_s: (now - t0) / 1000,
           ...(isEval ? { val_loss: lastVal } : {}), ...(opts.hook?.label ? { phase: opts.hook.label() } : {}),
         };
         fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
         opts.onStep?.(m);
         lastLog = { t: now, step: done };
+        windowFlops = 0;
       }
       if (done % cfg.ckpt_interval === 0 || done === cfg.steps) checkpoint(done);
     }
@@ -203,8 +221,9 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
     const summary: TrainSummary = {
       steps: cfg.steps, tokens: cfg.steps * tokensPerStep, final_loss: lastLoss, val_loss: lastVal,
       val_unigram_entropy: dataset.meta.unigramEntropy.val, elapsed_s: elapsed,
-      tokens_per_s: trained / elapsed, flops_per_s: (trained / elapsed) * flopsTok, params: model.numParams(),
-      run_dir: cfg.out, checkpoint: lastCkpt,
+      tokens_per_s: trained / elapsed, flops_per_s: flopsActual / elapsed, flops_actual: flopsActual,
+      flops_dense_equivalent: flopsDense, params: model.numParams(), run_dir: cfg.out, checkpoint: lastCkpt,
+      ...(opts.hook?.summary ? { hook: opts.hook.summary() } : {}),
     };
     fs.writeFileSync(path.join(cfg.out, 'summary.json'), JSON.stringify(summary, null, 1));
     return summary;
@@ -214,11 +233,11 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
   }
 }
 
-/** Optimizer moments keyed `m.<param>` / `v.<param>`, for checkpoints. */
-function momentMap(opt: AdamW, names: string[], model: GPT): Map<string, T.Tensor> {
+/** Optimizer moments keyed `m.<param>` / `v.<param>` for every optimized parameter, for checkpoints. */
+function momentMap(opt: AdamW, model: GPT): Map<string, T.Tensor> {
   const m = new Map<string, T.Tensor>();
-  for (const n of names) {
-    const p = model.p(n);
+  for (const [n, p] of model.params) {
+    if (!opt.m.has(p)) continue;
     m.set(`m.${n}`, opt.m.get(p)!);
     m.set(`v.${n}`, opt.v.get(p)!);
   }
