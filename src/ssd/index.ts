@@ -1,5 +1,5 @@
 /** SSD: settings from the training config, and the controller hook the trainer runs with. */
-import type { Dataset } from '../data/index.js';
+import { checkSeqLen, type Dataset } from '../data/index.js';
 import type { GPTConfig } from '../nn/config.js';
 import type { TrainConfig } from '../train/config.js';
 import { SSDController, validateSSD, type SSDSettings } from './controller.js';
@@ -27,6 +27,7 @@ export function createSSDController(cfg: TrainConfig, mc: GPTConfig, dataset: Da
   const s = ssdSettings(cfg, mc);
   validateSSD(s, mc);
   const T = mc.seq_len;
+  checkSeqLen(T, dataset.val.length);
   const batch = Math.max(1, Math.min(Math.ceil(cfg.probe_tokens / T), Math.floor((dataset.val.length - 1) / T)));
   const ids = new Int32Array(batch * T);
   dataset.val.copyTo(0, batch * T, ids);
