@@ -114,6 +114,19 @@ function cases(): OpCase[] {
       fn: ([x]) => T.attention(x!, H, causal),
     });
   }
+  // KV-cache attention (forward only): fresh prefill (the fused path), decode, chunked prefill at an
+  // offset, D with a non-SIMD tail; the caches are inputs, updated in place, then returned with out.
+  for (const [B, Tn, H, D, Tmax, pos] of [[2, 4, 2, 8, 6, [0, 0]], [2, 1, 2, 8, 9, [5, 0]], [2, 3, 3, 5, 9, [2, 6]],
+    [1, 1, 12, 64, 40, [33]]] as const) {
+    out.push({
+      name: `attentionCached B${B} T${Tn} H${H} D${D} Tmax${Tmax} pos=[${pos}]`, forwardOnly: true,
+      inputs: [f([B, Tn, 3 * H * D], r), f([B, H, Tmax, D], r), f([B, H, Tmax, D], r)],
+      fn: ([x, kc, vc]) => {
+        const y = T.attentionCached(x!, kc!, vc!, Int32Array.from(pos), H); // (B, T, H·D)
+        return T.concat([T.reshape(y, [-1]), T.reshape(kc!, [-1]), T.reshape(vc!, [-1])], 0);
+      },
+    });
+  }
   for (const [N, V] of [[1, 1], [5, 7], [9, 1000]] as const) {
     const targets = ints(r, N, 0, V);
     if (N > 1) targets[1] = -1;
@@ -182,7 +195,16 @@ function analyticGrads(c: OpCase, weights: Float64Array, b: Backend): (Float32Ar
   });
 }
 
-export function opSuite(name: string, backend: Backend): void {
+/** Tolerances for a backend that computes in reduced precision (e.g. bf16 GEMMs on cuda). */
+export interface SuiteOptions {
+  /** Forward relative error allowed (at least each case's own tolerance; default 1e-5). */
+  forwardTol?: number;
+  /** Gradient relative error vs finite differences (default 2e-4). */
+  gradTol?: number;
+}
+
+export function opSuite(name: string, backend: Backend, opts: SuiteOptions = {}): void {
+  const gradTol = opts.gradTol ?? 2e-4;
   describe(`ops on ${name}`, () => {
     for (const c of cases()) {
       it(`${c.name}: forward matches ref (f64)`, () => {
@@ -190,7 +212,8 @@ export function opSuite(name: string, backend: Backend): void {
         const want = T.tidy(() => T.noGrad(() => c.fn(c.inputs.map((i) => build(i, oracle))).toArray()));
         assert.equal(got.length, want.length);
         const e = relErr(got, want);
-        assert.ok(e <= (c.tol ?? 1e-5), `relative error ${e.toExponential(2)} > ${c.tol ?? 1e-5}`);
+        const tol = Math.max(c.tol ?? 1e-5, opts.forwardTol ?? 0);
+        assert.ok(e <= tol, `relative error ${e.toExponential(2)} > ${tol}`);
       });
       if (c.forwardOnly) continue;
       it(`${c.name}: backward matches finite differences (f64 ref)`, () => {
@@ -215,7 +238,7 @@ export function opSuite(name: string, backend: Backend): void {
             an.push(g[i]!);
           }
           const e = relErr(an, fd);
-          assert.ok(e <= 2e-4, `input ${k}: gradient relative error ${e.toExponential(2)} vs finite differences`);
+          assert.ok(e <= gradTol, `input ${k}: gradient relative error ${e.toExponential(2)} vs finite differences`);
         });
       });
     }

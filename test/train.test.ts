@@ -13,7 +13,7 @@ import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { parseTrainConfig, type TrainConfig } from '../src/train/config.js';
 import { loadModel } from '../src/train/load.js';
 import { train } from '../src/train/trainer.js';
-import { generate } from '../src/infer/sample.js';
+import { generate } from '../src/infer/generate.js';
 
 const backendName = (process.env.SSD_TEST_BACKENDS ?? 'ref,cpu').split(',').includes('cpu') ? 'cpu' : 'ref';
 const backend = getBackend(backendName);

@@ -346,12 +346,7 @@ Napi::Value GroupedMatmulFn(const Napi::CallbackInfo& info) {
     if (lda < ac || oa + (ar - 1) * lda + ac > A.n) throw ArgError(tag + "A out of range");
     if (ldb < bc || ob + (br - 1) * ldb + bc > Bm.n) throw ArgError(tag + "B out of range");
   }
-  for (int64_t g = 0; g < G; ++g) {
-    const int32_t* p = P.p + 9 * g;
-    int64_t m = p[0], n = p[1], k = p[2];
-    if (m == 0 || n == 0) continue;
-    sgemm(ta, tb, m, n, k, alpha, A.p + p[3], p[4], Bm.p + p[5], p[6], beta, C.p + p[7], p[8]);
-  }
+  sgemm_grouped(ta, tb, P.p, G, A.p, Bm.p, C.p, alpha, beta);
   return Undef(info);
 }
 
@@ -424,6 +419,19 @@ Napi::Value AttentionFn(const Napi::CallbackInfo& info) {
   auto o = arr<float>(info, 1, fn, B * T * H * D);
   auto lse = arr<float>(info, 2, fn, B * H * T);
   attention(qkv.p, o.p, lse.p, B, T, H, D, flag(info, 7), (float)num(info, 8, fn));
+  return Undef(info);
+}
+Napi::Value AttentionCachedFn(const Napi::CallbackInfo& info) {
+  const char* fn = "attentionCached";
+  int64_t B = dim(info, 5, fn), T = dim(info, 6, fn), H = dim(info, 7, fn), D = dim(info, 8, fn), Tm = dim(info, 9, fn);
+  auto qkv = arr<float>(info, 0, fn, B * T * 3 * H * D);
+  auto kc = arr<float>(info, 1, fn, B * H * Tm * D);
+  auto vc = arr<float>(info, 2, fn, B * H * Tm * D);
+  auto o = arr<float>(info, 3, fn, B * T * H * D);
+  auto pos = arr<int32_t>(info, 4, fn, B);
+  for (int64_t b = 0; b < B; ++b)
+    if (pos.p[b] < 0 || pos.p[b] + T > Tm) throw ArgError("attentionCached: position outside the cache");
+  attention_cached(qkv.p, kc.p, vc.p, o.p, pos.p, B, T, H, D, Tm, (float)num(info, 10, fn));
   return Undef(info);
 }
 Napi::Value AttentionBackwardFn(const Napi::CallbackInfo& info) {
@@ -509,6 +517,15 @@ Napi::Value ScatterAddRowsFn(const Napi::CallbackInfo& info) {
   scatter_add_rows(s.p, idx.p, o.p, m, n, d);
   return Undef(info);
 }
+Napi::Value RowDotFn(const Napi::CallbackInfo& info) {
+  const char* fn = "rowDot";
+  int64_t r = dim(info, 3, fn), c = dim(info, 4, fn);
+  auto a = arr<float>(info, 0, fn, r * c);
+  auto b = arr<float>(info, 1, fn, r * c);
+  auto o = arr<float>(info, 2, fn, r);
+  row_dot(a.p, b.p, o.p, r, c);
+  return Undef(info);
+}
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto def = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
@@ -539,6 +556,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("embedding", wrap<EmbeddingFn>);
   def("embeddingBackward", wrap<EmbeddingBackwardFn>);
   def("attention", wrap<AttentionFn>);
+  def("attentionCached", wrap<AttentionCachedFn>);
   def("attentionBackward", wrap<AttentionBackwardFn>);
   def("dropout", wrap<DropoutFn>);
   def("crossEntropy", wrap<CrossEntropyFn>);
@@ -547,6 +565,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("topk", wrap<TopkFn>);
   def("gatherRows", wrap<GatherRowsFn>);
   def("scatterAddRows", wrap<ScatterAddRowsFn>);
+  def("rowDot", wrap<RowDotFn>);
   return exports;
 }
 

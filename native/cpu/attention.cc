@@ -672,7 +672,74 @@ void attention_backward_scalar(const float* qkv, const float* out, const float* 
   });
 }
 
+// ---------------------------------------------------------------- KV-cache attention (inference)
+inline float dot8(const float* a, const float* b, int64_t D) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+  float s = hsum256(acc);
+  for (; d < D; ++d) s = std::fma(a[d], b[d], s);
+  return s;
+}
+
+// o[0:D] += p · v[0:D]
+inline void axpy8(float* o, float p, const float* v, int64_t D) {
+  const __m256 pv = _mm256_set1_ps(p);
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) _mm256_storeu_ps(o + d, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
+  for (; d < D; ++d) o[d] = std::fma(p, v[d], o[d]);
+}
+
+// One query row over keys 0 .. n−1 of a (Tmax, D) cache slice: two passes (scores, then weights).
+void cached_row(const float* q, const float* Kc, const float* Vc, int64_t n, int64_t D, float scale, float* s, float* o) {
+  float mx = kNegInf;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = dot8(q, Kc + j * D, D) * scale;
+    mx = s[j] > mx ? s[j] : mx;
+  }
+  double sum = 0;
+  std::fill(o, o + D, 0.0f);
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = vexpf(s[j] - mx);
+    sum += p;
+    axpy8(o, p, Vc + j * D, D);
+  }
+  const float inv = (float)(1.0 / sum);
+  for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+}
+
 }  // namespace
+
+void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos, int64_t B, int64_t T,
+                      int64_t H, int64_t D, int64_t Tmax, float scale) {
+  if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return;
+  const Layout L{T, H, D};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t c = ((b * H + h) * Tmax + pos[b] + t) * D;
+        std::copy(L.k(qkv, b, t, h), L.k(qkv, b, t, h) + D, kc + c);
+        std::copy(L.v(qkv, b, t, h), L.v(qkv, b, t, h) + D, vc + c);
+      }
+  // A prefill from position 0 sees exactly the new tokens: the fused causal kernel gives the same bits
+  // as a full forward pass.
+  bool fresh = true;
+  for (int64_t b = 0; b < B; ++b) fresh = fresh && pos[b] == 0;
+  if (fresh && T > 1) {
+    std::vector<float> lse((size_t)(B * H * T));
+    attention(qkv, out, lse.data(), B, T, H, D, true, scale);
+    return;
+  }
+  parallel_for(B * H * T, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> s((size_t)Tmax);
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t t = task % T, bh = task / T, h = bh % H, b = bh / H;
+      const float* cache = kc + (b * H + h) * Tmax * D;
+      cached_row(L.q(qkv, b, t, h), cache, vc + (b * H + h) * Tmax * D, pos[b] + t + 1, D, scale, s.data(),
+                 out + L.o(b, t, h));
+    }
+  });
+}
 
 void attention(const float* qkv, float* out, float* lse, int64_t B, int64_t T, int64_t H, int64_t D, bool causal,
                float scale) {

@@ -12,6 +12,13 @@ namespace ssd {
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// Grouped products (the MoE expert kernel): `problems` holds 9 ints per group,
+// [m, n, k, offA, lda, offB, ldb, offC, ldc] (element offsets into A, B, C; validated by the caller).
+// When every group has m <= kSmallM (decode), all groups run in one parallel region of the small-M
+// kernel; otherwise one product per group, with the own blocked kernel on AVX-512 CPUs (any provider).
+void sgemm_grouped(bool transA, bool transB, const int32_t* problems, int64_t G, const float* A, const float* B,
+                   float* C, float alpha, float beta);
+
 // Selects the provider from SSD_GEMM or the default order (onednn, openblas, own). Idempotent.
 // Throws std::runtime_error when SSD_GEMM names an unknown or unavailable provider.
 void gemm_init();

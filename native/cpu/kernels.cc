@@ -785,4 +785,18 @@ void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t 
   scatter_add(src, idx, out, m, n, d);
 }
 
+// out[r] = sum_c a[r, c] * b[r, c], accumulated in double in column order (rows in parallel).
+void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {
+  int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols));
+  parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = a + r * cols;
+      const float* y = b + r * cols;
+      double s = 0;
+      for (int64_t c = 0; c < cols; ++c) s += (double)x[c] * (double)y[c];
+      out[r] = (float)s;
+    }
+  });
+}
+
 }  // namespace ssd

@@ -47,9 +47,14 @@ void adamw(float* p, const float* g, float* m, float* v, int64_t n, const AdamW&
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k);
 void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d);
 void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d);
+void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
 
 void attention(const float* qkv, float* out, float* lse, int64_t B, int64_t T, int64_t H, int64_t D, bool causal,
                float scale);
+// Causal attention of T new tokens per row over a KV cache (B, H, Tmax, D); see the backend contract's
+// attentionCached. Positions are validated by the caller.
+void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos, int64_t B, int64_t T,
+                      int64_t H, int64_t D, int64_t Tmax, float scale);
 void attention_backward(const float* qkv, const float* out, const float* lse, const float* gout, float* gqkv, int64_t B,
                         int64_t T, int64_t H, int64_t D, bool causal, float scale);
 

@@ -26,6 +26,19 @@ export interface Buf {
 /** Host-side array type for a dtype: f32 and bf16 download as Float32Array, i32 as Int32Array. */
 export type HostArray = Float32Array | Int32Array;
 
+/**
+ * Validates the positions of an `attentionCached` call: B integers with 0 <= pos[b] and pos[b] + T <= Tmax.
+ * Shared by the backends so every one throws the same error.
+ */
+export function checkCachePositions(pos: Int32Array, B: number, T: number, Tmax: number): void {
+  if (pos.length !== B) throw new Error(`attentionCached: ${pos.length} positions for a batch of ${B}`);
+  for (let b = 0; b < B; b++) {
+    if (pos[b]! < 0 || pos[b]! + T > Tmax) {
+      throw new Error(`attentionCached: row ${b}: ${T} new tokens at position ${pos[b]} do not fit a cache of ${Tmax}`);
+    }
+  }
+}
+
 export type UnaryOp = 'relu' | 'gelu' | 'neg' | 'exp' | 'log' | 'sqrt' | 'square' | 'tanh';
 export type BinaryOp = 'add' | 'sub' | 'mul' | 'div';
 
@@ -164,6 +177,18 @@ export interface Backend {
   attentionBackward(qkv: Buf, out: Buf, lse: Buf, gout: Buf, gqkv: Buf, B: number, T: number, H: number, D: number,
     causal: boolean, scale: number): void;
   /**
+   * Causal attention of new tokens over a KV cache (inference: prefill and incremental decode; no
+   * backward). qkv (B, T, 3, H, D) holds the projections of T new tokens per row; the new tokens of row
+   * b sit at positions pos[b] .. pos[b] + T − 1 (`pos` is a host array of B entries). The kernel first
+   * writes their k and v into kCache and vCache (B, H, Tmax, D) at those positions (other positions
+   * are left as they are), then for each new token t (position p = pos[b] + t):
+   *   out[b, t, h] = softmax_j(scale · q_t · kCache[b, h, j]) · vCache[b, h, j], j = 0 .. p
+   * out (B, T, H, D). With all pos = 0 this equals `attention(causal)` over the T tokens.
+   * Throws if some pos[b] < 0 or pos[b] + T > Tmax.
+   */
+  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Int32Array, B: number, T: number, H: number,
+    D: number, Tmax: number, scale: number): void;
+  /**
    * Inverted dropout with a counter-based hash RNG: keep_i = u(seed, i) >= p, where
    * u(seed, i) = (hash32(seed, i) >>> 8) / 2^24 with hash32 defined in `backend/rng.ts`.
    * out = keep ? x / (1 − p) : 0. The same (seed, i) gives the same mask on every backend.
@@ -196,4 +221,6 @@ export interface Backend {
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void;
   /** out[idx[i], :] += src[i, :]; src (m, d), out (n, d) ACCUMULATED; deterministic order (i ascending). */
   scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void;
+  /** out[r] = Σ_c a[r, c] · b[r, c]: a, b (rows, cols), out (rows). Accumulates in f64 (or f32 in order). */
+  rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void;
 }

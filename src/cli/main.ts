@@ -5,15 +5,20 @@
  */
 import { Command, Option } from 'commander';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { selectBackend } from '../backend/registry.js';
 import { loadDataset, prepare, evalBatches, TokenSequence } from '../data/index.js';
-import { generate } from '../infer/sample.js';
+import { benchInference } from '../infer/bench.js';
+import { checkPrompts, generateBatch } from '../infer/generate.js';
+import { DEFAULT_ACTIVE_RATIO, DEFAULT_EXPERT_SIZE, loadForInference } from '../infer/mode.js';
 import * as T from '../tensor/index.js';
 import { parseTrainConfig, TrainConfigFields } from '../train/config.js';
 import { cachedDatasetDir, resolveDataset } from '../train/dataset.js';
 import { loadModel } from '../train/load.js';
-import { evaluate, modelConfigFor, train } from '../train/trainer.js';
+import { evaluate, modelConfigFor, train, type StepMetrics } from '../train/trainer.js';
 import { createSSDController } from '../ssd/index.js';
+import { compare, parseMethods, parseRatios } from '../ssd/compare.js';
+import { writeReport } from '../ssd/report.js';
 import { Progress } from './progress.js';
 
 const program = new Command('ssd')
@@ -46,8 +51,11 @@ function addConfigFlags(cmd: Command): Command {
   return cmd;
 }
 
-/** Merges a JSON config file (if given) with the flags that were set explicitly, then validates. */
-function configFrom(opts: Record<string, unknown>, cmd: Command) {
+/**
+ * Merges the command's own `defaults` (they replace the schema's), a JSON config file (if given) and
+ * the flags that were set explicitly (each overriding the one before), then validates.
+ */
+function configFrom(opts: Record<string, unknown>, cmd: Command, defaults: Record<string, unknown> = {}) {
   let raw: Record<string, unknown> = {};
   if (typeof opts.config === 'string') {
     if (!fs.existsSync(opts.config)) throw new Error(`config file not found: ${opts.config}`);
@@ -57,6 +65,7 @@ function configFrom(opts: Record<string, unknown>, cmd: Command) {
       throw new Error(`config file ${opts.config} is not valid JSON: ${(e as Error).message}`);
     }
   }
+  raw = { ...defaults, ...raw };
   for (const key of Object.keys(TrainConfigFields.shape)) {
     const camel = key.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
     if (cmd.getOptionValueSource(camel) === 'cli') raw[key] = opts[camel];
@@ -83,8 +92,7 @@ addConfigFlags(program.command('train')
     bar.start(cfg.steps);
     const s = train(cfg, dataset, backend, {
       ...(resume ? { resume } : {}), hook: controller,
-      onStep: (m) => bar.update(m.step, `loss ${m.loss.toFixed(3)}${m.val_loss !== undefined ? ` val ${m.val_loss.toFixed(3)}` : ''}` +
-        ` | ${Math.round(m.tokens_per_s)} tok/s | ${(m.flops_per_s / 1e9).toFixed(1)} GFLOP/s${m.phase ? ` | ${m.phase}` : ''}`),
+      onStep: (m) => bar.update(m.step, stepInfo(m)),
     });
     bar.done();
     console.log(`done: ${s.steps} steps, ${s.tokens} tokens in ${s.elapsed_s.toFixed(0)} s (${Math.round(s.tokens_per_s)} tok/s, ` +
@@ -99,6 +107,54 @@ addConfigFlags(program.command('train')
         `(${(h.check_seconds / s.elapsed_s * 100).toFixed(1)}% of training), MoEfication ${h.moefy_seconds.toFixed(1)} s`);
     }
     console.log(`checkpoint: ${s.checkpoint}`);
+  });
+
+/** The progress-line text of a logged training step. */
+function stepInfo(m: StepMetrics): string {
+  return `loss ${m.loss.toFixed(3)}${m.val_loss !== undefined ? ` val ${m.val_loss.toFixed(3)}` : ''}` +
+    ` | ${Math.round(m.tokens_per_s)} tok/s | ${(m.flops_per_s / 1e9).toFixed(1)} GFLOP/s${m.phase ? ` | ${m.phase}` : ''}`;
+}
+
+addConfigFlags(program.command('compare')
+  .description('train dense and SSD (and moe) with the same seed, data and tokens, evaluate each dense and MoEfied, write a report')
+  .option('--config <file>', 'JSON training config (flags override it)')
+  .option('--methods <list>', 'methods to train, comma-separated (dense, ssd, moe)', 'dense,ssd')
+  .option('--ratios <list>', 'active ratios k/E at which each final model is evaluated MoEfied', '0.125,0.25,0.5')
+  .option('--report-only <dir>', 're-render the report of a finished comparison directory without training'))
+  .action(async (opts, cmd: Command) => {
+    if (opts.reportOnly) {
+      const r = await writeReport(opts.reportOnly);
+      console.log(`report: ${r.markdown} (figures: ${r.json}; charts: ${path.join(opts.reportOnly, 'plots')})`);
+      return;
+    }
+    if (cmd.getOptionValueSource('method') === 'cli') throw new Error('compare trains several methods: use --methods, not --method');
+    const methods = parseMethods(opts.methods), ratios = parseRatios(opts.ratios);
+    const cfg = configFrom(opts, cmd, { out: 'runs/compare' });
+    if (cfg.threads) process.env.SSD_THREADS = String(cfg.threads);
+    const backend = selectBackend(cfg.backend);
+    const bar = new Progress();
+    console.error(`ssd compare: ${methods.join(', ')}; model ${cfg.model}, backend ${backend.name}, data ${cfg.data}, out ${cfg.out}`);
+    const dataset = await resolveDataset(cfg, (p) => bar.note(`preparing data (${p.phase}): ${p.docs} documents, ${p.tokens} tokens`));
+    bar.done();
+    T.useBackend(backend);
+    const command = ['ssd', ...process.argv.slice(2)].map((a) => (/^[\w.,/=:+-]+$/.test(a) ? a : JSON.stringify(a))).join(' ');
+    const res = await compare({
+      config: cfg, methods, ratios, dataset, backend, command,
+      on: {
+        runStart: (m, c) => {
+          console.error(`${m}: training ${c.steps} steps into ${c.out}`);
+          bar.start(c.steps);
+        },
+        step: (_m, s) => bar.update(s.step, stepInfo(s)),
+        log: (line) => bar.log(line),
+        runEnd: (m, s) => {
+          bar.done();
+          console.error(`${m}: ${s.elapsed_s.toFixed(1)} s, val loss ${s.val_loss.toFixed(4)}; evaluating dense and MoEfied`);
+        },
+      },
+    });
+    for (const t of res.report.targets) console.log(t.line.replace(/\*\*/g, ''));
+    console.log(`report: ${res.markdown}`);
   });
 
 program.command('prepare')
@@ -152,25 +208,88 @@ program.command('eval')
     model.dispose();
   });
 
-program.command('generate')
-  .description('sample text from a checkpoint')
+/** Parses a number flag, with a clear error. */
+function num(flag: string) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new Error(`${flag} expects a number, got '${v}'`);
+    return n;
+  };
+}
+
+/** The MoE routing flags shared by generate and bench. */
+function addMoEFlags(cmd: Command): Command {
+  return cmd
+    .option('--n-expert <n>', `experts per FFN layer (default: the checkpoint's partition, else d_ff / ${DEFAULT_EXPERT_SIZE})`, num('--n-expert'))
+    .option('--no-moefy', 'do not MoEfy at load a checkpoint that stores no expert partition (MoE mode then fails)');
+}
+
+addMoEFlags(program.command('generate')
+  .description('sample text from a checkpoint, dense or as a sparse MoE, with a KV cache (tokens stream as they come)')
   .requiredOption('--checkpoint <dir>', 'checkpoint or run directory')
-  .argument('[prompt]', 'text to continue', 'The')
-  .option('--max-tokens <n>', 'tokens to generate', (v) => Number(v), 200)
-  .option('--temperature <t>', 'sampling temperature (0: greedy)', (v) => Number(v), 0.8)
-  .option('--top-k <k>', 'sample among the k most likely tokens (0: all)', (v) => Number(v), 40)
-  .option('--top-p <p>', 'nucleus sampling threshold', (v) => Number(v), 1)
-  .option('--seed <n>', 'sampling seed', (v) => Number(v), 0)
-  .option('--backend <name>', 'ref | cpu | cuda')
-  .action((prompt: string, o) => {
+  .argument('[prompts...]', 'text to continue; several prompts are generated as one batch', ['The'])
+  .addOption(new Option('--mode <mode>', 'dense FFN or sparse MoE').choices(['dense', 'moe']).default('dense'))
+  .option('--active-ratio <r>', `MoE: experts per token / n_expert (default ${DEFAULT_ACTIVE_RATIO})`, num('--active-ratio'))
+  .option('--moe-top-k <k>', 'MoE: experts per token (overrides --active-ratio)', num('--moe-top-k'))
+  .option('--max-tokens <n>', 'tokens to generate per prompt', num('--max-tokens'), 200)
+  .option('--temperature <t>', 'sampling temperature (0: greedy)', num('--temperature'), 0.8)
+  .option('--top-k <k>', 'sample among the k most likely tokens (0: all)', num('--top-k'), 40)
+  .option('--top-p <p>', 'nucleus sampling threshold', num('--top-p'), 1)
+  .option('--seed <n>', 'sampling seed (prompt i uses seed + i)', num('--seed'), 0)
+  .option('--stop <text>', 'stop a prompt\'s generation at this string, cut before it (repeatable)',
+    (v: string, all: string[]) => [...all, v], [] as string[])
+  .option('--backend <name>', 'ref | cpu | cuda'))
+  .action((prompts: string[], o) => {
     const backend = selectBackend(o.backend);
     T.useBackend(backend);
-    const { model, tokenizer } = loadModel(o.checkpoint, backend);
-    process.stdout.write(prompt);
-    generate(model, tokenizer.encode(prompt), o.maxTokens, { temperature: o.temperature, topK: o.topK, topP: o.topP,
-      seed: o.seed, stopId: tokenizer.eotId }, (id) => process.stdout.write(tokenizer.decode([id])));
-    process.stdout.write('\n');
-    model.dispose();
+    const m = loadForInference(o.checkpoint, backend, o.mode, {
+      ...(o.nExpert !== undefined ? { nExpert: o.nExpert } : {}), ...(o.moeTopK !== undefined ? { topK: o.moeTopK } : {}),
+      ...(o.activeRatio !== undefined ? { activeRatio: o.activeRatio } : {}), moefy: o.moefy,
+    });
+    try {
+      if (m.experts) {
+        console.error(`MoE mode: ${m.topK} of ${m.experts.nExpert} experts per token (${m.experts.source}` +
+          `${m.experts.source === 'moefied' ? `, ${m.experts.seconds.toFixed(1)} s` : ''})`);
+      }
+      const single = prompts.length === 1, ids = prompts.map((p) => m.tokenizer.encode(p));
+      checkPrompts(m.model, ids);
+      if (single) process.stdout.write(prompts[0]!);
+      const r = generateBatch(m.model, ids, {
+        temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, maxTokens: o.maxTokens,
+        stopId: m.tokenizer.eotId, stop: o.stop, decode: (ids) => m.tokenizer.decode(ids),
+      }, single ? { onText: (_, t) => process.stdout.write(t) } : {});
+      if (single) process.stdout.write('\n');
+      else r.texts.forEach((t, i) => console.log(`--- [${i}] (${r.finish[i]})\n${prompts[i]}${t}`));
+      const n = r.tokens.reduce((a, t) => a + t.length, 0);
+      console.error(`${n} tokens; prefill ${(r.prefillSeconds * 1000).toFixed(0)} ms, decode ` +
+        `${(r.decodeSteps * prompts.length / Math.max(r.decodeSeconds, 1e-9)).toFixed(1)} tok/s`);
+    } finally {
+      m.dispose();
+    }
+  });
+
+addMoEFlags(program.command('bench')
+  .description('inference speed (prefill, decode at batch 1 and 8) and perplexity, dense vs MoE side by side')
+  .option('--checkpoint <dir>', 'checkpoint or run directory (default: random weights, gpt2-small shape, vocab 8192)')
+  .option('--ratios <list>', 'MoE active ratios, comma-separated', '0.25,0.5')
+  .option('--prefill-tokens <n>', 'prompt length of the prefill measurement', num('--prefill-tokens'), 512)
+  .option('--decode-tokens <n>', 'decode steps measured', num('--decode-tokens'), 64)
+  .option('--batches <list>', 'decode batch sizes, comma-separated', '1,8')
+  .option('--rounds <n>', 'interleaved rounds (best kept)', num('--rounds'), 3)
+  .option('--data <dir>', 'dataset for validation perplexity (default: the checkpoint\'s)')
+  .option('--val-batches <n>', 'validation batches of 8 sequences', num('--val-batches'), 20)
+  .option('--json <file>', 'also write the report as JSON')
+  .option('--backend <name>', 'ref | cpu | cuda'))
+  .action((o) => {
+    const backend = selectBackend(o.backend);
+    T.useBackend(backend);
+    const list = (v: string) => v.split(',').map(num('list entry'));
+    const report = benchInference(backend, {
+      ...(o.checkpoint ? { checkpoint: o.checkpoint } : {}), ...(o.nExpert !== undefined ? { nExpert: o.nExpert } : {}),
+      ...(o.data ? { data: o.data } : {}), ratios: list(o.ratios), batches: list(o.batches), prefillTokens: o.prefillTokens,
+      decodeTokens: o.decodeTokens, rounds: o.rounds, valBatches: o.valBatches, moefy: o.moefy, log: (l) => console.log(l),
+    });
+    if (o.json) fs.writeFileSync(o.json, JSON.stringify(report, null, 2) + '\n');
   });
 
 function datasetDirOf(trainConfig: Record<string, unknown>): string {

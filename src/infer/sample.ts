@@ -1,9 +1,7 @@
 /**
- * Sampling from a next-token distribution (temperature, top-k, top-p) with a seeded generator, and a
- * simple generation loop that re-runs the model over the last `seq_len` tokens for each new token.
+ * Sampling from a next-token distribution (temperature, top-k, top-p) with a seeded generator. The
+ * generation loop (KV cache, batched prompts, stop strings) is in `generate.ts`.
  */
-import type { GPT } from '../nn/gpt.js';
-import * as T from '../tensor/index.js';
 
 export interface SampleOptions {
   /** Softmax temperature; 0 means greedy (argmax). */
@@ -56,30 +54,4 @@ export function sampleToken(logits: ArrayLike<number>, o: SampleOptions, uniform
     if (u <= 0) return ids[j]!;
   }
   return ids[n - 1]!;
-}
-
-/**
- * Generates up to `maxTokens` tokens after `prompt` (token ids), calling `onToken` for each as it comes.
- * Stops early at `stopId` (e.g. end-of-text). Returns the new ids. Throws on an empty prompt.
- */
-export function generate(model: GPT, prompt: number[], maxTokens: number, o: SampleOptions & { seed: number; stopId?: number },
-  onToken?: (id: number) => void): number[] {
-  if (prompt.length === 0) throw new Error('generate: the prompt is empty (give some text to continue)');
-  const uniform = seededUniform(o.seed);
-  const ids = [...prompt], out: number[] = [];
-  const ctx = model.config.seq_len;
-  for (let i = 0; i < maxTokens; i++) {
-    const window = ids.slice(-ctx);
-    const logits = T.tidy(() => T.noGrad(() => {
-      const x = T.tensor(window, [1, window.length], { dtype: 'i32', backend: model.backend });
-      const l = model.forward(x).logits; // (1, t, V)
-      return T.slice(l, 1, window.length - 1, window.length).toArray();
-    }));
-    const next = sampleToken(logits, o, uniform);
-    if (next === o.stopId) break;
-    ids.push(next);
-    out.push(next);
-    onToken?.(next);
-  }
-  return out;
 }

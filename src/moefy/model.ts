@@ -134,11 +134,15 @@ export function attachRouters(model: GPT, optimizer: AdamW | null, routers: Tens
   setMoE(model, routers, o);
 }
 
-/** Switches the model's FFNs to MoE mode with the given routers (one per layer). */
-export function setMoE(model: GPT, routers: Tensor[], o: Pick<MoEfyOptions, 'nExpert' | 'topK' | 'trainRouter'>): void {
+/**
+ * Switches the model's FFNs to MoE mode with the given routers (one per layer). `wOutT` (inference
+ * only): per layer W_out transposed, (d_ff, d_model), read instead of W_out (see `MoEOptions.wOutT`).
+ */
+export function setMoE(model: GPT, routers: Tensor[], o: Pick<MoEfyOptions, 'nExpert' | 'topK' | 'trainRouter'> & { wOutT?: Tensor[] }): void {
   checkMoEConfig(model.config.d_ff, o.nExpert, o.topK);
   model.ffnOverride = (layer, x, p) => moeFFN(x, p, routers[layer]!, {
     nExpert: o.nExpert, topK: o.topK, activation: model.config.activation, trainRouter: o.trainRouter ?? true,
+    ...(o.wOutT ? { wOutT: o.wOutT[layer]! } : {}),
   }).y;
 }
 

@@ -13,6 +13,19 @@ import { normalArray, subSeed } from './init.js';
 /** Per-layer FFN override (the MoE FFN of a sparse phase): x (N, d_model) -> (N, d_model). */
 export type FFNForward = (layer: number, x: Tensor, p: FFNParams) => Tensor;
 
+/**
+ * The attention state of incremental decoding (implemented by `infer/kvcache.ts`): positions of the
+ * new tokens, attention through cached keys/values, and the commit of the new tokens.
+ */
+export interface AttentionCache {
+  /** Positions of T new tokens per row, (B, T) i32. Throws if they do not fit the cache. */
+  positions(B: number, T: number): Tensor;
+  /** Causal attention of layer `layer`'s new tokens over the cache (appending their k, v): qkv (B, T, 3·d_model) -> (B, T, d_model). */
+  attend(layer: number, qkv: Tensor): Tensor;
+  /** Counts T new tokens per row as cached (after the last layer). */
+  advance(T: number): void;
+}
+
 export interface ForwardOptions {
   /** Next-token targets (B, T) i32; when given, the mean cross-entropy is returned as `loss`. */
   targets?: Tensor;
@@ -20,6 +33,8 @@ export interface ForwardOptions {
   train?: boolean;
   /** Seed of this step's dropout masks. */
   seed?: number;
+  /** Incremental decoding: the tokens continue the cached ones (positions offset, attention over the cache). */
+  cache?: AttentionCache;
 }
 
 export class GPT {
@@ -83,33 +98,44 @@ export class GPT {
 
   /**
    * ids (B, T) i32 -> logits (B, T, vocab_size), and the mean next-token cross-entropy (nats) when
-   * targets are given. Throws if T exceeds the context length.
+   * targets are given. Throws if T exceeds the context length (or, with a cache, the cache's room).
    */
   forward(ids: Tensor, opts: ForwardOptions = {}): { logits: Tensor; loss: Tensor | null } {
+    const logits = this.logits(this.hidden(ids, opts)); // (B, T, vocab_size)
+    const loss = opts.targets ? T.crossEntropy(logits, opts.targets) : null;
+    return { logits, loss };
+  }
+
+  /** The final LayerNorm's output: ids (B, T) i32 -> (B, T, d_model). Options as for `forward` (targets unused). */
+  hidden(ids: Tensor, opts: ForwardOptions = {}): Tensor {
     const c = this.config;
     if (ids.rank !== 2) throw new Error(`GPT.forward: ids must be (B, T), got [${ids.shape}]`);
     const [B, Tn] = ids.shape as [number, number];
     if (Tn > c.seq_len) throw new Error(`GPT.forward: sequence of ${Tn} tokens exceeds the context length ${c.seq_len}`);
     const drop = (x: Tensor, site: number) =>
       opts.train && c.dropout > 0 ? T.dropout(x, c.dropout, subSeed(opts.seed ?? 0, `drop${site}`)) : x;
-    const pos = T.tensor(Int32Array.from({ length: Tn }, (_, t) => t), [Tn], { dtype: 'i32', backend: this.backend });
+    const pos = opts.cache ? opts.cache.positions(B, Tn) // (B, T)
+      : T.tensor(Int32Array.from({ length: Tn }, (_, t) => t), [Tn], { dtype: 'i32', backend: this.backend });
     let x = T.add(T.embedding(this.p('wte'), ids), T.embedding(this.p('wpe'), pos)); // (B, T, d_model)
     x = drop(x, 0);
     for (let i = 0; i < c.n_layer; i++) {
       const h = `h.${i}`;
       const a = T.layerNorm(x, this.p(`${h}.ln_1.weight`), this.p(`${h}.ln_1.bias`));
       const qkv = T.add(T.matmul(a, this.p(`${h}.attn.w_qkv`), { transB: true }), this.p(`${h}.attn.b_qkv`)); // (B, T, 3·d_model)
-      const att = T.attention(qkv, c.n_head, true); // (B, T, d_model)
+      const att = opts.cache ? opts.cache.attend(i, qkv) : T.attention(qkv, c.n_head, true); // (B, T, d_model)
       const proj = T.add(T.matmul(att, this.p(`${h}.attn.w_proj`), { transB: true }), this.p(`${h}.attn.b_proj`));
       x = T.add(x, drop(proj, 2 * i + 1));
       const m = T.reshape(T.layerNorm(x, this.p(`${h}.ln_2.weight`), this.p(`${h}.ln_2.bias`)), [B * Tn, c.d_model]);
       const f = this.ffnOverride ? this.ffnOverride(i, m, this.ffnParams(i)) : ffnDense(m, this.ffnParams(i), c.activation);
       x = T.add(x, drop(T.reshape(f, [B, Tn, c.d_model]), 2 * i + 2));
     }
-    x = T.layerNorm(x, this.p('ln_f.weight'), this.p('ln_f.bias'));
-    const logits = T.matmul(x, this.p('wte'), { transB: true }); // (B, T, vocab_size)
-    const loss = opts.targets ? T.crossEntropy(logits, opts.targets) : null;
-    return { logits, loss };
+    opts.cache?.advance(Tn);
+    return T.layerNorm(x, this.p('ln_f.weight'), this.p('ln_f.bias'));
+  }
+
+  /** The output layer tied to the token embedding: hidden (..., d_model) -> logits (..., vocab_size). */
+  logits(hidden: Tensor): Tensor {
+    return T.matmul(hidden, this.p('wte'), { transB: true });
   }
 
   /** Parameters that get no weight decay: biases, LayerNorm weights, embeddings. */

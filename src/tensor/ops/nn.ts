@@ -82,6 +82,30 @@ export function attention(qkv: Tensor, nHead: number, causal: boolean): Tensor {
 }
 
 /**
+ * Causal attention of new tokens over a KV cache (inference only: records no gradient).
+ * qkv (B, T, 3·H·D) packed as (B, T, 3, H, D) holds T new tokens per row, row b's at positions
+ * pos[b] .. pos[b] + T − 1; their k and v are written into kCache and vCache (B, H, Tmax, D) in place,
+ * then each new token attends to the cached keys 0 .. its position. Returns (B, T, H·D).
+ * Throws if a row's new tokens do not fit the cache, or if the shapes disagree.
+ */
+export function attentionCached(qkv: Tensor, kCache: Tensor, vCache: Tensor, pos: Int32Array, nHead: number): Tensor {
+  const b = backendOf('attentionCached', qkv, kCache, vCache);
+  expectRank('attentionCached', qkv, 3, 'qkv');
+  for (const [t, w] of [[qkv, 'qkv'], [kCache, 'kCache'], [vCache, 'vCache']] as const) expectDtype('attentionCached', t, 'f32', w);
+  const [B, T, C3] = qkv.shape as [number, number, number];
+  const H = nHead, D = C3 / (3 * H), Tmax = kCache.shape[2]!;
+  for (const [c, w] of [[kCache, 'kCache'], [vCache, 'vCache']] as const) {
+    if (c.rank !== 4 || c.shape[0] !== B || c.shape[1] !== H || c.shape[2] !== Tmax || c.shape[3] !== D) {
+      throw new Error(`attentionCached: ${w} ${fmt(c)} must be [${B}, ${H}, Tmax, ${D}] for qkv ${fmt(qkv)} and ${H} heads`);
+    }
+  }
+  const y = out([B, T, H * D], b);
+  b.attentionCached(qkv.buf('attentionCached'), kCache.buf('attentionCached'), vCache.buf('attentionCached'),
+    y.buf('attentionCached'), pos, B, T, H, D, Tmax, 1 / Math.sqrt(D));
+  return y;
+}
+
+/**
  * Mean softmax cross-entropy over rows with a target (targets of −1 are ignored):
  * logits (..., V) f32, targets (...) i32 -> a scalar (nats). Fused: the softmax is never stored.
  * Throws if a target is outside [−1, V) or no row has a target.
