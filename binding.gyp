@@ -1,5 +1,5 @@
 {
-  # Native cpu backend. Plain x86-64-v3 (AVX2/FMA) code everywhere except the own GEMM kernel, which
+  # Native cpu backend. Plain x86-64-v3 (AVX2/FMA) code everywhere except the own GEMM kernels (blocked and small-M), which
   # is compiled with AVX-512 flags in a separate static library and only called after a run-time CPU
   # check (native/cpu/gemm.cc), so the addon loads and runs on any x86-64-v3 machine.
   # oneDNN and OpenBLAS are loaded with dlopen at run time; nothing but libdl is linked.
@@ -15,7 +15,7 @@
     {
       "target_name": "ssd_cpu_own_gemm",
       "type": "static_library",
-      "sources": ["native/cpu/gemm_own.cc"],
+      "sources": ["native/cpu/gemm_own.cc", "native/cpu/gemm_small.cc"],
       "cflags": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
     },
     {

@@ -4,6 +4,7 @@
  */
 import type { Backend } from './contract.js';
 import { createCpuBackend } from './cpu/index.js';
+import { createCudaBackend } from './cuda/index.js';
 import { createRefBackend } from './ref/index.js';
 
 export const BACKEND_NAMES = ['ref', 'cpu', 'cuda'] as const;
@@ -29,9 +30,7 @@ function create(name: BackendName): Backend {
   switch (name) {
     case 'ref': return createRefBackend();
     case 'cpu': return createCpuBackend();
-    case 'cuda':
-      throw new Error("backend 'cuda' is not available in this build (the CUDA backend is not implemented yet); " +
-        'use --backend cpu');
+    case 'cuda': return createCudaBackend();
   }
 }
 

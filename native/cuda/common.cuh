@@ -1,0 +1,117 @@
+// Shared declarations of the CUDA backend (native/cuda). Everything runs on one stream (`stream()`),
+// launched asynchronously; host-visible results synchronise explicitly. Errors are C++ exceptions
+// (CudaError) that the N-API glue turns into JavaScript errors naming the op.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ssdc {
+
+struct CudaError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct IndexError : std::out_of_range {
+  using std::out_of_range::out_of_range;
+};
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw CudaError(std::string("cuda: ") + what + ": " + cudaGetErrorString(e));
+}
+// After a kernel launch: launch-configuration errors (not asynchronous faults) surface here.
+inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+cudaStream_t stream();
+
+// ---------------------------------------------------------------- device memory (caching allocator)
+void* dev_alloc(size_t bytes);  // throws CudaError naming the sizes on out-of-memory
+void dev_free(void* p);
+// A scratch buffer freed when it goes out of scope (stream-ordered reuse keeps this safe).
+struct Scratch {
+  void* p = nullptr;
+  explicit Scratch(size_t bytes) : p(bytes ? dev_alloc(bytes) : nullptr) {}
+  ~Scratch() { if (p) dev_free(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <class T> T* as() const { return static_cast<T*>(p); }
+};
+
+// Synchronous host <-> device copies through the stream.
+void h2d(void* dst, const void* src, size_t bytes);
+void d2h(void* dst, const void* src, size_t bytes);
+
+inline unsigned grid_for(int64_t n, int threads, int64_t cap = 65535LL * 32) {
+  int64_t g = (n + threads - 1) / threads;
+  if (g < 1) g = 1;
+  if (g > cap) g = cap;
+  return (unsigned)g;
+}
+
+constexpr int kMaxRank = 8;
+struct Dims {
+  int rank;
+  int64_t shape[kMaxRank];
+  int64_t s0[kMaxRank];
+  int64_t s1[kMaxRank];
+};
+
+// ---------------------------------------------------------------- kernels (launchers)
+// elementwise.cu
+void fill32(void* out, int64_t n, uint32_t bits);
+void fill16(void* out, int64_t n, uint16_t bits);
+void cast_f32_bf16(const float* x, uint16_t* out, int64_t n);
+void cast_bf16_f32(const uint16_t* x, float* out, int64_t n);
+// (rows, cols) f32 -> (rows, ld) bf16 with zero padding columns (aligned leading dimension for cuBLAS).
+void cast_f32_bf16_pad(const float* x, uint16_t* out, int64_t rows, int64_t cols, int64_t ld);
+void cast_i32_f32(const int32_t* x, float* out, int64_t n);
+void cast_f32_i32(const float* x, int32_t* out, int64_t n);
+void copy_bytes(const void* src, void* dst, int64_t bytes);
+// kind: 0 f32, 1 bf16, 2 i32
+void copy_strided(int kind, const void* src, int64_t so, void* dst, int64_t dof, const Dims& d, bool acc);
+void unary(int op, const float* x, float* out, int64_t n);
+void unary_backward(int op, const float* x, const float* gy, float* gx, int64_t n);
+void affine(const float* x, float* out, int64_t n, float scale, float shift);
+void binary(int op, const float* a, const float* b, float* out, const Dims& d);
+void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t inner);
+double sum_squares(const float* x, int64_t n);
+void dropout(const float* x, float* out, int64_t n, float p, uint32_t seed);
+void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps, float wd,
+           float bc1, float bc2, float gscale);
+
+// nn.cu
+void softmax(const float* x, float* out, int64_t rows, int64_t cols);
+void softmax_backward(const float* y, const float* gy, float* gx, int64_t rows, int64_t cols);
+void layer_norm(const float* x, const float* g, const float* b, float* y, float* mean, float* rstd, int64_t rows,
+                int64_t cols, float eps);
+void layer_norm_backward(const float* x, const float* g, const float* mean, const float* rstd, const float* gy,
+                         float* gx, float* gg, float* gb, int64_t rows, int64_t cols);
+void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op);
+void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op);
+void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* lse, int64_t N, int64_t V);
+void cross_entropy_backward(const float* logits, const int32_t* targets, const float* lse, const float* gloss,
+                            float* glogits, int64_t N, int64_t V);
+void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
+void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k);
+
+// gemm.cu
+// compute: 0 bf16 tensor cores (operands bf16), 1 tf32, 2 plain f32. aType/bType: 0 f32, 1 bf16.
+std::string cublas_load(const std::vector<std::string>& paths);
+bool cublas_ready();
+void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
+          int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
+          float beta, int compute);
+// Grouped GEMM over f32 operands with the built-in bf16 tensor-core kernel; problems: 9 ints per group.
+void grouped_gemm(const float* A, const float* B, float* C, const int32_t* problems, int64_t groups, bool tA, bool tB,
+                  float alpha, float beta);
+
+// attention.cu (impl: 0 auto (tensor cores when D % 16 == 0 and D <= 128), 1 plain SIMT)
+void attention(const float* qkv, float* out, float* lse, int B, int T, int H, int D, bool causal, float scale, int impl);
+void attention_backward(const float* qkv, const float* out, const float* lse, const float* gout, float* gqkv, int B,
+                        int T, int H, int D, bool causal, float scale, int impl);
+void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos_host, int B, int T, int H,
+                      int D, int Tmax, float scale);
+
+}  // namespace ssdc

@@ -1,0 +1,374 @@
+// NN kernels: softmax, LayerNorm, row gather / deterministic scatter-add (embedding), softmax
+// cross-entropy, top-k. Statistics and reductions in fp32 (fixed-order tree reductions, so results
+// are deterministic); index operands are validated on the host before any kernel runs.
+#include <cfloat>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+
+namespace ssdc {
+
+namespace {
+constexpr int kT = 256;
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Block-wide (kT threads) sum / max, broadcast to all threads. Fixed order: deterministic.
+__device__ float block_sum(float v, float* sh) {
+  v = warp_sum(v);
+  int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+  if (l == 0) sh[w] = v;
+  __syncthreads();
+  float r = l < (kT / 32) ? sh[l] : 0.f;
+  r = warp_sum(r);
+  __syncthreads();
+  return r;
+}
+__device__ float block_max(float v, float* sh) {
+  v = warp_max(v);
+  int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+  if (l == 0) sh[w] = v;
+  __syncthreads();
+  float r = l < (kT / 32) ? sh[l] : -INFINITY;
+  r = warp_max(r);
+  __syncthreads();
+  return r;
+}
+
+__global__ void k_softmax(const float* __restrict__ x, float* __restrict__ o, int64_t rows, int64_t cols) {
+  __shared__ float sh[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* xr = x + r * cols;
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < cols; j += kT) mx = fmaxf(mx, xr[j]);
+    mx = block_max(mx, sh);
+    float s = 0;
+    for (int64_t j = threadIdx.x; j < cols; j += kT) s += expf(xr[j] - mx);
+    s = block_sum(s, sh);
+    float inv = 1.f / s;
+    for (int64_t j = threadIdx.x; j < cols; j += kT) o[r * cols + j] = expf(xr[j] - mx) * inv;
+  }
+}
+__global__ void k_softmax_bwd(const float* __restrict__ y, const float* __restrict__ gy, float* __restrict__ gx,
+                              int64_t rows, int64_t cols) {
+  __shared__ float sh[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int64_t b = r * cols;
+    float d = 0;
+    for (int64_t j = threadIdx.x; j < cols; j += kT) d += gy[b + j] * y[b + j];
+    d = block_sum(d, sh);
+    for (int64_t j = threadIdx.x; j < cols; j += kT) gx[b + j] = y[b + j] * (gy[b + j] - d);
+  }
+}
+
+__global__ void k_layer_norm(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ bt,
+                             float* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int64_t rows,
+                             int64_t cols, float eps) {
+  __shared__ float sh[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* xr = x + r * cols;
+    float s = 0;
+    for (int64_t j = threadIdx.x; j < cols; j += kT) s += xr[j];
+    float mu = block_sum(s, sh) / (float)cols;
+    float v = 0;
+    for (int64_t j = threadIdx.x; j < cols; j += kT) { float d = xr[j] - mu; v += d * d; }
+    float rs = rsqrtf(block_sum(v, sh) / (float)cols + eps);
+    if (threadIdx.x == 0) { mean[r] = mu; rstd[r] = rs; }
+    for (int64_t j = threadIdx.x; j < cols; j += kT) y[r * cols + j] = (xr[j] - mu) * rs * g[j] + bt[j];
+  }
+}
+__global__ void k_layer_norm_bwd_x(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ mean,
+                                   const float* __restrict__ rstd, const float* __restrict__ gy, float* __restrict__ gx,
+                                   int64_t rows, int64_t cols) {
+  __shared__ float sh[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int64_t b = r * cols;
+    float mu = mean[r], rs = rstd[r];
+    float sd = 0, sdx = 0;
+    // __fmul_rn: no FMA contraction, so d − mean(d) is exactly 0 where it should be (cols = 1).
+    for (int64_t j = threadIdx.x; j < cols; j += kT) {
+      float d = __fmul_rn(gy[b + j], g[j]);
+      sd += d;
+      sdx += d * __fmul_rn(x[b + j] - mu, rs);
+    }
+    sd = block_sum(sd, sh) / (float)cols;
+    sdx = block_sum(sdx, sh) / (float)cols;
+    for (int64_t j = threadIdx.x; j < cols; j += kT) {
+      float xh = __fmul_rn(x[b + j] - mu, rs), d = __fmul_rn(gy[b + j], g[j]);
+      gx[b + j] = rs * (d - sd - __fmul_rn(xh, sdx));
+    }
+  }
+}
+// Column partial sums of gy·xhat and gy over chunks of CH rows: block (32, 8).
+__global__ void k_layer_norm_bwd_gb(const float* __restrict__ x, const float* __restrict__ mean,
+                                    const float* __restrict__ rstd, const float* __restrict__ gy, float* __restrict__ pg,
+                                    float* __restrict__ pb, int64_t rows, int64_t cols, int64_t CH) {
+  __shared__ float sg[8][33], sb[8][33];
+  int64_t col = blockIdx.x * 32LL + threadIdx.x, c = blockIdx.y;
+  float ag = 0, ab = 0;
+  if (col < cols) {
+    int64_t r1 = min(rows, (c + 1) * CH);
+    for (int64_t r = c * CH + threadIdx.y; r < r1; r += 8) {
+      float gv = gy[r * cols + col];
+      ag += gv * (x[r * cols + col] - mean[r]) * rstd[r];
+      ab += gv;
+    }
+  }
+  sg[threadIdx.y][threadIdx.x] = ag;
+  sb[threadIdx.y][threadIdx.x] = ab;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < cols) {
+    float s1 = 0, s2 = 0;
+    for (int y = 0; y < 8; ++y) { s1 += sg[y][threadIdx.x]; s2 += sb[y][threadIdx.x]; }
+    pg[c * cols + col] = s1;
+    pb[c * cols + col] = s2;
+  }
+}
+__global__ void k_layer_norm_bwd_gb_final(const float* __restrict__ pg, const float* __restrict__ pb, float* __restrict__ gg,
+                                          float* __restrict__ gb, int64_t cols, int64_t nch) {
+  for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < cols; j += (int64_t)gridDim.x * blockDim.x) {
+    float s1 = 0, s2 = 0;
+    for (int64_t c = 0; c < nch; ++c) { s1 += pg[c * cols + j]; s2 += pb[c * cols + j]; }
+    gg[j] += s1;
+    gb[j] += s2;
+  }
+}
+
+__global__ void k_gather(const float* __restrict__ x, const int32_t* __restrict__ idx, float* __restrict__ o, int64_t m,
+                         int64_t d) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < m * d; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t r = i / d, j = i - r * d;
+    o[i] = x[(int64_t)idx[r] * d + j];
+  }
+}
+// One block per (target row segment, column chunk); sources added in ascending order.
+__global__ void k_scatter_sorted(const float* __restrict__ src, const int32_t* __restrict__ meta, int64_t nseg,
+                                 int64_t m, float* __restrict__ out, int64_t d) {
+  const int32_t* order = meta;               // m
+  const int32_t* seg = meta + m;             // nseg + 1
+  const int32_t* target = meta + m + nseg + 1;  // nseg
+  for (int64_t s = blockIdx.y; s < nseg; s += gridDim.y) {
+    int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (j >= d) continue;
+    int64_t t = target[s];
+    float acc = out[t * d + j];
+    for (int32_t r = seg[s]; r < seg[s + 1]; ++r) acc += src[(int64_t)order[r] * d + j];
+    out[t * d + j] = acc;
+  }
+}
+
+__global__ void k_ce(const float* __restrict__ x, const int32_t* __restrict__ tg, float* __restrict__ loss,
+                     float* __restrict__ lse, int64_t N, int64_t V) {
+  __shared__ float sh[32];
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    const float* xr = x + n * V;
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < V; j += kT) mx = fmaxf(mx, xr[j]);
+    mx = block_max(mx, sh);
+    float s = 0;
+    for (int64_t j = threadIdx.x; j < V; j += kT) s += expf(xr[j] - mx);
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) {
+      float l = mx + logf(s);
+      lse[n] = l;
+      int t = tg[n];
+      loss[n] = t < 0 ? 0.f : l - xr[t];
+    }
+  }
+}
+__global__ void k_ce_bwd(const float* __restrict__ x, const int32_t* __restrict__ tg, const float* __restrict__ lse,
+                         const float* __restrict__ gl, float* __restrict__ gx, int64_t N, int64_t V) {
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    int t = tg[n];
+    float l = lse[n], g = gl[n];
+    for (int64_t j = threadIdx.x; j < V; j += kT) {
+      gx[n * V + j] = t < 0 ? 0.f : g * (expf(x[n * V + j] - l) - (j == t ? 1.f : 0.f));
+    }
+  }
+}
+
+// out[r] = Σ_c a[r, c]·b[r, c], accumulated in f64 (fixed-order tree).
+__global__ void k_rowdot(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out, int64_t rows,
+                         int64_t cols) {
+  __shared__ double sh[kT];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    double acc = 0;
+    for (int64_t j = threadIdx.x; j < cols; j += kT) acc += (double)a[r * cols + j] * (double)b[r * cols + j];
+    sh[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = kT / 2; s > 0; s >>= 1) {
+      if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) out[r] = (float)sh[0];
+    __syncthreads();
+  }
+}
+
+__device__ __forceinline__ bool better(float ka, int ia, float kb, int ib) { return ka > kb || (ka == kb && ia < ib); }
+__global__ void k_topk(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx, int64_t rows,
+                       int64_t cols, int64_t k) {
+  __shared__ float sk[kT];
+  __shared__ int si[kT];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* xr = x + r * cols;
+    float thk = INFINITY;
+    int thi = -1;  // threshold: items must be strictly worse than (thk, thi); none at first
+    for (int64_t q = 0; q < k; ++q) {
+      float bk = -INFINITY;
+      int bi = INT_MAX;
+      for (int64_t j = threadIdx.x; j < cols; j += kT) {
+        float v = xr[j];
+        float kv = isnan(v) ? -INFINITY : v;
+        if (thi >= 0 && !better(thk, thi, kv, (int)j)) continue;
+        if (bi == INT_MAX || better(kv, (int)j, bk, bi)) { bk = kv; bi = (int)j; }
+      }
+      sk[threadIdx.x] = bk;
+      si[threadIdx.x] = bi;
+      __syncthreads();
+      for (int s = kT / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) {
+          int o = threadIdx.x + s;
+          if (si[o] != INT_MAX && (si[threadIdx.x] == INT_MAX || better(sk[o], si[o], sk[threadIdx.x], si[threadIdx.x]))) {
+            sk[threadIdx.x] = sk[o];
+            si[threadIdx.x] = si[o];
+          }
+        }
+        __syncthreads();
+      }
+      thk = sk[0];
+      thi = si[0];
+      if (threadIdx.x == 0) {
+        vals[r * k + q] = xr[thi];
+        idx[r * k + q] = thi;
+      }
+      __syncthreads();
+    }
+  }
+}
+
+unsigned rows_grid(int64_t rows) { return (unsigned)std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 20)); }
+
+std::vector<int32_t> fetch_checked(const int32_t* idx, int64_t m, int64_t lo, int64_t n, const char* op) {
+  std::vector<int32_t> h((size_t)m);
+  d2h(h.data(), idx, m * sizeof(int32_t));
+  for (int64_t i = 0; i < m; ++i) {
+    if (h[i] < lo || h[i] >= n) {
+      if (lo < 0) {
+        throw IndexError(std::string(op) + ": target " + std::to_string(h[i]) + " is outside [-1, " + std::to_string(n) +
+                         ") (vocabulary size " + std::to_string(n) + ")");
+      }
+      throw IndexError(std::string(op) + ": index " + std::to_string(h[i]) + " is outside [0, " + std::to_string(n) + ")");
+    }
+  }
+  return h;
+}
+}  // namespace
+
+void softmax(const float* x, float* out, int64_t rows, int64_t cols) {
+  if (rows == 0 || cols == 0) return;
+  k_softmax<<<rows_grid(rows), kT, 0, stream()>>>(x, out, rows, cols);
+  check_launch("softmax");
+}
+void softmax_backward(const float* y, const float* gy, float* gx, int64_t rows, int64_t cols) {
+  if (rows == 0 || cols == 0) return;
+  k_softmax_bwd<<<rows_grid(rows), kT, 0, stream()>>>(y, gy, gx, rows, cols);
+  check_launch("softmaxBackward");
+}
+void layer_norm(const float* x, const float* g, const float* b, float* y, float* mean, float* rstd, int64_t rows,
+                int64_t cols, float eps) {
+  if (rows == 0) return;
+  k_layer_norm<<<rows_grid(rows), kT, 0, stream()>>>(x, g, b, y, mean, rstd, rows, cols, eps);
+  check_launch("layerNorm");
+}
+void layer_norm_backward(const float* x, const float* g, const float* mean, const float* rstd, const float* gy,
+                         float* gx, float* gg, float* gb, int64_t rows, int64_t cols) {
+  if (rows == 0 || cols == 0) return;
+  k_layer_norm_bwd_x<<<rows_grid(rows), kT, 0, stream()>>>(x, g, mean, rstd, gy, gx, rows, cols);
+  check_launch("layerNormBackward");
+  int64_t CH = 128, nch = (rows + CH - 1) / CH;
+  if (nch > 4096) { CH = (rows + 4095) / 4096; nch = (rows + CH - 1) / CH; }
+  Scratch part(2 * nch * cols * sizeof(float));
+  float* pg = part.as<float>();
+  float* pb = pg + nch * cols;
+  k_layer_norm_bwd_gb<<<dim3((unsigned)((cols + 31) / 32), (unsigned)nch), dim3(32, 8), 0, stream()>>>(x, mean, rstd, gy, pg, pb, rows, cols, CH);
+  check_launch("layerNormBackward");
+  k_layer_norm_bwd_gb_final<<<grid_for(cols, kT), kT, 0, stream()>>>(pg, pb, gg, gb, cols, nch);
+  check_launch("layerNormBackward");
+}
+
+void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op) {
+  if (m == 0) return;
+  fetch_checked(idx, m, 0, n, op);
+  if (d == 0) return;
+  k_gather<<<grid_for(m * d, kT), kT, 0, stream()>>>(x, idx, out, m, d);
+  check_launch(op);
+}
+
+void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op) {
+  if (m == 0) return;
+  std::vector<int32_t> h = fetch_checked(idx, m, 0, n, op);
+  if (d == 0) return;
+  // Stable counting sort of the sources by target row.
+  std::vector<int32_t> cnt((size_t)n + 1, 0);
+  for (int64_t i = 0; i < m; ++i) cnt[h[i] + 1]++;
+  for (int64_t t = 0; t < n; ++t) cnt[t + 1] += cnt[t];
+  std::vector<int32_t> order((size_t)m);
+  {
+    std::vector<int32_t> pos(cnt.begin(), cnt.end() - 1);
+    for (int64_t i = 0; i < m; ++i) order[pos[h[i]]++] = (int32_t)i;
+  }
+  std::vector<int32_t> seg, target;
+  for (int64_t t = 0; t < n; ++t) {
+    if (cnt[t + 1] > cnt[t]) {
+      seg.push_back(cnt[t]);
+      target.push_back((int32_t)t);
+    }
+  }
+  int64_t nseg = (int64_t)target.size();
+  seg.push_back((int32_t)m);
+  std::vector<int32_t> meta;
+  meta.reserve(m + 2 * nseg + 1);
+  meta.insert(meta.end(), order.begin(), order.end());
+  meta.insert(meta.end(), seg.begin(), seg.end());
+  meta.insert(meta.end(), target.begin(), target.end());
+  Scratch dm(meta.size() * sizeof(int32_t));
+  h2d(dm.p, meta.data(), meta.size() * sizeof(int32_t));
+  dim3 g((unsigned)((d + 127) / 128), (unsigned)std::min<int64_t>(nseg, 65535));
+  k_scatter_sorted<<<g, 128, 0, stream()>>>(src, dm.as<int32_t>(), nseg, m, out, d);
+  check_launch(op);
+}
+
+void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* lse, int64_t N, int64_t V) {
+  if (N == 0) return;
+  fetch_checked(targets, N, -1, V, "crossEntropy");
+  k_ce<<<rows_grid(N), kT, 0, stream()>>>(logits, targets, losses, lse, N, V);
+  check_launch("crossEntropy");
+}
+void cross_entropy_backward(const float* logits, const int32_t* targets, const float* lse, const float* gloss,
+                            float* glogits, int64_t N, int64_t V) {
+  if (N == 0) return;
+  fetch_checked(targets, N, -1, V, "crossEntropy");
+  k_ce_bwd<<<rows_grid(N), kT, 0, stream()>>>(logits, targets, lse, gloss, glogits, N, V);
+  check_launch("crossEntropyBackward");
+}
+void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {
+  if (rows == 0) return;
+  k_rowdot<<<rows_grid(rows), kT, 0, stream()>>>(a, b, out, rows, cols);
+  check_launch("rowDot");
+}
+void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k) {
+  if (rows == 0 || k == 0) return;
+  k_topk<<<rows_grid(rows), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
+  check_launch("topk");
+}
+
+}  // namespace ssdc

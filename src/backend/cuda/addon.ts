@@ -1,0 +1,127 @@
+/**
+ * Loader and typings for the CUDA addon (build/Release/ssd_cuda.node, built by scripts/build-cuda.mjs
+ * from native/cuda when nvcc is present). Device buffers cross the boundary as numbers (device
+ * addresses); host data as typed arrays. cuBLAS is found here (search list below) and dlopen'ed natively.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { packageRoot } from '../cpu/addon.js';
+
+type Ptr = number;
+type HostArr = Float32Array | Int32Array | Uint16Array;
+
+export interface CudaAddon {
+  probe(): { count: number; error: string };
+  init(): string;
+  loadCublas(paths: string[]): string;
+  malloc(bytes: number): Ptr;
+  free(p: Ptr): void;
+  zero(p: Ptr, bytes: number): void;
+  stats(): { liveBytes: number; cachedBytes: number; peakBytes: number; liveBlocks: number };
+  emptyCache(): void;
+  sync(): void;
+  h2d(dst: Ptr, src: HostArr, bytes: number): void;
+  d2h(src: Ptr, dst: HostArr, bytes: number): void;
+  h2dBf16(dst: Ptr, src: Float32Array): void;
+  d2hBf16(src: Ptr, dst: Float32Array): void;
+
+  fill32(p: Ptr, n: number, bits: number): void;
+  fill16(p: Ptr, n: number, bits: number): void;
+  /** kind: 0 f32->bf16, 1 bf16->f32, 2 i32->f32, 3 f32->i32 */
+  cast(kind: number, x: Ptr, out: Ptr, n: number): void;
+  copyBytes(src: Ptr, dst: Ptr, bytes: number): void;
+  /** (rows, cols) f32 -> (rows, ld) bf16, padding columns zero. */
+  castPad(x: Ptr, out: Ptr, rows: number, cols: number, ld: number): void;
+  copyStrided(kind: number, src: Ptr, srcOff: number, srcStrides: number[], dst: Ptr, dstOff: number,
+    dstStrides: number[], shape: number[], acc: boolean): void;
+
+  unary(op: number, x: Ptr, out: Ptr, n: number): void;
+  unaryBackward(op: number, x: Ptr, gy: Ptr, gx: Ptr, n: number): void;
+  affine(x: Ptr, out: Ptr, n: number, scale: number, shift: number): void;
+  binary(op: number, a: Ptr, aStrides: number[], b: Ptr, bStrides: number[], out: Ptr, shape: number[]): void;
+  reduceSum(x: Ptr, out: Ptr, outer: number, mid: number, inner: number): void;
+  sumSquares(x: Ptr, n: number): number;
+  dropout(x: Ptr, out: Ptr, n: number, p: number, seed: number): void;
+  adamw(p: Ptr, g: Ptr, m: Ptr, v: Ptr, n: number, lr: number, b1: number, b2: number, eps: number, wd: number,
+    step: number, gradScale: number): void;
+
+  gemm(a: Ptr, aType: number, lda: number, sA: number, b: Ptr, bType: number, ldb: number, sB: number, c: Ptr, ldc: number,
+    sC: number, batch: number, m: number, n: number, k: number, tA: boolean, tB: boolean, alpha: number, beta: number,
+    compute: number): void;
+  groupedGemm(a: Ptr, b: Ptr, c: Ptr, problems: Int32Array, tA: boolean, tB: boolean, alpha: number, beta: number): void;
+
+  softmax(x: Ptr, out: Ptr, rows: number, cols: number): void;
+  softmaxBackward(y: Ptr, gy: Ptr, gx: Ptr, rows: number, cols: number): void;
+  layerNorm(x: Ptr, g: Ptr, b: Ptr, y: Ptr, mean: Ptr, rstd: Ptr, rows: number, cols: number, eps: number): void;
+  layerNormBackward(x: Ptr, g: Ptr, mean: Ptr, rstd: Ptr, gy: Ptr, gx: Ptr, gg: Ptr, gb: Ptr, rows: number, cols: number): void;
+  gatherRows(x: Ptr, idx: Ptr, out: Ptr, m: number, n: number, d: number, op: string): void;
+  scatterAddRows(src: Ptr, idx: Ptr, out: Ptr, m: number, n: number, d: number, op: string): void;
+  crossEntropy(logits: Ptr, targets: Ptr, losses: Ptr, lse: Ptr, N: number, V: number): void;
+  crossEntropyBackward(logits: Ptr, targets: Ptr, lse: Ptr, gloss: Ptr, glogits: Ptr, N: number, V: number): void;
+  rowDot(a: Ptr, b: Ptr, out: Ptr, rows: number, cols: number): void;
+  topk(x: Ptr, values: Ptr, indices: Ptr, rows: number, cols: number, k: number): void;
+  attention(qkv: Ptr, out: Ptr, lse: Ptr, B: number, T: number, H: number, D: number, causal: boolean, scale: number,
+    impl: number): void;
+  attentionBackward(qkv: Ptr, out: Ptr, lse: Ptr, gout: Ptr, gqkv: Ptr, B: number, T: number, H: number, D: number,
+    causal: boolean, scale: number, impl: number): void;
+  attentionCached(qkv: Ptr, kc: Ptr, vc: Ptr, out: Ptr, pos: Int32Array, B: number, T: number, H: number, D: number,
+    Tmax: number, scale: number): void;
+}
+
+let cached: CudaAddon | undefined;
+
+/** Path of the addon file. */
+export function cudaAddonPath(): string {
+  return join(packageRoot(), 'build', 'Release', 'ssd_cuda.node');
+}
+
+/** Loads the addon once; throws an actionable Error when it has not been built. */
+export function loadCudaAddon(): CudaAddon {
+  if (cached) return cached;
+  const path = cudaAddonPath();
+  if (!existsSync(path)) {
+    throw new Error(`backend 'cuda' is not built (${path} is missing): install the CUDA toolkit (nvcc) and run ` +
+      '`npm ci` (or `node scripts/build-cuda.mjs`), or use --backend cpu');
+  }
+  const require = createRequire(import.meta.url);
+  try {
+    cached = require(path) as CudaAddon;
+  } catch (e) {
+    throw new Error(`backend 'cuda' failed to load from ${path}: ${(e as Error).message}; rebuild it with ` +
+      '`node scripts/build-cuda.mjs` or use --backend cpu');
+  }
+  return cached;
+}
+
+/**
+ * Where libcublas.so may be: SSD_CUBLAS, the library path, the CUDA toolkit, and the NVIDIA pip
+ * wheels (nvidia/cublas/lib, nvidia/cu13/lib) of the Python installations found; then the bare
+ * sonames for the dynamic loader's own search.
+ */
+export function cublasCandidates(): string[] {
+  const out: string[] = [];
+  const env = process.env['SSD_CUBLAS'];
+  if (env) out.push(env);
+  const dirs = [
+    ...(process.env['LD_LIBRARY_PATH'] ?? '').split(':').filter(Boolean),
+    ...['CUDA_HOME', 'CUDA_PATH'].flatMap((v) => (process.env[v] ? [join(process.env[v]!, 'lib64')] : [])),
+    '/usr/local/cuda/lib64', '/usr/local/cuda/targets/x86_64-linux/lib', '/usr/lib/x86_64-linux-gnu', '/usr/lib64',
+  ];
+  const pyRoots = ['/usr/local/lib', '/usr/lib', '/opt/conda/lib', join(process.env['HOME'] ?? '/root', '.local', 'lib')];
+  for (const r of pyRoots) {
+    let names: string[] = [];
+    try { names = readdirSync(r).filter((n) => /^python3/.test(n)); } catch { continue; }
+    for (const n of names) {
+      for (const sp of ['dist-packages', 'site-packages']) {
+        for (const sub of ['nvidia/cublas/lib', 'nvidia/cu13/lib', 'nvidia/cu12/lib']) dirs.push(join(r, n, sp, sub));
+      }
+    }
+  }
+  for (const d of dirs) for (const v of ['13', '12']) {
+    const p = join(d, `libcublas.so.${v}`);
+    if (existsSync(p) && !out.includes(p)) out.push(p);
+  }
+  out.push('libcublas.so.13', 'libcublas.so.12', 'libcublas.so');
+  return out;
+}

@@ -1,0 +1,309 @@
+/**
+ * Tests specific to the cuda backend (skipped without a device): sizes that take the tiled / tensor-core
+ * paths (GEMM, grouped GEMM with many groups, flash attention at D 32/64/128, KV-cache attention,
+ * LayerNorm, cross-entropy over a GPT-2 vocabulary, reductions) compared with the cpu backend;
+ * determinism (same bits twice); exact ops (top-k with ties and NaN, dropout masks, embedding
+ * gradients); errors (bad ids, out of memory); memory accounting; and the loss curve of a short
+ * training run on cpu and cuda.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { Backend, Buf, DType } from '../src/backend/contract.js';
+import { createCpuBackend } from '../src/backend/cpu/index.js';
+import { createCudaBackend, cudaUnavailableReason, type CudaBackend } from '../src/backend/cuda/index.js';
+import { GPT } from '../src/nn/gpt.js';
+import { makeConfig } from '../src/nn/config.js';
+import * as T from '../src/tensor/index.js';
+import { AdamW } from '../src/train/optim.js';
+import { relErr, rng } from './helpers.js';
+
+const why = cudaUnavailableReason();
+
+function randn(r: () => number, n: number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = Math.max(r(), 1e-12), v = r();
+    a[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+  }
+  return a;
+}
+function ints(r: () => number, n: number, lo: number, hi: number): Int32Array {
+  return Int32Array.from({ length: n }, () => lo + Math.floor(r() * (hi - lo)));
+}
+function put(b: Backend, data: ArrayLike<number>, dtype: DType = 'f32'): Buf {
+  const buf = b.alloc(dtype, data.length);
+  b.upload(buf, data);
+  return buf;
+}
+type Run = (b: Backend) => ArrayLike<number>[];
+
+if (why) {
+  describe('cuda backend', () => {
+    it('needs a CUDA device', { skip: why }, () => {});
+  });
+} else {
+  const cuda = createCudaBackend() as CudaBackend;
+  const cpu = createCpuBackend();
+
+  function close(name: string, run: Run, tol: number): void {
+    it(`${name}: matches cpu (rel. err <= ${tol})`, () => {
+      const want = run(cpu), got = run(cuda);
+      got.forEach((g, k) => {
+        const e = relErr(g, want[k]!);
+        assert.ok(e <= tol, `output ${k}: relative error ${e.toExponential(2)} > ${tol}`);
+      });
+    });
+  }
+  function sameTwice(name: string, run: Run): void {
+    it(`${name}: same bits twice`, () => {
+      const a = run(cuda), b = run(cuda);
+      a.forEach((x, k) => assert.deepEqual(Array.from(x), Array.from(b[k]!), `output ${k} differs between runs`));
+    });
+  }
+
+  describe(`cuda backend (${cuda.device}; ${cuda.gemmLibrary}; matmul ${cuda.matmulMode})`, () => {
+    const r = rng(7);
+    for (const [m, k, n, tA, tB, batch] of [[256, 768, 3072, false, true, 1], [1000, 96, 130, true, false, 3],
+      [33, 17, 65, true, true, 2], [2048, 3072, 768, false, false, 1]] as const) {
+      const a = randn(r, batch * m * k), b = randn(r, batch * k * n), c0 = randn(r, batch * m * n);
+      close(`matmul ${batch}x${m}x${k}x${n} tA=${tA} tB=${tB} beta=1`, (be) => {
+        const A = put(be, a), B = put(be, b), C = put(be, c0);
+        be.matmul(A, B, C, { batch, m, n, k, transA: tA, transB: tB, strideA: m * k, strideB: k * n, strideC: m * n,
+          alpha: 0.5, beta: 1 });
+        const out = be.download(C);
+        for (const x of [A, B, C]) be.free(x);
+        return [out];
+      }, 1e-2);
+    }
+    {
+      // The output layer's shapes with an odd vocabulary: misaligned leading dimensions take the padded path.
+      const m = 128, d = 64, V = 33333;
+      const h = randn(r, m * d), w = randn(r, V * d), gl = randn(r, m * V);
+      close('matmul padded path (logits fwd, dHidden, dW with vocabulary 33333)', (be) => {
+        const Hh = put(be, h), W = put(be, w), L = be.alloc('f32', m * V), G = put(be, gl);
+        const GH = be.alloc('f32', m * d), GW = be.alloc('f32', V * d);
+        be.matmul(Hh, W, L, { batch: 1, m, n: V, k: d, transA: false, transB: true, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        be.matmul(G, W, GH, { batch: 1, m, n: d, k: V, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        be.matmul(G, Hh, GW, { batch: 1, m: V, n: d, k: m, transA: true, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        const res = [be.download(L), be.download(GH), be.download(GW)];
+        for (const x of [Hh, W, L, G, GH, GW]) be.free(x);
+        return res;
+      }, 1e-2);
+    }
+    it('matmul: beta = 0 ignores NaN in C; k = 0 writes zeros', () => {
+      const A = put(cuda, randn(r, 12)), B = put(cuda, randn(r, 12)), C = put(cuda, new Float32Array(9).fill(NaN));
+      cuda.matmul(A, B, C, { batch: 1, m: 3, n: 3, k: 4, transA: false, transB: false, strideA: 12, strideB: 12, strideC: 9, alpha: 1, beta: 0 });
+      assert.ok(Array.from(cuda.download(C)).every(Number.isFinite));
+      cuda.fill(C, NaN);
+      cuda.matmul(A, B, C, { batch: 1, m: 3, n: 3, k: 0, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 9, alpha: 1, beta: 0 });
+      assert.deepEqual(Array.from(cuda.download(C)), new Array(9).fill(0));
+      for (const x of [A, B, C]) cuda.free(x);
+    });
+
+    for (const [groups, tB] of [[40, false], [130, true], [3, true]] as const) {
+      // Experts of W (E, k, n) or (E, n, k); segments of x (rows, k), some empty.
+      const k = 96, n = 80, rr = rng(groups);
+      const sizes = Array.from({ length: groups }, (_, g) => (g % 7 === 3 ? 0 : Math.floor(rr() * 150)));
+      const rows = sizes.reduce((s, x) => s + x, 0);
+      const x = randn(rr, rows * k), w = randn(rr, groups * k * n);
+      const probs = new Int32Array(9 * groups);
+      let off = 0;
+      sizes.forEach((s, g) => {
+        probs.set([s, n, k, off * k, k, g * k * n, tB ? k : n, off * n, n], 9 * g);
+        off += s;
+      });
+      close(`groupedMatmul ${groups} groups tB=${tB}`, (be) => {
+        const X = put(be, x), W = put(be, w), Y = be.alloc('f32', rows * n);
+        be.groupedMatmul(X, W, Y, { problems: probs, transA: false, transB: tB, alpha: 1, beta: 0 });
+        const out = be.download(Y);
+        for (const b of [X, W, Y]) be.free(b);
+        return [out];
+      }, 1e-2);
+    }
+
+    for (const [B, Tn, H, D, causal] of [[2, 200, 3, 64, true], [1, 130, 2, 64, false], [2, 77, 2, 32, true],
+      [1, 150, 2, 128, true], [1, 40, 2, 24, true]] as const) {
+      const qkv = randn(r, B * Tn * 3 * H * D), gout = randn(r, B * Tn * H * D);
+      const run: Run = (be) => {
+        const X = put(be, qkv), O = be.alloc('f32', B * Tn * H * D), L = be.alloc('f32', B * H * Tn);
+        const G = put(be, gout), GX = be.alloc('f32', qkv.length);
+        const scale = 1 / Math.sqrt(D);
+        be.attention(X, O, L, B, Tn, H, D, causal, scale);
+        be.attentionBackward(X, O, L, G, GX, B, Tn, H, D, causal, scale);
+        const res = [be.download(O), be.download(L), be.download(GX)];
+        for (const b of [X, O, L, G, GX]) be.free(b);
+        return res;
+      };
+      close(`attention fwd+bwd B${B} T${Tn} H${H} D${D} causal=${causal}`, run, 2e-2);
+      if (D === 64) sameTwice(`attention fwd+bwd B${B} T${Tn} H${H} D${D}`, run);
+    }
+
+    {
+      const B = 3, H = 4, D = 64, Tmax = 300, Tn = 5;
+      const pos = Int32Array.from([0, 100, 295]);
+      const qkv = randn(r, B * Tn * 3 * H * D), kc = randn(r, B * H * Tmax * D), vc = randn(r, B * H * Tmax * D);
+      close('attentionCached B3 T5 D64 Tmax300', (be) => {
+        const X = put(be, qkv), K = put(be, kc), V = put(be, vc), O = be.alloc('f32', B * Tn * H * D);
+        be.attentionCached(X, K, V, O, pos, B, Tn, H, D, Tmax, 0.125);
+        const res = [be.download(O), be.download(K), be.download(V)];
+        for (const b of [X, K, V, O]) be.free(b);
+        return res;
+      }, 1e-5);
+    }
+
+    {
+      const rows = 1000, cols = 768;
+      const x = randn(r, rows * cols, 3), g = randn(r, cols), bb = randn(r, cols), gy = randn(r, rows * cols);
+      close('layerNorm fwd+bwd 1000x768', (be) => {
+        const X = put(be, x), G = put(be, g), Bt = put(be, bb), Y = be.alloc('f32', rows * cols);
+        const M = be.alloc('f32', rows), R = be.alloc('f32', rows), GY = put(be, gy), GX = be.alloc('f32', rows * cols);
+        const GG = put(be, new Float32Array(cols).fill(1)), GB = be.alloc('f32', cols);
+        be.layerNorm(X, G, Bt, Y, M, R, rows, cols, 1e-5);
+        be.layerNormBackward(X, G, M, R, GY, GX, GG, GB, rows, cols);
+        const res = [be.download(Y), be.download(M), be.download(R), be.download(GX), be.download(GG), be.download(GB)];
+        for (const b of [X, G, Bt, Y, M, R, GY, GX, GG, GB]) be.free(b);
+        return res;
+      }, 1e-4);
+    }
+
+    {
+      const N = 64, V = 50257;
+      const logits = randn(r, N * V, 3), tg = ints(r, N, 0, V), gl = randn(r, N);
+      tg[5] = -1;
+      close('crossEntropy fwd+bwd N64 V50257', (be) => {
+        const L = put(be, logits), Tg = put(be, tg, 'i32'), Lo = be.alloc('f32', N), Ls = be.alloc('f32', N);
+        const GL = put(be, gl), G = be.alloc('f32', N * V);
+        be.crossEntropy(L, Tg, Lo, Ls, N, V);
+        be.crossEntropyBackward(L, Tg, Ls, GL, G, N, V);
+        const res = [be.download(Lo), be.download(Ls), be.download(G)];
+        for (const b of [L, Tg, Lo, Ls, GL, G]) be.free(b);
+        return res;
+      }, 1e-5);
+    }
+
+    for (const [outer, mid, inner] of [[3, 5000, 700], [2, 1_000_000, 1], [1, 70000, 3]] as const) {
+      const x = randn(r, outer * mid * inner);
+      close(`reduceSum ${outer}x${mid}x${inner}`, (be) => {
+        const X = put(be, x), O = be.alloc('f32', outer * inner);
+        be.reduceSum(X, O, outer, mid, inner);
+        const res = [be.download(O)];
+        be.free(X); be.free(O);
+        return res;
+      }, 1e-6);
+    }
+    it('sumSquares of 10^7 values matches cpu', () => {
+      const x = randn(r, 10_000_000);
+      const a = cpu.sumSquares(put(cpu, x)), X = put(cuda, x), b = cuda.sumSquares(X);
+      cuda.free(X);
+      assert.ok(Math.abs(a - b) / a < 1e-9, `${a} vs ${b}`);
+    });
+
+    {
+      const n = 5000, vocab = 1000, dim = 64;
+      const ids = ints(r, n, 0, vocab), gy = randn(r, n * dim), table = randn(r, vocab * dim);
+      const run: Run = (be) => {
+        const Tb = put(be, table), I = put(be, ids, 'i32'), O = be.alloc('f32', n * dim), GY = put(be, gy);
+        const GT = put(be, table);
+        be.embedding(Tb, I, O, n, vocab, dim);
+        be.embeddingBackward(GY, I, GT, n, vocab, dim);
+        const res = [be.download(O), be.download(GT)];
+        for (const b of [Tb, I, O, GY, GT]) be.free(b);
+        return res;
+      };
+      close('embedding fwd+bwd n5000 vocab1000', run, 1e-6);
+      sameTwice('embeddingBackward', run);
+    }
+
+    it('topk with ties and NaN equals cpu exactly', () => {
+      const rows = 50, cols = 1000, k = 7;
+      const x = Float32Array.from({ length: rows * cols }, () => Math.round(r() * 20) / 4);
+      x[3] = NaN; x[1500] = NaN; x[2000] = Infinity;
+      const res = [cpu, cuda].map((be) => {
+        const X = put(be, x), Vv = be.alloc('f32', rows * k), I = be.alloc('i32', rows * k);
+        be.topk(X, Vv, I, rows, cols, k);
+        return [Array.from(be.download(Vv)), Array.from(be.download(I))];
+      });
+      assert.deepEqual(res[1], res[0]);
+    });
+
+    it('dropout mask and scatterAddRows equal cpu exactly', () => {
+      const x = randn(r, 100_003), idx = ints(r, 3000, 0, 50), src = randn(r, 3000 * 33);
+      const res = [cpu, cuda].map((be) => {
+        const X = put(be, x), O = be.alloc('f32', x.length);
+        be.dropout(X, O, 0.3, 12345);
+        const S = put(be, src), I = put(be, idx, 'i32'), D = be.alloc('f32', 50 * 33);
+        be.scatterAddRows(S, I, D, 3000, 50, 33);
+        return [Array.from(be.download(O)).map((v) => v === 0), Array.from(be.download(D))];
+      });
+      assert.deepEqual(res[1]![0], res[0]![0]);
+      assert.ok(relErr(res[1]![1] as number[], res[0]![1] as number[]) < 1e-6);
+    });
+
+    it('errors: bad ids, bad targets, out of memory', () => {
+      const Tb = put(cuda, randn(r, 40)), I = put(cuda, [1, 9, 3], 'i32'), O = cuda.alloc('f32', 12);
+      assert.throws(() => cuda.embedding(Tb, I, O, 3, 5, 4), /index 9 is outside \[0, 5\)/);
+      const L = put(cuda, randn(r, 10)), Tg = put(cuda, [0, 7], 'i32'), Lo = cuda.alloc('f32', 2), Ls = cuda.alloc('f32', 2);
+      assert.throws(() => cuda.crossEntropy(L, Tg, Lo, Ls, 2, 5), /target 7 is outside \[-1, 5\)/);
+      assert.throws(() => cuda.alloc('f32', 2 ** 40), /out of device memory allocating 4194304\.0 MiB/);
+      for (const b of [Tb, I, O, L, Tg, Lo, Ls]) cuda.free(b);
+    });
+
+    it('memory accounting returns to the start after alloc/free', () => {
+      const before = cuda.memoryStats();
+      const bufs = [cuda.alloc('f32', 1000), cuda.alloc('bf16', 77), cuda.alloc('i32', 0)];
+      assert.equal(cuda.memoryStats().liveBuffers, before.liveBuffers + 3);
+      for (const b of bufs) cuda.free(b);
+      assert.deepEqual(cuda.memoryStats(), before);
+      assert.throws(() => cuda.free(bufs[0]!), /freed twice/);
+      const z = cuda.alloc('f32', 1 << 20);
+      assert.ok(Array.from(cuda.download(z)).every((v) => v === 0), 'alloc is zero-filled');
+      cuda.free(z);
+    });
+
+    it('bf16 buffers round to nearest even on upload and cast', () => {
+      const vals = [1, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5, 65504, 1e-40, Infinity];
+      for (const be of [cpu, cuda]) {
+        const b = put(be, vals, 'bf16');
+        assert.deepEqual(Array.from(be.download(b)), Array.from(cpu.download(put(cpu, vals, 'bf16'))));
+      }
+    });
+
+    it('a short training run: cpu and cuda loss curves agree within bf16 noise', () => {
+      const curves = [cpu, cuda].map((be) => {
+        T.useBackend(be);
+        const mc = makeConfig('tiny', { vocab_size: 256, seq_len: 64 });
+        const model = new GPT(mc, be, 42);
+        const opt = new AdamW([...model.params.values()], { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 });
+        const rr = rng(3);
+        const losses: number[] = [];
+        for (let s = 0; s < 12; s++) {
+          // A learnable stream: token t+1 = (token t * 7 + 3) mod 256 with noise.
+          const xs = new Int32Array(4 * 64), ys = new Int32Array(4 * 64);
+          for (let b = 0; b < 4; b++) {
+            let t = Math.floor(rr() * 256);
+            for (let i = 0; i < 64; i++) {
+              xs[b * 64 + i] = t;
+              t = rr() < 0.9 ? (t * 7 + 3) % 256 : Math.floor(rr() * 256);
+              ys[b * 64 + i] = t;
+            }
+          }
+          T.tidy(() => {
+            const x = T.tensor(xs, [4, 64], { dtype: 'i32' }), y = T.tensor(ys, [4, 64], { dtype: 'i32' });
+            const loss = model.forward(x, { targets: y }).loss!;
+            losses.push(loss.toArray()[0]!);
+            T.backward(loss);
+          });
+          opt.update();
+          opt.zeroGrad();
+        }
+        return losses;
+      });
+      const [a, b] = curves as [number[], number[]];
+      for (let s = 0; s < a.length; s++) {
+        assert.ok(Math.abs(a[s]! - b[s]!) <= 0.02 * Math.abs(a[s]!), `step ${s}: cpu ${a[s]} vs cuda ${b[s]}`);
+      }
+      assert.ok(b[b.length - 1]! < b[0]! - 0.2, `cuda loss did not fall: ${b[0]} -> ${b[b.length - 1]}`);
+      console.log(`loss cpu  ${a.map((v) => v.toFixed(4)).join(' ')}\nloss cuda ${b.map((v) => v.toFixed(4)).join(' ')}`);
+    });
+  });
+}
