@@ -76,7 +76,11 @@ function crossEntropyRate(b: Backend, N: number, V: number): { fwdBwdMs: number;
 
 function peakEstimate(): { gflops: number; note: string } {
   const cores = os.availableParallelism();
-  const mhz = Math.max(...os.cpus().map((c) => c.speed));
+  // os.cpus() reports 0 MHz on some VMs; fall back to /proc/cpuinfo (the base clock, not boost).
+  let mhz = Math.max(...os.cpus().map((c) => c.speed));
+  if (!mhz && fs.existsSync('/proc/cpuinfo')) {
+    mhz = Math.round(Number(/cpu MHz\s*:\s*([\d.]+)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 0));
+  }
   const amd = /AMD/i.test(os.cpus()[0]?.model ?? '');
   // Zen 4: two 256-bit FMA pipes (AVX-512 is double-pumped) = 32 fp32 FLOP/cycle; Intel server cores
   // with two 512-bit FMA units = 64.
