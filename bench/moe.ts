@@ -65,7 +65,7 @@ for (const E of quick ? [32] : [32, 64, 96]) {
 
 // MoEfication of 12 layers of this shape (fresh random W_in per layer).
 const E0 = Number(arg('--moefy-experts') ?? 96);
-const dot = backendDot(backend);
+const { dot } = backendDot(backend);
 const t0 = performance.now();
 let iters = 0;
 for (let l = 0; l < (quick ? 2 : 12); l++) {

@@ -70,7 +70,7 @@ const napiInc = require('node-addon-api').include_dir.replace(/^"|"$/g, '');
 const archs = (process.env.SSD_CUDA_ARCHS ?? '80,90a,90ptx').split(',').map((s) => s.trim()).filter(Boolean);
 const gencode = archs.flatMap((a) => a.endsWith('ptx')
   ? ['-gencode', `arch=compute_${a.slice(0, -3)},code=compute_${a.slice(0, -3)}`]
-  : ['-gencode', `arch=compute_${a.replace(/a$/, 'a')},code=sm_${a}`]);
+  : ['-gencode', `arch=compute_${a},code=sm_${a}`]);
 
 mkdirSync(objDir, { recursive: true });
 mkdirSync(dirname(out), { recursive: true });

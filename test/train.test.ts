@@ -10,7 +10,7 @@ import { getBackend } from '../src/backend/registry.js';
 import { loadDataset, prepare, type Dataset } from '../src/data/index.js';
 import * as T from '../src/tensor/index.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
-import { parseTrainConfig, type TrainConfig } from '../src/train/config.js';
+import { parseTrainConfig, resumeConfig, type TrainConfig } from '../src/train/config.js';
 import { loadModel } from '../src/train/load.js';
 import { train } from '../src/train/trainer.js';
 import { generate } from '../src/infer/generate.js';
@@ -67,6 +67,9 @@ describe(`trainer on ${backendName}`, () => {
     fs.truncateSync(f, fs.statSync(f).size - 100);
     assert.throws(() => loadCheckpoint(bad), /model.safetensors is corrupt or truncated/);
     assert.throws(() => parseTrainConfig({ lerning_rate: 1 }), /unknown key 'lerning_rate'/);
+    const stored = loadCheckpoint(a).state.train_config;
+    assert.throws(() => resumeConfig(stored, { lr: 1 }, a), /cannot resume with a changed lr \(checkpoint: 0\.003, given: 1\)/);
+    assert.equal(resumeConfig(stored, { eval_interval: 7, out: '/elsewhere' }, a).out, a);
     assert.throws(() => train(cfg({ out: path.join(tmp, 'd'), seq_len: 10_000_000 }), dataset, backend), /sequence length|context/);
   });
 

@@ -7,13 +7,14 @@ import { Command, Option } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { selectBackend } from '../backend/registry.js';
-import { loadDataset, prepare, evalBatches, TokenSequence } from '../data/index.js';
+import { loadDataset, prepare, evalBatches, sameTokenizer, TokenSequence } from '../data/index.js';
 import { benchInference } from '../infer/bench.js';
 import { checkPrompts, generateBatch } from '../infer/generate.js';
 import { DEFAULT_ACTIVE_RATIO, DEFAULT_EXPERT_SIZE, loadForInference } from '../infer/mode.js';
 import * as T from '../tensor/index.js';
-import { parseTrainConfig, TrainConfigFields } from '../train/config.js';
-import { cachedDatasetDir, resolveDataset } from '../train/dataset.js';
+import { readCheckpointState } from '../train/checkpoint.js';
+import { parseTrainConfig, resumeConfig, TrainConfigFields, type TrainConfig } from '../train/config.js';
+import { datasetDirOfCheckpoint, resolveDataset } from '../train/dataset.js';
 import { loadModel } from '../train/load.js';
 import { evaluate, modelConfigFor, train, type StepMetrics } from '../train/trainer.js';
 import { createSSDController } from '../ssd/index.js';
@@ -51,11 +52,8 @@ function addConfigFlags(cmd: Command): Command {
   return cmd;
 }
 
-/**
- * Merges the command's own `defaults` (they replace the schema's), a JSON config file (if given) and
- * the flags that were set explicitly (each overriding the one before), then validates.
- */
-function configFrom(opts: Record<string, unknown>, cmd: Command, defaults: Record<string, unknown> = {}) {
+/** The keys set explicitly: a JSON config file (if given) merged with the flags given on the command line. */
+function explicitConfig(opts: Record<string, unknown>, cmd: Command): Record<string, unknown> {
   let raw: Record<string, unknown> = {};
   if (typeof opts.config === 'string') {
     if (!fs.existsSync(opts.config)) throw new Error(`config file not found: ${opts.config}`);
@@ -65,20 +63,34 @@ function configFrom(opts: Record<string, unknown>, cmd: Command, defaults: Recor
       throw new Error(`config file ${opts.config} is not valid JSON: ${(e as Error).message}`);
     }
   }
-  raw = { ...defaults, ...raw };
   for (const key of Object.keys(TrainConfigFields.shape)) {
     const camel = key.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
     if (cmd.getOptionValueSource(camel) === 'cli') raw[key] = opts[camel];
   }
-  return parseTrainConfig(raw);
+  return raw;
+}
+
+/**
+ * Merges the command's own `defaults` (they replace the schema's), a JSON config file (if given) and
+ * the flags that were set explicitly (each overriding the one before), then validates.
+ */
+function configFrom(opts: Record<string, unknown>, cmd: Command, defaults: Record<string, unknown> = {}) {
+  return parseTrainConfig({ ...defaults, ...explicitConfig(opts, cmd) });
 }
 
 addConfigFlags(program.command('train')
   .description('train a GPT (default: the tiny preset on the embedded Brown corpus)')
   .option('--config <file>', 'JSON training config (flags override it)')
-  .option('--resume [dir]', 'resume from the newest checkpoint in a run directory (default: --out)'))
+  .option('--resume [dir]', 'continue a run exactly from a checkpoint or the newest one in a run directory (default: --out); ' +
+    'the run keeps its stored config (only logging, checkpoint and backend settings may change)'))
   .action(async (opts, cmd: Command) => {
-    const cfg = configFrom(opts, cmd);
+    let cfg: TrainConfig, resume: string | undefined;
+    if (opts.resume) {
+      const explicit = explicitConfig(opts, cmd);
+      resume = opts.resume === true ? String(explicit.out ?? parseTrainConfig({}).out) : String(opts.resume);
+      const { runDir, state } = readCheckpointState(resume);
+      cfg = resumeConfig(state.train_config, explicit, runDir);
+    } else cfg = configFrom(opts, cmd);
     if (cfg.threads) process.env.SSD_THREADS = String(cfg.threads);
     const backend = selectBackend(cfg.backend);
     const bar = new Progress();
@@ -86,7 +98,6 @@ addConfigFlags(program.command('train')
     const dataset = await resolveDataset(cfg, (p) => bar.note(`preparing data (${p.phase}): ${p.docs} documents, ${p.tokens} tokens`));
     bar.done();
     T.useBackend(backend);
-    const resume = opts.resume === true ? cfg.out : (opts.resume as string | undefined);
     console.error(`data: ${dataset.meta.tokens.train} train / ${dataset.meta.tokens.val} val tokens, vocab ${dataset.tokenizer.vocabSize}`);
     const controller = createSSDController(cfg, modelConfigFor(cfg, dataset.tokenizer.vocabSize), dataset, (line) => bar.log(line));
     bar.start(cfg.steps);
@@ -162,7 +173,7 @@ program.command('prepare')
   .argument('<input>', "corpus path, or 'brown' for the embedded Brown corpus")
   .requiredOption('--out <dir>', 'output dataset folder')
   .addOption(new Option('--tokenizer <kind>', 'tokenizer').choices(['byte', 'bpe', 'gpt2']).default('bpe'))
-  .option('--vocab-size <n>', 'vocabulary size of a trained BPE', (v) => Number(v), 1024)
+  .option('--vocab-size <n>', 'vocabulary size of a trained BPE', int('--vocab-size'), 1024)
   .addOption(new Option('--format <f>', 'input format').choices(['auto', 'text', 'jsonl', 'parquet']).default('auto'))
   .option('--text-field <name>', 'JSONL field / Parquet column with the text', 'text')
   .option('--val-fraction <f>', 'share of documents held out for validation', (v) => Number(v))
@@ -186,8 +197,8 @@ program.command('eval')
   .requiredOption('--checkpoint <dir>', 'checkpoint or run directory')
   .option('--data <dir>', 'prepared dataset folder (default: the one the checkpoint was trained on)')
   .option('--text <file>', 'a plain text file to score instead')
-  .option('--batches <n>', 'maximum number of batches', (v) => Number(v), 50)
-  .option('--batch-size <n>', 'batch size', (v) => Number(v), 8)
+  .option('--batches <n>', 'maximum number of batches', int('--batches'), 50)
+  .option('--batch-size <n>', 'batch size', int('--batch-size'), 8)
   .option('--backend <name>', 'ref | cpu | cuda')
   .action((o) => {
     const backend = selectBackend(o.backend);
@@ -198,9 +209,14 @@ program.command('eval')
       if (!fs.existsSync(o.text)) throw new Error(`text file not found: ${o.text}`);
       tokens = TokenSequence.from(tokenizer.encode(fs.readFileSync(o.text, 'utf8')));
     } else {
-      const dir = o.data ?? datasetDirOf(state.train_config);
-      tokens = loadDataset(dir).val;
+      const data = loadDataset(o.data ?? datasetDirOfCheckpoint(state.train_config));
+      if (!sameTokenizer(data.tokenizer, tokenizer)) {
+        throw new Error(`the dataset ${data.dir} was tokenized differently from the checkpoint's tokenizer; ` +
+          'prepare it with the same tokenizer or score a text file with --text');
+      }
+      tokens = data.val;
     }
+    if (tokens.length < 2) throw new Error('the text is too short to score (fewer than 2 tokens)');
     const T_ = Math.min(model.config.seq_len, tokens.length - 1);
     evalBatches(tokens, { batchSize: 1, seqLen: T_, maxBatches: 1 }).next();
     const loss = evaluate(model, tokens, o.batchSize, T_, o.batches);
@@ -213,6 +229,15 @@ function num(flag: string) {
   return (v: string) => {
     const n = Number(v);
     if (!Number.isFinite(n)) throw new Error(`${flag} expects a number, got '${v}'`);
+    return n;
+  };
+}
+
+/** Parses a positive integer flag, with a clear error. */
+function int(flag: string) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} expects a positive integer, got '${v}'`);
     return n;
   };
 }
@@ -291,11 +316,6 @@ addMoEFlags(program.command('bench')
     });
     if (o.json) fs.writeFileSync(o.json, JSON.stringify(report, null, 2) + '\n');
   });
-
-function datasetDirOf(trainConfig: Record<string, unknown>): string {
-  const cfg = parseTrainConfig(trainConfig);
-  return cfg.data !== 'brown' && fs.existsSync(`${cfg.data}/meta.json`) ? cfg.data : cachedDatasetDir(cfg);
-}
 
 program.parseAsync(process.argv).catch((e: Error) => {
   console.error(`ssd: error: ${e.message}`);

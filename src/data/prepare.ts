@@ -171,8 +171,11 @@ export async function prepare(opts: PrepareOptions): Promise<DatasetMeta> {
   checkOptions(opts);
   const t0 = Date.now();
   const outDir = resolve(opts.outDir);
-  if (existsSync(outDir) && !opts.overwrite && (await readdir(outDir)).length > 0) {
-    throw new Error(`output folder ${outDir} already exists and is not empty; choose another folder or overwrite it`);
+  if (existsSync(outDir) && (await readdir(outDir)).length > 0) {
+    if (!opts.overwrite) throw new Error(`output folder ${outDir} already exists and is not empty; choose another folder or overwrite it`);
+    if (!existsSync(join(outDir, 'meta.json'))) {
+      throw new Error(`refusing to overwrite ${outDir}: it is not empty and not a prepared dataset (no meta.json)`);
+    }
   }
   const valFraction = opts.valFraction ?? (opts.input === 'brown' ? DEFAULT_BROWN_VAL_FRACTION : DEFAULT_VAL_FRACTION);
   const seed = opts.seed ?? 0;

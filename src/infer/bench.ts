@@ -17,6 +17,7 @@ import { evaluate } from '../train/trainer.js';
 import { generateBatch } from './generate.js';
 import { KVCache } from './kvcache.js';
 import { disposeExperts, loadForInference, prepareExperts, resolveTopK, storedPartition, useDense, useMoE, type MoEExperts } from './mode.js';
+import { datasetDirOfCheckpoint } from '../train/dataset.js';
 
 export interface BenchOptions {
   /** Checkpoint or run directory; without one, a random-weight gpt2-small-shaped model with `vocab` tokens. */
@@ -132,8 +133,7 @@ export function benchInference(backend: Backend, o: BenchOptions = {}): BenchRep
     model = loaded.model;
     stored = storedPartition(loaded.state);
     source = loaded.dir;
-    const dataDir = o.data ?? (loaded.state.train_config['data'] as string | undefined);
-    if (dataDir) valTokens = loadDataset(dataDir).val;
+    valTokens = loadDataset(o.data ?? datasetDirOfCheckpoint(loaded.state.train_config)).val;
   } else {
     model = new GPT(makeConfig('gpt2-small', { vocab_size: o.vocab ?? 8192 }), backend, 1);
     for (const t of model.params.values()) t.requiresGrad = false;

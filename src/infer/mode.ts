@@ -13,15 +13,12 @@ import type { Tokenizer } from '../data/tokenizer/index.js';
 import type { GPT } from '../nn/gpt.js';
 import { checkMoEConfig, moefyModel, setMoE } from '../moefy/model.js';
 import { centroidRouter } from '../moefy/permute.js';
+import { DEFAULT_ACTIVE_RATIO, defaultNExpert } from '../moefy/model.js';
+export { DEFAULT_ACTIVE_RATIO, DEFAULT_EXPERT_SIZE, defaultNExpert } from '../moefy/model.js';
 import * as T from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import type { CheckpointState } from '../train/checkpoint.js';
 import { loadModel } from '../train/load.js';
-
-/** Default expert size (neurons per expert) when --n-expert is not given: n_expert = d_ff / 64 (ours: 32 measured 1.5× slower in MoE prefill, gpt2-small). */
-export const DEFAULT_EXPERT_SIZE = 64;
-/** Default active ratio k/E of MoE mode (ours). */
-export const DEFAULT_ACTIVE_RATIO = 0.25;
 
 export interface MoEChoice {
   /** Experts per layer (default: the checkpoint's partition, else d_ff / DEFAULT_EXPERT_SIZE). */
@@ -65,14 +62,6 @@ export function resolveTopK(nExpert: number, o: Pick<MoEChoice, 'topK' | 'active
   const ratio = o.activeRatio ?? DEFAULT_ACTIVE_RATIO;
   if (!(ratio > 0 && ratio <= 1)) throw new Error(`active ratio must be in (0, 1], got ${ratio}`);
   return Math.max(1, Math.round(ratio * nExpert));
-}
-
-/** Default n_expert for a d_ff: d_ff / DEFAULT_EXPERT_SIZE. Throws if that does not divide. */
-export function defaultNExpert(dff: number): number {
-  if (dff % DEFAULT_EXPERT_SIZE !== 0) {
-    throw new Error(`d_ff = ${dff} is not a multiple of the default expert size ${DEFAULT_EXPERT_SIZE}; give --n-expert`);
-  }
-  return dff / DEFAULT_EXPERT_SIZE;
 }
 
 /** Centroid routers (d_model, E) of the current contiguous expert blocks of every layer. */

@@ -16,6 +16,23 @@ import type { AdamW } from '../train/optim.js';
 import { balancedKMeans, randomBalancedSplit, type DotFn } from './kmeans.js';
 import { centroidRouter, partitionPermutation, permuteCols, permuteRows } from './permute.js';
 
+/**
+ * Default expert size (neurons per expert), ours: n_expert = d_ff / 64 for training and inference alike.
+ * Size 32 measured about 1.5× slower than 64 in MoE prefill (gpt2-small shape, cpu), and sparse
+ * training steps are the same grouped products; sizes 64 and 128 measured alike.
+ */
+export const DEFAULT_EXPERT_SIZE = 64;
+/** Default active ratio k / n_expert (ours). */
+export const DEFAULT_ACTIVE_RATIO = 0.25;
+
+/** Default n_expert for a d_ff: d_ff / DEFAULT_EXPERT_SIZE. Throws if that does not divide. */
+export function defaultNExpert(dff: number): number {
+  if (dff % DEFAULT_EXPERT_SIZE !== 0) {
+    throw new Error(`d_ff = ${dff} is not a multiple of the default expert size ${DEFAULT_EXPERT_SIZE}; set n_expert (--n-expert)`);
+  }
+  return dff / DEFAULT_EXPERT_SIZE;
+}
+
 export interface MoEfyOptions {
   nExpert: number;
   /** Experts computed per token. */
@@ -48,10 +65,12 @@ export interface MoEfyResult {
   seconds: number;
 }
 
-/** X·Cᵀ through the backend's GEMM (uploads X once per k-means run). */
-export function backendDot(backend: Backend): DotFn {
+/**
+ * X·Cᵀ through the backend's GEMM; X is uploaded once and kept until the next X or `dispose()`.
+ */
+export function backendDot(backend: Backend): { dot: DotFn; dispose: () => void } {
   let lastX: Float32Array | null = null, xT: Tensor | null = null;
-  return (X, C, n, E, d) => {
+  const dot: DotFn = (X, C, n, E, d) => {
     if (X !== lastX) {
       xT?.dispose();
       xT = T.tensor(X, [n, d], { backend }).keep();
@@ -59,6 +78,7 @@ export function backendDot(backend: Backend): DotFn {
     }
     return T.tidy(() => T.noGrad(() => T.matmul(xT!, T.tensor(C, [E, d], { backend }), { transB: true }).toArray() as Float32Array));
   };
+  return { dot, dispose: () => { xT?.dispose(); xT = null; lastX = null; } };
 }
 
 /** Permutes one layer's d_ff-indexed tensors (and their optimizer moments) in place. */
@@ -89,27 +109,31 @@ export function moefyModel(model: GPT, optimizer: AdamW | null, o: MoEfyOptions)
   const t0 = performance.now();
   const c = model.config;
   checkMoEConfig(c.d_ff, o.nExpert, o.topK);
-  const dot = backendDot(model.backend);
+  const { dot, dispose } = backendDot(model.backend);
   const s = c.d_ff / o.nExpert;
   const partitions: LayerPartition[] = [];
   const routers: Tensor[] = [];
-  for (let i = 0; i < c.n_layer; i++) {
-    const w = model.ffnParams(i).w_in.toArray() as Float32Array;
-    let part: Omit<LayerPartition, 'perm' | 'layer'>;
-    if (o.method === 'random') {
-      part = { assignment: randomBalancedSplit(c.d_ff, o.nExpert, (o.seed ?? 0) + i), inertia: NaN, iterations: 0, start: 'split' };
-    } else {
-      const previous = o.warmStart ? Int32Array.from({ length: c.d_ff }, (_, n) => Math.floor(n / s)) : undefined;
-      part = balancedKMeans(w, c.d_ff, c.d_model, {
-        nExpert: o.nExpert, seed: (o.seed ?? 0) + i, dot, ...(o.maxIter !== undefined ? { maxIter: o.maxIter } : {}),
-        ...(previous ? { previous } : {}),
-      });
+  try {
+    for (let i = 0; i < c.n_layer; i++) {
+      const w = model.ffnParams(i).w_in.toArray() as Float32Array;
+      let part: Omit<LayerPartition, 'perm' | 'layer'>;
+      if (o.method === 'random') {
+        part = { assignment: randomBalancedSplit(c.d_ff, o.nExpert, (o.seed ?? 0) + i), inertia: NaN, iterations: 0, start: 'split' };
+      } else {
+        const previous = o.warmStart ? Int32Array.from({ length: c.d_ff }, (_, n) => Math.floor(n / s)) : undefined;
+        part = balancedKMeans(w, c.d_ff, c.d_model, {
+          nExpert: o.nExpert, seed: (o.seed ?? 0) + i, dot, ...(o.maxIter !== undefined ? { maxIter: o.maxIter } : {}),
+          ...(previous ? { previous } : {}),
+        });
+      }
+      const perm = partitionPermutation(part.assignment, o.nExpert);
+      permuteLayer(model, optimizer, i, perm);
+      partitions.push({ ...part, perm, layer: i });
+      const wg = centroidRouter(model.ffnParams(i).w_in.toArray() as Float32Array, c.d_ff, c.d_model, o.nExpert);
+      routers.push(T.parameter(routerName(i), wg, [c.d_model, o.nExpert], model.backend));
     }
-    const perm = partitionPermutation(part.assignment, o.nExpert);
-    permuteLayer(model, optimizer, i, perm);
-    partitions.push({ ...part, perm, layer: i });
-    const wg = centroidRouter(model.ffnParams(i).w_in.toArray() as Float32Array, c.d_ff, c.d_model, o.nExpert);
-    routers.push(T.parameter(routerName(i), wg, [c.d_model, o.nExpert], model.backend));
+  } finally {
+    dispose();
   }
   attachRouters(model, optimizer, routers, o);
   return { partitions, routers, seconds: (performance.now() - t0) / 1000 };

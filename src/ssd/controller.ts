@@ -32,6 +32,10 @@ export interface SSDSettings {
   topK: number;
   trainRouter: boolean;
   moefyMaxIter: number;
+  /** Expert split: balanced k-means (default) or a random balanced split (ablation). */
+  moefyMethod: 'kmeans' | 'random';
+  /** Pattern-stability metric (method page §3.2). */
+  similarity: 'jaccard' | 'ari';
   seed: number;
 }
 
@@ -49,6 +53,10 @@ export interface SSDEvent {
   check_seconds?: number;
   moefy_seconds?: number;
   inertia?: number[];
+  /** At MoEfication, on the probe set: tokens per expert per layer. */
+  expert_load?: number[][];
+  /** At MoEfication, on the probe set: share of positive activation mass the selected experts hold, per layer. */
+  captured_mass?: number[];
 }
 
 interface ControllerState {
@@ -58,7 +66,7 @@ interface ControllerState {
   prevSimilarity: number | null;
   moefied: boolean;
   moefications: number;
-  sparseSteps: number;
+  sparseStepsDone: number;
   checkSeconds: number;
   moefySeconds: number;
   monitor: ReturnType<ActivationMonitor['state']>;
@@ -107,7 +115,7 @@ export class SSDController implements StepHook {
    */
   constructor(readonly s: SSDSettings, probe: { ids: Int32Array; batch: number; seqLen: number }, runDir: string | null,
     private readonly log: (line: string) => void = () => {}, check?: (model: GPT) => CheckResult) {
-    this.monitor = new ActivationMonitor({ probe, metric: 'jaccard', nExpert: s.nExpert });
+    this.monitor = new ActivationMonitor({ probe, metric: s.similarity, nExpert: s.nExpert, topK: s.topK });
     this.check = check ?? ((m) => this.monitor.check(m));
     this.logFile = runDir ? path.join(runDir, 'ssd.jsonl') : null;
   }
@@ -148,8 +156,8 @@ export class SSDController implements StepHook {
     const why: string[] = [];
     if (step - this.phaseStart < s.minDenseSteps) why.push(`dense for ${step - this.phaseStart} < min_dense_steps ${s.minDenseSteps}`);
     if (sim === null) why.push('no previous pattern yet');
-    const stable = sim !== null && (sim >= s.stableThreshold || (prev !== null && sim - prev < s.stableDelta));
-    if (sim !== null && !stable) why.push(`similarity ${sim.toFixed(4)} < ${s.stableThreshold} and rise ${prev === null ? 'unknown' : (sim - prev).toFixed(4)} ≥ ${s.stableDelta}`);
+    const stable = sim !== null && (sim >= s.stableThreshold || (prev !== null && Math.abs(sim - prev) < s.stableDelta));
+    if (sim !== null && !stable) why.push(`similarity ${sim.toFixed(4)} < ${s.stableThreshold} and change ${prev === null ? 'unknown' : (sim - prev).toFixed(4)} not within ±${s.stableDelta}`);
     if (r.meanActivationRatio >= s.maxActiveRatio) why.push(`activation ratio ${r.meanActivationRatio.toFixed(3)} ≥ ${s.maxActiveRatio}`);
     if (s.method === 'ssd' && step + s.sparseSteps > this.finalStart) why.push('a sparse phase would not end before the final dense stretch');
     if (why.length) return;
@@ -157,13 +165,17 @@ export class SSDController implements StepHook {
       `activation ratio ${r.meanActivationRatio.toFixed(3)}`;
     const res = moefyModel(ctx.model, ctx.optimizer, {
       nExpert: s.nExpert, topK: s.topK, warmStart: this.moefied, seed: s.seed + step, maxIter: s.moefyMaxIter, trainRouter: s.trainRouter,
+      method: s.moefyMethod,
     });
     this.routers = res.routers;
     this.moefySeconds += res.seconds;
     this.monitor.permute(res.partitions.map((p) => p.perm));
     this.moefied = true;
     this.moefications++;
-    this.transition(step, 'sparse', reason, { moefy_seconds: res.seconds, inertia: res.partitions.map((p) => p.inertia) });
+    const moe = this.monitor.moeReport(ctx.model, s.nExpert);
+    this.transition(step, 'sparse', reason, {
+      moefy_seconds: res.seconds, inertia: res.partitions.map((p) => p.inertia), expert_load: moe.load, captured_mass: moe.capturedMass,
+    });
   }
 
   private toDense(step: number, ctx: TrainContext, to: Phase, reason: string): void {
@@ -188,7 +200,8 @@ export class SSDController implements StepHook {
     const dense = flopsPerToken(c);
     if (this.phase !== 'sparse') return dense;
     const ffn = 6 * c.n_layer * 2 * c.d_model * c.d_ff;
-    return dense - ffn * (1 - this.s.topK / this.s.nExpert) + 6 * c.n_layer * c.d_model * this.s.nExpert;
+    const router = (this.s.trainRouter ? 6 : 2) * c.n_layer * c.d_model * this.s.nExpert; // forward only when frozen
+    return dense - ffn * (1 - this.s.topK / this.s.nExpert) + router;
   }
 
   /** Ends the run: a model still sparse (method `moe`) is merged so it is saved and evaluated dense. */
@@ -207,7 +220,7 @@ export class SSDController implements StepHook {
   state(): ControllerState {
     return {
       phase: this.phase, phaseStart: this.phaseStart, lastSimilarity: this.lastSimilarity, prevSimilarity: this.prevSimilarity,
-      moefied: this.moefied, moefications: this.moefications, sparseSteps: this.sparseStepCount, checkSeconds: this.checkSeconds, moefySeconds: this.moefySeconds,
+      moefied: this.moefied, moefications: this.moefications, sparseStepsDone: this.sparseStepCount, checkSeconds: this.checkSeconds, moefySeconds: this.moefySeconds,
       monitor: this.monitor.state(),
     };
   }
@@ -221,7 +234,7 @@ export class SSDController implements StepHook {
     if (!st) return;
     Object.assign(this, {
       phase: st.phase, phaseStart: st.phaseStart, lastSimilarity: st.lastSimilarity, prevSimilarity: st.prevSimilarity,
-      moefied: st.moefied, moefications: st.moefications, sparseStepCount: st.sparseSteps, checkSeconds: st.checkSeconds, moefySeconds: st.moefySeconds,
+      moefied: st.moefied, moefications: st.moefications, sparseStepCount: st.sparseStepsDone, checkSeconds: st.checkSeconds, moefySeconds: st.moefySeconds,
     });
     this.monitor.restore(st.monitor);
     if (st.phase === 'sparse') {

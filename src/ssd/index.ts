@@ -1,5 +1,6 @@
 /** SSD: settings from the training config, and the controller hook the trainer runs with. */
 import { checkSeqLen, type Dataset } from '../data/index.js';
+import { DEFAULT_EXPERT_SIZE, defaultNExpert } from '../moefy/model.js';
 import type { GPTConfig } from '../nn/config.js';
 import type { TrainConfig } from '../train/config.js';
 import { SSDController, validateSSD, type SSDSettings } from './controller.js';
@@ -9,13 +10,14 @@ export type { SSDSettings, SSDEvent, Phase } from './controller.js';
 
 /** The SSD settings a training config implies for a model (defaults applied). */
 export function ssdSettings(cfg: TrainConfig, mc: GPTConfig): SSDSettings {
-  const nExpert = cfg.n_expert ?? Math.max(1, Math.floor(mc.d_ff / 32));
+  const nExpert = cfg.n_expert ?? (cfg.method === 'dense' && mc.d_ff % DEFAULT_EXPERT_SIZE !== 0 ? 1 : defaultNExpert(mc.d_ff));
   return {
     method: cfg.method, totalSteps: cfg.steps, checkInterval: cfg.check_interval, stableThreshold: cfg.stable_threshold,
     stableDelta: cfg.stable_delta, maxActiveRatio: cfg.max_active_ratio,
     minDenseSteps: cfg.min_dense_steps ?? Math.floor(cfg.steps / 10), sparseSteps: cfg.sparse_steps ?? Math.max(1, Math.floor(cfg.steps / 10)),
-    finalDenseFraction: cfg.final_dense_fraction, nExpert, topK: cfg.top_k ?? Math.max(1, Math.round(nExpert * cfg.active_ratio)),
-    trainRouter: cfg.train_router, moefyMaxIter: cfg.moefy_max_iter, seed: cfg.seed,
+    finalDenseFraction: cfg.final_dense_fraction, nExpert, topK: cfg.moe_top_k ?? Math.max(1, Math.round(nExpert * cfg.active_ratio)),
+    trainRouter: cfg.train_router, moefyMaxIter: cfg.moefy_max_iter, moefyMethod: cfg.moefy_method,
+    similarity: cfg.similarity, seed: cfg.seed,
   };
 }
 

@@ -8,7 +8,8 @@
 import type { GPT } from '../nn/gpt.js';
 import { ffnHidden, ffnOut } from '../nn/ffn.js';
 import { balancedKMeans } from '../moefy/kmeans.js';
-import { backendDot } from '../moefy/model.js';
+import { backendDot, routerName } from '../moefy/model.js';
+import { capturedActivationMass, route } from '../nn/moe.js';
 import * as T from '../tensor/index.js';
 
 export interface CheckResult {
@@ -69,6 +70,8 @@ export interface MonitorOptions {
   metric: 'jaccard' | 'ari';
   /** Experts for the ARI metric's MoEfication. */
   nExpert: number;
+  /** Experts per token, for the MoE report. */
+  topK: number;
 }
 
 /** Runs checks on a fixed probe set and remembers the previous one. */
@@ -121,9 +124,14 @@ export class ActivationMonitor {
       }
       this.prevPatterns = patterns;
     } else {
-      const dot = backendDot(model.backend);
-      const parts = Array.from({ length: c.n_layer }, (_, l) => balancedKMeans(model.ffnParams(l).w_in.toArray() as Float32Array,
-        c.d_ff, c.d_model, { nExpert: this.o.nExpert, seed: l, maxIter: 20, dot }).assignment);
+      const { dot, dispose } = backendDot(model.backend);
+      let parts: Int32Array[];
+      try {
+        parts = Array.from({ length: c.n_layer }, (_, l) => balancedKMeans(model.ffnParams(l).w_in.toArray() as Float32Array,
+          c.d_ff, c.d_model, { nExpert: this.o.nExpert, seed: l, maxIter: 20, dot }).assignment);
+      } finally {
+        dispose();
+      }
       if (this.prevPartitions) similarity = parts.map((p, l) => adjustedRandIndex(p, this.prevPartitions![l]!));
       this.prevPartitions = parts;
     }
@@ -132,6 +140,30 @@ export class ActivationMonitor {
       activationRatio: ratio, meanActivationRatio: mean(ratio), similarity, meanSimilarity: similarity ? mean(similarity) : null,
       seconds: (performance.now() - t0) / 1000,
     };
+  }
+
+  /**
+   * Runs the probe set through the model in MoE mode and reports, per layer, the tokens routed to each
+   * expert and the share of positive activation mass the selected experts hold (1 = nothing dropped).
+   */
+  moeReport(model: GPT, nExpert: number): { load: number[][]; capturedMass: number[] } {
+    const moe = model.ffnOverride;
+    if (!moe) throw new Error('ActivationMonitor.moeReport: the model is not in MoE mode');
+    const load: number[][] = [], capturedMass: number[] = [];
+    model.ffnOverride = (layer, x, p) => {
+      const { routing } = route(x, model.p(routerName(layer)), this.o.topK);
+      load[layer] = [...routing.load];
+      capturedMass[layer] = capturedActivationMass(x, p, routing, nExpert);
+      return moe(layer, x, p);
+    };
+    try {
+      T.tidy(() => T.noGrad(() => {
+        model.forward(T.tensor(this.o.probe.ids, [this.o.probe.batch, this.o.probe.seqLen], { dtype: 'i32', backend: model.backend }));
+      }));
+    } finally {
+      model.ffnOverride = moe;
+    }
+    return { load, capturedMass };
   }
 
   /**

@@ -42,7 +42,7 @@ export interface RunData {
   events: SSDEvent[];
 }
 
-/** The issue's targets; `clearlyLessFactor`: the SSD model's MoE loss increase must be at most this share of the dense model's. */
+/** The SSD targets (dense vs SSD at equal tokens, method page §3.6); `clearlyLessFactor`: the SSD model's MoE loss increase must be at most this share of the dense model's. */
 export const TARGETS = { wallclockRatio: 0.8, lossDiffPct: 2, moeRatio: 0.25, moeOwnIncreasePct: 3, clearlyLessFactor: 0.5 } as const;
 
 /** One method's row of figures. */
@@ -173,7 +173,7 @@ export function buildReport(record: CompareRecord, runs: RunData[]): Omit<Report
 /** A percentage with its sign, e.g. "+1.50%". */
 const signedPct = (x: number) => `${x >= 0 ? '+' : ''}${x.toFixed(2)}%`;
 
-/** The four targets of the issue, each PASS / MISS with its margin, or NOT MEASURED. */
+/** The four SSD targets, each PASS / MISS with its margin, or NOT MEASURED. */
 function targets(rows: RunRow[], versus: VersusDense[]): TargetResult[] {
   const ssd = versus.find((v) => v.method === 'ssd');
   const moeAt = (m: Method) => rows.find((r) => r.method === m)?.eval.moe.find((e) => Math.abs(e.ratio - TARGETS.moeRatio) < 1e-9);
@@ -224,7 +224,7 @@ export function renderMarkdown(r: Report): string {
       `seq_len ${mc.seq_len}, vocab ${mc.vocab_size}, ${mc.activation})`,
     `- Training, identical for every method: ${c.steps} steps × ${tokensPerStep} tokens (batch ${c.batch_size} × seq ${mc.seq_len} × ` +
       `accum ${c.grad_accum}), lr ${c.lr}, seed ${c.seed}, data \`${c.data}\` (tokenizer ${c.tokenizer})`,
-    `- SSD: n_expert ${rec.n_expert}, active ratio in sparse phases ${c.top_k !== undefined ? `${c.top_k}/${rec.n_expert}` : c.active_ratio}, ` +
+    `- SSD: n_expert ${rec.n_expert}, active ratio in sparse phases ${c.moe_top_k !== undefined ? `${c.moe_top_k}/${rec.n_expert}` : c.active_ratio}, ` +
       `check_interval ${c.check_interval}, stable_threshold ${c.stable_threshold}, stable_delta ${c.stable_delta}`,
     `- Evaluation: the first ${c.eval_batches} validation batches (${c.eval_batches * c.batch_size * mc.seq_len} tokens), the same for every model; ` +
       `each final checkpoint MoEfied afresh (balanced k-means, ${c.moefy_max_iter} iterations, centroid routers)`,
@@ -258,7 +258,6 @@ export function renderMarkdown(r: Report): string {
   }
 
   L.push('## Targets', '', ...r.targets.map((t) => `- ${t.line}`), '');
-  L.push('## Notes', '', '_Why a target was missed and what was tried: to be written by whoever ran this comparison._', '');
 
   const titles: Record<PlotName, string> = {
     val_loss_tokens: 'Validation loss vs tokens', val_loss_wallclock: 'Validation loss vs wall-clock',

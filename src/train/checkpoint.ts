@@ -75,8 +75,9 @@ export function saveCheckpoint(runDir: string, params: Map<string, Tensor>, mome
   state: Omit<CheckpointState, 'format' | 'version' | 'files' | 'saved_at'>, keep = 3, io: WriteIO = realIO): string {
   fs.mkdirSync(runDir, { recursive: true });
   const final = path.join(runDir, stepDirName(state.step));
+  // Temporary directories left by an interrupted save are never complete checkpoints: remove them.
+  for (const d of fs.readdirSync(runDir)) if (d.startsWith('.tmp-step_')) fs.rmSync(path.join(runDir, d), { recursive: true, force: true });
   const tmp = path.join(runDir, `.tmp-${stepDirName(state.step)}-${process.pid}`);
-  fs.rmSync(tmp, { recursive: true, force: true });
   fs.mkdirSync(tmp);
   try {
     const model = encodeSafetensors(toHost(params), { format: 'pt' });
@@ -89,8 +90,12 @@ export function saveCheckpoint(runDir: string, params: Map<string, Tensor>, mome
       saved_at: new Date().toISOString(),
     };
     io.writeFileSync(path.join(tmp, 'state.json'), JSON.stringify(full, null, 1));
-    fs.rmSync(final, { recursive: true, force: true });
+    // Replacing a checkpoint of the same step: move the old one aside first, so one complete copy
+    // exists at every moment.
+    const old = `${tmp}-replaced`;
+    if (fs.existsSync(final)) fs.renameSync(final, old);
     fs.renameSync(tmp, final);
+    fs.rmSync(old, { recursive: true, force: true });
   } catch (e) {
     fs.rmSync(tmp, { recursive: true, force: true });
     const err = e as NodeJS.ErrnoException;
@@ -115,6 +120,24 @@ export function listCheckpoints(runDir: string): string[] {
  * a run with no checkpoint, or a truncated / corrupt file.
  */
 export function loadCheckpoint(p: string): LoadedCheckpoint {
+  const { dir, state } = readCheckpointState(p);
+  const read = (f: string) => {
+    const file = path.join(dir, f);
+    if (!fs.existsSync(file)) throw new Error(`checkpoint ${dir}: ${f} is missing`);
+    const buf = fs.readFileSync(file);
+    if (sha256(buf) !== state.files[f]) {
+      throw new Error(`checkpoint ${dir}: ${f} is corrupt or truncated (checksum mismatch); use an earlier checkpoint`);
+    }
+    return decodeSafetensors(buf, path.join(dir, f)).tensors;
+  };
+  return { dir, state, params: read('model.safetensors'), moments: read('optimizer.safetensors') };
+}
+
+/**
+ * Reads only the JSON state of a checkpoint (`p`: a checkpoint directory, or a run directory for its
+ * newest one) and the run directory holding it. Throws like `loadCheckpoint`.
+ */
+export function readCheckpointState(p: string): { dir: string; runDir: string; state: CheckpointState } {
   if (!fs.existsSync(p)) throw new Error(`checkpoint not found: ${p}`);
   let dir = p;
   if (!fs.existsSync(path.join(p, 'state.json'))) {
@@ -131,16 +154,7 @@ export function loadCheckpoint(p: string): LoadedCheckpoint {
   if (state.format !== CHECKPOINT_FORMAT || state.version !== CHECKPOINT_VERSION) {
     throw new Error(`checkpoint ${dir}: not an ssd checkpoint of version ${CHECKPOINT_VERSION} (format ${state.format}, version ${state.version})`);
   }
-  const read = (f: string) => {
-    const file = path.join(dir, f);
-    if (!fs.existsSync(file)) throw new Error(`checkpoint ${dir}: ${f} is missing`);
-    const buf = fs.readFileSync(file);
-    if (sha256(buf) !== state.files[f]) {
-      throw new Error(`checkpoint ${dir}: ${f} is corrupt or truncated (checksum mismatch); use an earlier checkpoint`);
-    }
-    return decodeSafetensors(buf, path.join(dir, f)).tensors;
-  };
-  return { dir, state, params: read('model.safetensors'), moments: read('optimizer.safetensors') };
+  return { dir, runDir: path.dirname(path.resolve(dir)), state };
 }
 
 /**

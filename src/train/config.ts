@@ -69,14 +69,18 @@ export const TrainConfigFields = z.strictObject({
   sparse_steps: z.number().int().min(1).optional(),
   /** The last share of training that is dense (ours: 0.1). */
   final_dense_fraction: z.number().default(0.1),
-  /** Experts per FFN layer (default: d_ff / 32, i.e. 32 neurons per expert). */
+  /** Experts per FFN layer (default: d_ff / 64, i.e. 64 neurons per expert; ours). */
   n_expert: z.number().int().min(1).optional(),
   /** Experts per token in sparse phases (default: n_expert × active_ratio). */
-  top_k: z.number().int().min(1).optional(),
-  /** top_k / n_expert when top_k is not given. */
+  moe_top_k: z.number().int().min(1).optional(),
+  /** moe_top_k / n_expert when moe_top_k is not given. */
   active_ratio: z.number().gt(0).max(1).default(0.25),
   /** Train the routers through 1 + s − stopgrad(s) (reference MoE layer). */
   train_router: z.boolean().default(true),
+  /** Expert split at MoEfication: balanced k-means (default) or a random balanced split (ablation). */
+  moefy_method: z.enum(['kmeans', 'random']).default('kmeans'),
+  /** Pattern-stability metric: Jaccard of active-neuron sets (default) or adjusted Rand index of consecutive partitions. */
+  similarity: z.enum(['jaccard', 'ari']).default('jaccard'),
   /** Balanced k-means iterations per start at MoEfication (reference: 100). */
   moefy_max_iter: z.number().int().min(1).default(100),
   backend: z.enum(['ref', 'cpu', 'cuda']).optional(),
@@ -101,4 +105,25 @@ export function parseTrainConfig(raw: unknown): TrainConfig {
     return `${i.path.join('.') || '(config)'}: ${i.message}`;
   });
   throw new Error(`invalid training config: ${msgs.join('; ')}`);
+}
+
+/** Keys that may differ when a run is resumed (they do not change what is computed). */
+export const RESUME_OVERRIDABLE = ['eval_interval', 'eval_batches', 'ckpt_interval', 'keep_checkpoints', 'log_interval',
+  'backend', 'threads'] as const;
+
+/**
+ * The config of a resumed run: the checkpoint's stored training config, writing into its run
+ * directory, with only RESUME_OVERRIDABLE keys taken from `explicit` (keys the user set). Throws naming
+ * every other key set to a different value, since that would not continue the run exactly.
+ */
+export function resumeConfig(stored: Record<string, unknown>, explicit: Record<string, unknown>, runDir: string): TrainConfig {
+  const base = parseTrainConfig(stored);
+  const changed = Object.entries(explicit).filter(([k, v]) => k !== 'out' && !(RESUME_OVERRIDABLE as readonly string[]).includes(k) &&
+    JSON.stringify(v) !== JSON.stringify((base as Record<string, unknown>)[k]));
+  if (changed.length) {
+    throw new Error(`cannot resume with a changed ${changed.map(([k, v]) => `${k} (checkpoint: ${JSON.stringify((base as Record<string, unknown>)[k])}, given: ${JSON.stringify(v)})`).join(', ')}: ` +
+      `a resumed run continues exactly; start a new run with another --out instead`);
+  }
+  const over = Object.fromEntries(Object.entries(explicit).filter(([k]) => (RESUME_OVERRIDABLE as readonly string[]).includes(k)));
+  return parseTrainConfig({ ...stored, ...over, out: runDir });
 }

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadDataset, prepare, type Dataset, type PrepareProgress } from '../data/index.js';
-import type { TrainConfig } from './config.js';
+import { parseTrainConfig, type TrainConfig } from './config.js';
 
 /** True if `dir` looks like a prepared dataset (has meta.json). */
 export function isPreparedDataset(dir: string): boolean {
@@ -20,6 +20,15 @@ export function cachedDatasetDir(cfg: Pick<TrainConfig, 'data' | 'format' | 'tex
   const key = createHash('sha256').update(JSON.stringify([source, cfg.format, cfg.text_field, tok])).digest('hex').slice(0, 10);
   const base = cfg.data === 'brown' ? 'brown' : path.basename(source).replace(/[^A-Za-z0-9_.-]/g, '_');
   return path.join(cfg.cache_dir, 'data', `${base}-${tok}-${key}`);
+}
+
+/**
+ * The prepared dataset a checkpoint was trained on (from its stored training config): the data folder
+ * itself when it is a prepared dataset, else the cache folder `train` prepared it into.
+ */
+export function datasetDirOfCheckpoint(trainConfig: Record<string, unknown>): string {
+  const cfg = parseTrainConfig(trainConfig);
+  return cfg.data !== 'brown' && isPreparedDataset(cfg.data) ? cfg.data : cachedDatasetDir(cfg);
 }
 
 /**

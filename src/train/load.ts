@@ -5,6 +5,8 @@ import { GPTConfigSchema } from '../nn/config.js';
 import { GPT } from '../nn/gpt.js';
 import { loadCheckpoint, restoreTensors, type CheckpointState } from './checkpoint.js';
 
+const ROUTER = /^h\.\d+\.mlp\.router$/;
+
 /**
  * Builds the checkpoint's model on `backend` with its weights and returns it with its tokenizer.
  * `p` is a checkpoint directory or a run directory (newest checkpoint). Throws on a missing or corrupt
@@ -15,8 +17,11 @@ export function loadModel(p: string, backend: Backend): { model: GPT; tokenizer:
   const parsed = GPTConfigSchema.safeParse(ck.state.model_config);
   if (!parsed.success) throw new Error(`checkpoint ${ck.dir}: invalid model config (${parsed.error.issues[0]?.message})`);
   const model = new GPT(parsed.data, backend);
+  // A checkpoint from inside a sparse phase also holds the routers; the dense model does not use them
+  // (MoE inference builds its routers from the expert blocks).
+  const dense = new Map([...ck.params].filter(([name]) => !ROUTER.test(name)));
   try {
-    restoreTensors(model.params, ck.params, `checkpoint ${ck.dir}`);
+    restoreTensors(model.params, dense, `checkpoint ${ck.dir}`);
   } catch (e) {
     model.dispose();
     throw e;

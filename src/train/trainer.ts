@@ -142,6 +142,10 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
     optimizer.step = ck.state.optimizer_step;
     sampler = RandomBatchSampler.fromState(dataset.train, ck.state.extra.sampler as SamplerState);
     startStep = ck.state.step;
+    if (startStep >= cfg.steps) {
+      throw new Error(`the run in ${ck.dir} already finished (step ${startStep} of ${cfg.steps}); start a new run with another --out`);
+    }
+    truncateLogs(cfg.out, startStep);
   }
 
   fs.mkdirSync(cfg.out, { recursive: true });
@@ -186,6 +190,11 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       }
       // Gradients hold the sum over micro-batches of per-micro means: average, then clip.
       const norm = gradNorm(optimizer.params) / cfg.grad_accum;
+      if (!Number.isFinite(norm)) {
+        throw new Error(`training diverged: the gradient norm is ${norm} at step ${step} (loss ${loss}); no update was applied; ` +
+          `${lastCkpt ? `the last good checkpoint (${lastCkpt}) is intact` : 'no checkpoint was written yet'}; ` +
+          `try a lower --lr or more --warmup-steps`);
+      }
       const clip = cfg.grad_clip > 0 && norm > cfg.grad_clip ? cfg.grad_clip / norm : 1;
       const lr = learningRate(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio);
       optimizer.update(lr, clip / cfg.grad_accum);
@@ -200,7 +209,7 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
         lastVal = evaluate(model, dataset.val, cfg.batch_size, seqLen, cfg.eval_batches);
         opts.onEval?.(done, lastVal);
       }
-      if (done % cfg.log_interval === 0 || isEval || done === startStep + 1) {
+      if (done % cfg.log_interval === 0 || isEval || done === 1) {
         const now = Date.now();
         const dt = Math.max(now - lastLog.t, 1) / 1000;
         const tps = ((done - lastLog.step) * tokensPerStep) / dt;
@@ -230,6 +239,19 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
   } finally {
     optimizer.dispose();
     model.dispose();
+  }
+}
+
+/**
+ * Drops the lines with `step` > `step` from every JSON-lines log of a run directory: an interrupted run
+ * wrote them after the checkpoint that is being resumed, and the resumed run writes them again.
+ */
+function truncateLogs(runDir: string, step: number): void {
+  if (!fs.existsSync(runDir)) return;
+  for (const f of fs.readdirSync(runDir).filter((n) => n.endsWith('.jsonl'))) {
+    const file = path.join(runDir, f);
+    const kept = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l && !((JSON.parse(l) as { step?: number }).step! > step));
+    fs.writeFileSync(file, kept.length ? kept.join('\n') + '\n' : '');
   }
 }
 

@@ -98,14 +98,19 @@ describe('prepare', () => {
     await assert.rejects(prepare({ input: join(dir, 'nope'), tokenizer: 'byte', outDir: out }), /not found/);
   });
 
-  it('refuses a non-empty outDir unless overwrite, and replaces it atomically', async () => {
+  it('refuses a non-empty outDir unless overwrite, overwrites only a dataset, and replaces it atomically', async () => {
     const input = writeCorpus();
     const out = join(dir, 'ds-over');
     mkdirSync(out);
     writeFileSync(join(out, 'keep.txt'), 'x');
     await assert.rejects(prepare({ input, tokenizer: 'byte', outDir: out }), /already exists and is not empty/);
+    await assert.rejects(prepare({ input, tokenizer: 'byte', outDir: out, overwrite: true }), /not a prepared dataset/);
+    assert.ok(existsSync(join(out, 'keep.txt')));
+    rmSync(join(out, 'keep.txt'));
+    await prepare({ input, tokenizer: 'byte', outDir: out });
+    writeFileSync(join(out, 'stale.txt'), 'x');
     await prepare({ input, tokenizer: 'byte', outDir: out, overwrite: true });
-    assert.ok(!existsSync(join(out, 'keep.txt')));
+    assert.ok(!existsSync(join(out, 'stale.txt')));
     assert.ok(existsSync(join(out, 'meta.json')));
   });
 
