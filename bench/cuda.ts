@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import { createCudaBackend, type CudaBackend, type MatmulMode } from '../src/backend/cuda/index.js';
+import { profiled } from '../src/backend/profile.js';
 import { benchInference } from '../src/infer/bench.js';
 import { makeConfig, type GPTConfig } from '../src/nn/config.js';
 import { GPT, flopsPerToken } from '../src/nn/gpt.js';
@@ -55,36 +56,21 @@ function trainSteps(be: CudaBackend, model: GPT, opt: AdamW, n: number): number 
  * is its kernels' time plus launch), over `n` training steps of a fresh model; prints the top entries.
  */
 function profileSteps(be: CudaBackend, n: number): void {
-  const entries = new Map<string, { ms: number; calls: number }>();
-  const wrapped = new Proxy(be, {
-    get(target, prop, receiver) {
-      const v = Reflect.get(target, prop, receiver);
-      if (typeof v !== 'function' || typeof prop !== 'string') return v;
-      return (...args: unknown[]) => {
-        const t0 = performance.now();
-        try {
-          return (v as (...a: unknown[]) => unknown).apply(target, args);
-        } finally {
-          target.synchronize();
-          let key = prop;
-          if (prop === 'matmul') {
-            const g = args[3] as { m: number; n: number; k: number; batch: number; transA: boolean; transB: boolean };
-            key = `matmul ${g.batch}x${g.m}x${g.n}x${g.k}${g.transA ? ' tA' : ''}${g.transB ? ' tB' : ''}`;
-          }
-          const e = entries.get(key) ?? { ms: 0, calls: 0 };
-          e.ms += performance.now() - t0;
-          e.calls++;
-          entries.set(key, e);
-        }
-      };
+  const { backend: wrapped, profile } = profiled(be, {
+    after: () => be.synchronize(),
+    key: (method, args) => {
+      if (method !== 'matmul') return method;
+      const g = args[3] as { m: number; n: number; k: number; batch: number; transA: boolean; transB: boolean };
+      return `matmul ${g.batch}x${g.m}x${g.n}x${g.k}${g.transA ? ' tA' : ''}${g.transB ? ' tB' : ''}`;
     },
-  }) as CudaBackend;
+  });
+  const entries = profile.entries;
   T.useBackend(wrapped);
   const mc = makeConfig('gpt2-small', { vocab_size: 50257 });
   const model = new GPT(mc, wrapped, 1);
   const opt = new AdamW([...model.params.values()], { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 });
   trainSteps(be, model, opt, 1);
-  entries.clear();
+  profile.reset();
   const t0 = performance.now();
   trainSteps(be, model, opt, n);
   const total = (performance.now() - t0) / (n + 3);

@@ -8,13 +8,13 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import type { Backend, Buf, DType } from '../src/backend/contract.js';
+import type { Backend, Buf } from '../src/backend/contract.js';
 import {
   cpuArray, cpuBackendInfo, createCpuBackend, gemmProviders, setGemmProvider, setThreads,
 } from '../src/backend/cpu/index.js';
 import { createRefBackend } from '../src/backend/ref/index.js';
 import { uniform } from '../src/backend/rng.js';
-import { relErr, rng } from './helpers.js';
+import { ints, put, randn, relErr, rng } from './helpers.js';
 
 const cpu = createCpuBackend();
 const ref = createRefBackend();
@@ -24,22 +24,6 @@ after(() => {
   setGemmProvider(defaultProvider);
 });
 
-function randn(r: () => number, n: number, scale = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(r(), 1e-12), v = r();
-    a[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-  }
-  return a;
-}
-function ints(r: () => number, n: number, lo: number, hi: number): Int32Array {
-  return Int32Array.from({ length: n }, () => lo + Math.floor(r() * (hi - lo)));
-}
-function put(b: Backend, data: ArrayLike<number>, dtype: DType = 'f32'): Buf {
-  const buf = b.alloc(dtype, data.length);
-  b.upload(buf, data);
-  return buf;
-}
 
 /** A kernel run on a backend: returns the downloaded outputs. */
 type Run = (b: Backend) => ArrayLike<number>[];

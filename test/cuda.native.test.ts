@@ -8,33 +8,17 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Backend, Buf, DType } from '../src/backend/contract.js';
+import type { Backend } from '../src/backend/contract.js';
 import { createCpuBackend } from '../src/backend/cpu/index.js';
 import { createCudaBackend, cudaUnavailableReason, type CudaBackend } from '../src/backend/cuda/index.js';
 import { GPT } from '../src/nn/gpt.js';
 import { makeConfig } from '../src/nn/config.js';
 import * as T from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optim.js';
-import { relErr, rng } from './helpers.js';
+import { ints, put, randn, relErr, rng } from './helpers.js';
 
 const why = cudaUnavailableReason();
 
-function randn(r: () => number, n: number, scale = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(r(), 1e-12), v = r();
-    a[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-  }
-  return a;
-}
-function ints(r: () => number, n: number, lo: number, hi: number): Int32Array {
-  return Int32Array.from({ length: n }, () => lo + Math.floor(r() * (hi - lo)));
-}
-function put(b: Backend, data: ArrayLike<number>, dtype: DType = 'f32'): Buf {
-  const buf = b.alloc(dtype, data.length);
-  b.upload(buf, data);
-  return buf;
-}
 type Run = (b: Backend) => ArrayLike<number>[];
 
 if (why) {

@@ -1,15 +1,30 @@
-/** Test helpers: a seeded PRNG and norm-wise relative error. */
+/** Test helpers: a seeded PRNG, random data, buffer upload and norm-wise relative error. */
+import type { Backend, Buf, DType } from '../src/backend/contract.js';
+import { seededUniform } from '../src/infer/sample.js';
 
-/** mulberry32: a small seeded PRNG returning uniforms in [0, 1). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+/** A seeded PRNG returning uniforms in [0, 1) (mulberry32, as used for sampling). */
+export const rng = seededUniform;
+
+/** n normal samples (Box–Muller) scaled by `scale`. */
+export function randn(r: () => number, n: number, scale = 1): Float64Array {
+  const a = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = Math.max(r(), 1e-12), v = r();
+    a[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+  }
+  return a;
+}
+
+/** n integers uniform in [lo, hi). */
+export function ints(r: () => number, n: number, lo: number, hi: number): Int32Array {
+  return Int32Array.from({ length: n }, () => lo + Math.floor(r() * (hi - lo)));
+}
+
+/** A new buffer on `b` holding `data`. */
+export function put(b: Backend, data: ArrayLike<number>, dtype: DType = 'f32'): Buf {
+  const buf = b.alloc(dtype, data.length);
+  b.upload(buf, data);
+  return buf;
 }
 
 /** ‖got − want‖₂ / max(‖want‖₂, 1e-30); 0 when both are empty. NaN anywhere gives Infinity. */

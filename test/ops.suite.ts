@@ -12,7 +12,7 @@ import { createRefBackend } from '../src/backend/ref/index.js';
 import type { RefBackend } from '../src/backend/ref/index.js';
 import * as T from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
-import { relErr, rng } from './helpers.js';
+import { ints, randn, relErr, rng } from './helpers.js';
 
 const oracle = createRefBackend({ f64: true });
 
@@ -34,23 +34,12 @@ interface OpCase {
   tol?: number;
 }
 
-function randn(r: () => number, n: number, scale = 1): Float64Array {
-  const a = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(r(), 1e-12), v = r();
-    a[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-  }
-  return a;
-}
 
 /** Values away from 0 so ReLU kinks do not spoil finite differences. */
 function awayFromZero(a: Float64Array): Float64Array {
   return a.map((x) => (Math.abs(x) < 0.05 ? x + Math.sign(x || 1) * 0.1 : x));
 }
 
-function ints(r: () => number, n: number, lo: number, hi: number): Int32Array {
-  return Int32Array.from({ length: n }, () => lo + Math.floor(r() * (hi - lo)));
-}
 
 function f(shape: number[], r: () => number, scale = 1): Input {
   return { data: randn(r, shape.reduce((a, b) => a * b, 1), scale), shape };

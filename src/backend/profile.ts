@@ -10,8 +10,15 @@ export interface KernelProfile {
   reset(): void;
 }
 
+export interface ProfileOptions {
+  /** Called after every call, inside the timed span (e.g. a device synchronisation for async backends). */
+  after?: () => void;
+  /** The entry a call is counted under (default: the method name). */
+  key?: (method: string, args: unknown[]) => string;
+}
+
 /** Wraps `backend`; the returned profile fills as the wrapper is used. */
-export function profiled(backend: Backend): { backend: Backend; profile: KernelProfile } {
+export function profiled<B extends Backend>(backend: B, o: ProfileOptions = {}): { backend: B; profile: KernelProfile } {
   const entries = new Map<string, { ms: number; calls: number }>();
   const wrapped = new Proxy(backend, {
     get(target, prop, receiver) {
@@ -22,10 +29,12 @@ export function profiled(backend: Backend): { backend: Backend; profile: KernelP
         try {
           return (v as (...a: unknown[]) => unknown).apply(target, args);
         } finally {
-          const e = entries.get(prop) ?? { ms: 0, calls: 0 };
+          o.after?.();
+          const key = o.key ? o.key(prop, args) : prop;
+          const e = entries.get(key) ?? { ms: 0, calls: 0 };
           e.ms += performance.now() - t0;
           e.calls++;
-          entries.set(prop, e);
+          entries.set(key, e);
         }
       };
     },
