@@ -4,7 +4,7 @@
   # check (native/cpu/gemm.cc), so the addon loads and runs on any x86-64-v3 machine.
   # oneDNN and OpenBLAS are loaded with dlopen at run time; nothing but libdl is linked.
   "target_defaults": {
-    "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native/cpu"],
+    "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native/cpu", "native/common"],
     "defines": ["NODE_ADDON_API_CPP_EXCEPTIONS", "NAPI_VERSION=8"],
     "cflags!": ["-fno-exceptions", "-O2", "-O0"],
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++1y", "-std=gnu++20"],

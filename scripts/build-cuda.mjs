@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const src = join(root, 'native', 'cuda');
+const common = join(root, 'native', 'common');
 const objDir = join(root, 'build', 'cuda');
 const out = join(root, 'build', 'Release', 'ssd_cuda.node');
 
@@ -75,7 +76,7 @@ const gencode = archs.flatMap((a) => a.endsWith('ptx')
 mkdirSync(objDir, { recursive: true });
 mkdirSync(dirname(out), { recursive: true });
 
-const headers = readdirSync(src).filter((f) => f.endsWith('.h') || f.endsWith('.cuh')).map((f) => join(src, f));
+const headers = [src, common].flatMap((d) => readdirSync(d).filter((f) => f.endsWith('.h') || f.endsWith('.cuh')).map((f) => join(d, f)));
 const newestHeader = Math.max(...headers.map((h) => statSync(h).mtimeMs));
 const stale = (o, s) => !existsSync(o) || statSync(o).mtimeMs < Math.max(statSync(s).mtimeMs, newestHeader);
 
@@ -95,7 +96,7 @@ for (const f of readdirSync(src).sort()) {
     objs.push(o);
     if (stale(o, s)) {
       jobs.push(['g++', ['-c', s, '-o', o, '-O2', '-fPIC', '-std=c++17', '-fexceptions', '-DNAPI_VERSION=8',
-        '-DNODE_ADDON_API_CPP_EXCEPTIONS', '-I', src, '-I', cudaInc, '-I', nodeInc, '-I', napiInc]]);
+        '-DNODE_ADDON_API_CPP_EXCEPTIONS', '-I', src, '-I', common, '-I', cudaInc, '-I', nodeInc, '-I', napiInc]]);
     }
   }
 }

@@ -12,14 +12,14 @@
 #include "kernels.h"
 #include "parallel.h"
 #include "vmath.h"
+#include "napi_errors.h"
 
 namespace {
 
 using namespace ssd;
 
-struct ArgError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using ssd_napi::ArgError;
+using ssd_napi::wrap;
 
 template <class T>
 struct View {
@@ -89,22 +89,6 @@ std::vector<int64_t> ints(const Napi::CallbackInfo& info, size_t i, const char* 
   return r;
 }
 
-using Fn = Napi::Value (*)(const Napi::CallbackInfo&);
-
-template <Fn F>
-Napi::Value wrap(const Napi::CallbackInfo& info) {
-  try {
-    return F(info);
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const ArgError& e) {
-    throw Napi::TypeError::New(info.Env(), e.what());
-  } catch (const std::out_of_range& e) {
-    throw Napi::RangeError::New(info.Env(), e.what());
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(info.Env(), e.what());
-  }
-}
 
 Napi::Value Undef(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 

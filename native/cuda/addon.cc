@@ -10,14 +10,14 @@
 
 #include "common.cuh"
 #include "runtime.h"
+#include "napi_errors.h"
 
 namespace {
 
 using namespace ssdc;
 
-struct ArgError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using ssd_napi::ArgError;
+using ssd_napi::wrap;
 
 double num(const Napi::CallbackInfo& info, size_t i) {
   Napi::Value v = info[i];
@@ -68,21 +68,6 @@ uint16_t f32_to_bf16(float f) {
   return (uint16_t)(u >> 16);
 }
 
-using Fn = Napi::Value (*)(const Napi::CallbackInfo&);
-template <Fn F>
-Napi::Value wrap(const Napi::CallbackInfo& info) {
-  try {
-    return F(info);
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const ArgError& e) {
-    throw Napi::TypeError::New(info.Env(), e.what());
-  } catch (const std::out_of_range& e) {
-    throw Napi::RangeError::New(info.Env(), e.what());
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(info.Env(), e.what());
-  }
-}
 Napi::Value U(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 
 // ---------------------------------------------------------------- runtime
