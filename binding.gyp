@@ -25,6 +25,7 @@
         "native/cpu/addon.cc",
         "native/cpu/attention.cc",
         "native/cpu/gemm.cc",
+        "native/cpu/gemm_grouped.cc",
         "native/cpu/kernels.cc",
         "native/cpu/parallel.cc"
       ],

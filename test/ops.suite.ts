@@ -141,6 +141,24 @@ function cases(): OpCase[] {
       fn: ([x, w]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k, n, stride: k * n, ld: transB ? k : n, transB }),
     });
   }
+  for (const transB of [false, true]) {
+    // Token rows gathered into and scattered out of the product (repeated rows, an empty segment).
+    const E = 3, k = 4, n = 5, offsets = [0, 4, 4, 9];
+    const gather = { data: [2, 0, 6, 2, 1, 3, 3, 5, 0], shape: [9], dtype: 'i32' as const, noGrad: true };
+    const scatter = { data: [1, 4, 1, 0, 3, 3, 2, 1, 5], shape: [9], dtype: 'i32' as const, noGrad: true };
+    out.push({
+      name: `segmentMatmul gather + scatter transB=${transB}`,
+      inputs: [f([7, k], r), f(transB ? [E, n, k] : [E, k, n], r), gather, scatter],
+      fn: ([x, w, g, s]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k, n, stride: k * n, ld: transB ? k : n, transB },
+        { gather: g!, scatter: s!, outRows: 6 }),
+    });
+  }
+  out.push({
+    // Value only: its router gradient is the straight-through one, checked in test/moefy.test.ts.
+    name: 'routerGate (value = h)', forwardOnly: true,
+    inputs: [f([6, 3], r), f([3, 2], r), { data: [0, 5, 1, 4, 2, 3], shape: [6], dtype: 'i32', noGrad: true }],
+    fn: ([h, s, slot]) => T.routerGate(h!, s!, slot!),
+  });
   {
     // Experts as column blocks of a (d_model, d_ff) matrix, as for W_out: x (rows, s) · W[:, e·s:(e+1)·s]ᵀ.
     const E = 3, s = 4, dm = 5, offsets = [0, 2, 2, 7];

@@ -307,6 +307,12 @@ Napi::Value MatmulFn(const Napi::CallbackInfo& info) {
     sgemm(ta, tb, m, n, k, alpha, A.p + b * sA, lda, Bm.p + b * sB, ldb, beta, C.p + b * sC, n);
   return Undef(info);
 }
+// Optional i32 index argument (null or undefined: absent).
+View<int32_t> opt_index(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return {nullptr, 0};
+  return arr<int32_t>(info, i, fn);
+}
+
 Napi::Value GroupedMatmulFn(const Napi::CallbackInfo& info) {
   const char* fn = "groupedMatmul";
   auto A = arr<float>(info, 0, fn);
@@ -315,22 +321,40 @@ Napi::Value GroupedMatmulFn(const Napi::CallbackInfo& info) {
   auto P = arr<int32_t>(info, 3, fn);
   bool ta = flag(info, 4), tb = flag(info, 5);
   float alpha = (float)num(info, 6, fn), beta = (float)num(info, 7, fn);
+  auto RA = opt_index(info, 8, fn), RB = opt_index(info, 9, fn), RC = opt_index(info, 10, fn);
   if (P.n % 9 != 0) throw ArgError("groupedMatmul: problems length must be a multiple of 9");
+  if (RC.p && beta != 1.f) throw ArgError("groupedMatmul: a scattered C (rows.c) accumulates, beta must be 1");
   const int64_t G = P.n / 9;
-  // Validate every group before running any.
+  // Validate every group before running any: a stored block (rows × cols from element `off`, leading
+  // dimension ld) lies inside its buffer, directly or through every index entry it uses.
+  auto check = [&](const std::string& tag, const char* what, int64_t rows, int64_t cols, int64_t off, int64_t ld,
+                   int64_t size, const View<int32_t>& idx) {
+    if (ld < cols) throw ArgError(tag + what + ": leading dimension < columns");
+    if (!idx.p) {
+      if (off + (rows - 1) * ld + cols > size) throw ArgError(tag + what + " out of range");
+      return;
+    }
+    const int64_t r0 = off / ld, c0 = off % ld;
+    if (c0 + cols > ld) throw ArgError(tag + what + ": columns run past the leading dimension");
+    if (r0 + rows > idx.n) throw ArgError(tag + what + ": needs index entries up to " + std::to_string(r0 + rows) +
+                                          ", the index has " + std::to_string(idx.n));
+    for (int64_t r = r0; r < r0 + rows; ++r)
+      if (idx.p[r] < 0 || (int64_t)idx.p[r] * ld + c0 + cols > size)
+        throw ArgError(tag + what + ": index entry " + std::to_string(r) + " = " + std::to_string(idx.p[r]) +
+                       " is outside the buffer");
+  };
   for (int64_t g = 0; g < G; ++g) {
     const int32_t* p = P.p + 9 * g;
     int64_t m = p[0], n = p[1], k = p[2], oa = p[3], lda = p[4], ob = p[5], ldb = p[6], oc = p[7], ldc = p[8];
     std::string tag = "groupedMatmul: group " + std::to_string(g) + ": ";
     if (m < 0 || n < 0 || k < 0 || oa < 0 || ob < 0 || oc < 0) throw ArgError(tag + "negative size or offset");
     if (m == 0 || n == 0) continue;
-    if (ldc < n || oc + (m - 1) * ldc + n > C.n) throw ArgError(tag + "C out of range");
+    check(tag, "C", m, n, oc, ldc, C.n, RC);
     if (k == 0) continue;
-    int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
-    if (lda < ac || oa + (ar - 1) * lda + ac > A.n) throw ArgError(tag + "A out of range");
-    if (ldb < bc || ob + (br - 1) * ldb + bc > Bm.n) throw ArgError(tag + "B out of range");
+    check(tag, "A", ta ? k : m, ta ? m : k, oa, lda, A.n, RA);
+    check(tag, "B", tb ? n : k, tb ? k : n, ob, ldb, Bm.n, RB);
   }
-  sgemm_grouped(ta, tb, P.p, G, A.p, Bm.p, C.p, alpha, beta);
+  sgemm_grouped(ta, tb, P.p, G, A.p, Bm.p, C.p, alpha, beta, GemmRows{RA.p, RB.p, RC.p});
   return Undef(info);
 }
 

@@ -12,12 +12,23 @@ namespace ssd {
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// Row indices for a grouped product (each nullptr when that operand is plain). Stored row j of the
+// virtual operand is row rows[j] of the real one: a group whose A starts at offA with ld lda reads
+// stored rows offA / lda + r (columns from offA % lda on) through `a`, likewise B through `b`; through
+// `c` the group's output rows are scatter-added, C[c[j]] += alpha · (op(A)·op(B))[row] (beta must be
+// 1), in group order, rows in increasing order (native/cpu/gemm_grouped.cc).
+struct GemmRows {
+  const int32_t* a = nullptr;
+  const int32_t* b = nullptr;
+  const int32_t* c = nullptr;
+};
+
 // Grouped products (the MoE expert kernel): `problems` holds 9 ints per group,
-// [m, n, k, offA, lda, offB, ldb, offC, ldc] (element offsets into A, B, C; validated by the caller).
-// When every group has m <= kSmallM (decode), all groups run in one parallel region of the small-M
-// kernel; otherwise one product per group, with the own blocked kernel on AVX-512 CPUs (any provider).
+// [m, n, k, offA, lda, offB, ldb, offC, ldc] (element offsets into A, B, C, or into the virtual
+// operands of `rows`; validated by the caller). Output regions of different groups must not overlap
+// unless C is scattered. Deterministic whatever the thread count.
 void sgemm_grouped(bool transA, bool transB, const int32_t* problems, int64_t G, const float* A, const float* B,
-                   float* C, float alpha, float beta);
+                   float* C, float alpha, float beta, const GemmRows& rows = {});
 
 // Selects the provider from SSD_GEMM or the default order (onednn, openblas, own). Idempotent.
 // Throws std::runtime_error when SSD_GEMM names an unknown or unavailable provider.

@@ -73,7 +73,7 @@ export interface MatmulArgs {
  * transA), and B_g at offB_g with ldb_g (stored (k_g, n_g), or (n_g, k_g) when transB).
  * `problems` holds 9 ints per group: [m, n, k, offA, lda, offB, ldb, offC, ldc]. Groups with m, n or
  * k = 0 are allowed (k = 0 with beta = 0 writes zeros). Output regions of different groups must not
- * overlap.
+ * overlap (unless C is scattered through `rows.c`).
  */
 export interface GroupedMatmulArgs {
   problems: Int32Array;
@@ -81,6 +81,16 @@ export interface GroupedMatmulArgs {
   transB: boolean;
   alpha: number;
   beta: number;
+  /**
+   * Row-indexed operands (i32 buffers; the MoE token gather and scatter fused into the products).
+   * With `rows.a`, A is read as the virtual matrix whose stored row j is A's row rows.a[j]: a group's
+   * offA then addresses that virtual matrix (stored row offA / lda, column offA % lda). Likewise B
+   * through `rows.b`. With `rows.c`, each output row j of the virtual C is ADDED to C's row rows.c[j]
+   * (beta must be 1; several rows may hit one row of C; added in group order, rows ascending). An
+   * indexed operand's groups all use the same leading dimension, which is also its row length in
+   * the real buffer. Throws on an index outside the buffer.
+   */
+  rows?: { a?: Buf; b?: Buf; c?: Buf };
 }
 
 export interface AdamWArgs {

@@ -3,8 +3,9 @@
  * Experts are contiguous blocks of the (permuted) dense FFN: expert e owns neurons e·s .. (e+1)·s − 1,
  * i.e. rows of W_in / b_in and columns of W_out. Per token the router scores x · W_g pick the top-k
  * experts; only those experts are computed, in forward and backward:
- *   tokens are grouped by expert, gathered, multiplied by each expert's W_in block (one grouped GEMM),
- *   activated, multiplied by the expert's W_out block, weighted and scatter-added back.
+ *   tokens are grouped by expert and multiplied by each expert's W_in block (one grouped GEMM that
+ *   gathers the token rows itself), activated, multiplied by the expert's W_out block and scatter-added
+ *   back (a grouped GEMM that adds into the token rows).
  * Output weights are 1 + s − stopgrad(s) with s = softmax of the selected scores: exactly 1 in the
  * forward pass, while the router still receives a gradient (switchable off).
  */
@@ -81,19 +82,20 @@ export function moeFFN(x: Tensor, p: FFNParams, router: Tensor, o: MoEOptions): 
   }
   const s = dff / E;
   const { values, routing } = route(x, router, k);
-  const rowToken = T.tensor(routing.rowToken, [N * k], { dtype: 'i32', backend: x.backend });
-  const rowExpert = T.tensor(routing.rowExpert, [N * k], { dtype: 'i32', backend: x.backend });
-  const xg = T.gatherRows(x, rowToken); // (N·k, d_model), grouped by expert
-  let h = T.segmentMatmul(xg, p.w_in, routing.offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true }); // (N·k, s)
-  if (p.b_in) h = T.add(h, T.gatherRows(T.reshape(p.b_in, [E, s]), rowExpert));
+  const index = (a: Int32Array) => T.tensor(a, [N * k], { dtype: 'i32', backend: x.backend });
+  const rowToken = index(routing.rowToken);
+  // Token rows are gathered inside the first grouped product and scatter-added inside the second:
+  // no (N·k, d_model) copy of the input or output exists.
+  let h = T.segmentMatmul(x, p.w_in, routing.offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true },
+    { gather: rowToken }); // (N·k, s), grouped by expert
+  if (p.b_in) h = T.add(h, T.gatherRows(T.reshape(p.b_in, [E, s]), index(routing.rowExpert)));
   h = o.activation === 'relu' ? T.relu(h) : T.gelu(h);
-  const yg = o.wOutT // (N·k, d_model)
-    ? T.segmentMatmul(h, o.wOutT, routing.offsets, { nExpert: E, k: s, n: dm, stride: s * dm, ld: dm, transB: false })
-    : T.segmentMatmul(h, p.w_out, routing.offsets, { nExpert: E, k: s, n: dm, stride: s, ld: dff, transB: true });
-  const rowSlot = T.tensor(routing.rowSlot, [N * k], { dtype: 'i32', backend: x.backend });
   // Output weights 1 + s − stopgrad(s), s = softmax of the selected scores: 1 in value, router gradient via s.
-  const s_ = o.trainRouter ?? true ? T.softmax(values) : null; // (N, k)
-  let y = T.combineExperts(yg, s_, rowToken, rowSlot, N); // (N, d_model)
+  if ((o.trainRouter ?? true) && T.isGradEnabled()) h = T.routerGate(h, T.softmax(values), index(routing.rowSlot));
+  const scatter = { scatter: rowToken, outRows: N };
+  let y = o.wOutT // (N, d_model)
+    ? T.segmentMatmul(h, o.wOutT, routing.offsets, { nExpert: E, k: s, n: dm, stride: s * dm, ld: dm, transB: false }, scatter)
+    : T.segmentMatmul(h, p.w_out, routing.offsets, { nExpert: E, k: s, n: dm, stride: s, ld: dff, transB: true }, scatter);
   if (p.b_out) y = T.add(y, p.b_out);
   return { y, routing };
 }

@@ -8,6 +8,6 @@ export { add, sub, mul, div, affine, scale, relu, gelu, neg, exp, log, sqrt, squ
 export { reshape, permute, transpose, slice, concat } from './ops/shape.js';
 export { sum, mean, sumTo } from './ops/reduce.js';
 export { matmul, segmentMatmul } from './ops/matmul.js';
-export type { MatmulOpts, ExpertLayout } from './ops/matmul.js';
+export type { MatmulOpts, ExpertLayout, SegmentRows } from './ops/matmul.js';
 export { softmax, layerNorm, embedding, attention, attentionCached, crossEntropy } from './ops/nn.js';
-export { topk, gatherRows, scatterAddRows, combineExperts } from './ops/moe.js';
+export { topk, gatherRows, scatterAddRows, routerGate } from './ops/moe.js';

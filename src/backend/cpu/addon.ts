@@ -34,8 +34,9 @@ export interface NativeAddon {
 
   matmul(a: F32, b: F32, c: F32, batch: number, m: number, n: number, k: number, transA: boolean, transB: boolean,
     strideA: number, strideB: number, strideC: number, alpha: number, beta: number): void;
+  /** rowsA / rowsB / rowsC: GroupedMatmulArgs.rows (null when absent). */
   groupedMatmul(a: F32, b: F32, c: F32, problems: I32, transA: boolean, transB: boolean, alpha: number,
-    beta: number): void;
+    beta: number, rowsA: I32 | null, rowsB: I32 | null, rowsC: I32 | null): void;
 
   softmax(x: F32, out: F32, rows: number, cols: number): void;
   softmaxBackward(y: F32, gy: F32, gx: F32, rows: number, cols: number): void;

@@ -238,8 +238,10 @@ export class CpuBackend implements Backend {
     const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b'), C = this.f('groupedMatmul', c, 'c');
     need('groupedMatmul', g.problems instanceof Int32Array, () => 'problems must be an Int32Array');
     need('groupedMatmul', g.problems.length % 9 === 0, () => `problems length ${g.problems.length} is not a multiple of 9`);
-    // Per-group bounds are checked natively (before any group runs).
-    this.nat.groupedMatmul(A, B, C, g.problems, g.transA, g.transB, g.alpha, g.beta);
+    // Per-group bounds, index entries included, are checked natively (before any group runs).
+    const idx = (b: Buf | undefined, what: string) => (b ? this.i('groupedMatmul', b, what) : null);
+    this.nat.groupedMatmul(A, B, C, g.problems, g.transA, g.transB, g.alpha, g.beta,
+      idx(g.rows?.a, 'rows.a'), idx(g.rows?.b, 'rows.b'), idx(g.rows?.c, 'rows.c'));
   }
 
   // ------------------------------------------------------------ NN kernels

@@ -14,6 +14,7 @@
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { cublasCandidates, loadCudaAddon, type CudaAddon } from './addon.js';
+import { groupedMatmulByCopies } from '../grouped-rows.js';
 
 const UNARY_CODE: Record<UnaryOp, number> = { relu: 0, gelu: 1, neg: 2, exp: 3, log: 4, sqrt: 5, square: 6, tanh: 7 };
 const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3 };
@@ -354,6 +355,7 @@ export class CudaBackend implements Backend {
       g.transB, g.alpha, g.beta, 0);
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
+    if (g.rows) { groupedMatmulByCopies(this, a, b, c, g); return; } // no fused gather/scatter kernel yet
     const op = 'groupedMatmul';
     const A = this.buf(op, a, 'a'), B = this.buf(op, b, 'b');
     this.r(op, a, 'a');

@@ -6,6 +6,7 @@
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { uniform } from '../rng.js';
+import { groupedMatmulByCopies } from '../grouped-rows.js';
 import { roundBf16 } from './bf16.js';
 
 type F = Float32Array | Float64Array;
@@ -154,6 +155,7 @@ export class RefBackend implements Backend {
     }
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
+    if (g.rows) { groupedMatmulByCopies(this, a, b, c, g); return; }
     const A = this.f(a), B = this.f(b), C = this.f(c);
     const p = g.problems;
     if (p.length % 9 !== 0) throw new Error(`ref.groupedMatmul: problems length ${p.length} is not a multiple of 9`);

@@ -1,4 +1,5 @@
 /** Matrix products: batched matmul with transposes and the grouped (per-expert segment) matmul. */
+import type { GroupedMatmulArgs } from '../../backend/contract.js';
 import { record } from '../autograd.js';
 import type { Tensor } from '../tensor.js';
 import { shapeSize } from '../tensor.js';
@@ -91,48 +92,79 @@ export interface ExpertLayout {
 }
 
 /**
- * Grouped matmul over contiguous row segments (the MoE expert kernel, MegaBlocks-style):
- * y[seg_e] = x[seg_e] · op(w_e) for rows offsets[e] .. offsets[e+1] of x (total, k) -> y (total, n).
- * `offsets` is a host array of E + 1 non-decreasing row offsets from 0 to total. The weight gradient
- * is written only inside the experts' regions (zero elsewhere).
+ * Token rows of a grouped product (the MoE gather and scatter fused into it, MegaBlocks-style).
+ * `gather`: i32 (total): product row r reads row gather[r] of x, which may have any number of rows.
+ * `scatter`: i32 (total): product row r is added to output row scatter[r]; the output has `outRows`
+ * rows (rows several product rows hit get their sum, in product-row order).
  */
-export function segmentMatmul(x: Tensor, w: Tensor, offsets: readonly number[], L: ExpertLayout): Tensor {
+export interface SegmentRows {
+  gather?: Tensor;
+  scatter?: Tensor;
+  outRows?: number;
+}
+
+/**
+ * Grouped matmul over contiguous row segments (the MoE expert kernel, MegaBlocks-style):
+ * y[seg_e] = x[seg_e] · op(w_e) for product rows offsets[e] .. offsets[e+1], total = offsets[E];
+ * x (total, k) -> y (total, n), or with `rows` x read through `rows.gather` and y (outRows, n)
+ * scattered through `rows.scatter`. `offsets` is a host array of E + 1 non-decreasing row offsets
+ * from 0 to total. The weight gradient is written only inside the experts' regions (zero elsewhere).
+ * The input gradient is the same product with gather and scatter swapped.
+ */
+export function segmentMatmul(x: Tensor, w: Tensor, offsets: readonly number[], L: ExpertLayout, rows: SegmentRows = {}): Tensor {
   const be = backendOf('segmentMatmul', x, w);
   expectRank('segmentMatmul', x, 2, 'x');
   expectDtype('segmentMatmul', x, 'f32', 'x');
   expectDtype('segmentMatmul', w, 'f32', 'w');
-  const E = L.nExpert, total = x.shape[0]!, { k, n } = L;
+  const E = L.nExpert, total = offsets[E] ?? 0, { k, n } = L;
   if (x.shape[1] !== k) throw new Error(`segmentMatmul: x ${fmt(x)} has ${x.shape[1]} columns, the experts take ${k}`);
   const rowsStored = L.transB ? n : k, colsStored = L.transB ? k : n;
   if (colsStored > L.ld || (E - 1) * L.stride + (rowsStored - 1) * L.ld + colsStored > w.size) {
     throw new Error(`segmentMatmul: ${E} experts of (${rowsStored}, ${colsStored}) with stride ${L.stride}, ld ${L.ld} do not fit w ${fmt(w)}`);
   }
-  checkOffsets(offsets, E, total);
-  const y = out([total, n], be);
+  checkOffsets(offsets, E, rows.gather ? rows.gather.size : x.shape[0]!);
+  for (const [name, idx] of [['gather', rows.gather], ['scatter', rows.scatter]] as const) {
+    if (!idx) continue;
+    expectDtype('segmentMatmul', idx, 'i32', name);
+    if (idx.size !== total) throw new Error(`segmentMatmul: rows.${name} ${fmt(idx)} must have ${total} entries`);
+  }
+  if (rows.scatter && !(Number.isInteger(rows.outRows) && rows.outRows! >= 0)) {
+    throw new Error(`segmentMatmul: rows.scatter needs outRows, a non-negative integer (got ${rows.outRows})`);
+  }
+  const y = out([rows.scatter ? rows.outRows! : total, n], be);
   const problems = new Int32Array(9 * E);
   for (let e = 0; e < E; e++) {
-    const rows = offsets[e + 1]! - offsets[e]!;
-    problems.set([rows, n, k, offsets[e]! * k, k, e * L.stride, L.ld, offsets[e]! * n, n], 9 * e);
+    const m = offsets[e + 1]! - offsets[e]!;
+    problems.set([m, n, k, offsets[e]! * k, k, e * L.stride, L.ld, offsets[e]! * n, n], 9 * e);
   }
-  be.groupedMatmul(x.buf('segmentMatmul'), w.buf('segmentMatmul'), y.buf('segmentMatmul'),
-    { problems, transA: false, transB: L.transB, alpha: 1, beta: 0 });
+  be.groupedMatmul(x.buf('segmentMatmul'), w.buf('segmentMatmul'), y.buf('segmentMatmul'), {
+    problems, transA: false, transB: L.transB, alpha: 1, beta: rows.scatter ? 1 : 0,
+    rows: bufs({ a: rows.gather, c: rows.scatter }),
+  });
   return record(y, 'segmentMatmul', [x, w], (g) => {
-    // gx[seg_e] = g[seg_e] · op(w_e)ᵀ: the same memory read with the transpose flipped.
-    const gx = segmentMatmul(g, w, offsets, { ...L, k: n, n: k, transB: !L.transB });
-    // gw_e = (x[seg_e]ᵀ · g[seg_e]) (k, n), stored transposed (n, k) when transB.
+    // gx = g[seg_e] · op(w_e)ᵀ: the same memory read with the transpose flipped, gather and scatter swapped.
+    const gx = segmentMatmul(g, w, offsets, { ...L, k: n, n: k, transB: !L.transB },
+      { gather: rows.scatter, scatter: rows.gather, outRows: x.shape[0] });
+    // gw_e = (x[seg_e]ᵀ · g[seg_e]) (k, n), stored transposed (n, k) when transB; both read through their rows.
     const gw = out(w.shape, be);
     const p = new Int32Array(9 * E);
     for (let e = 0; e < E; e++) {
-      const rows = offsets[e + 1]! - offsets[e]!;
+      const m = offsets[e + 1]! - offsets[e]!;
       p.set(L.transB
-        ? [n, k, rows, offsets[e]! * n, n, offsets[e]! * k, k, e * L.stride, L.ld]
-        : [k, n, rows, offsets[e]! * k, k, offsets[e]! * n, n, e * L.stride, L.ld], 9 * e);
+        ? [n, k, m, offsets[e]! * n, n, offsets[e]! * k, k, e * L.stride, L.ld]
+        : [k, n, m, offsets[e]! * k, k, offsets[e]! * n, n, e * L.stride, L.ld], 9 * e);
     }
-    const [A, B] = L.transB ? [g, x] : [x, g];
+    const [A, B, rowsA, rowsB] = L.transB ? [g, x, rows.scatter, rows.gather] : [x, g, rows.gather, rows.scatter];
     be.groupedMatmul(A.buf('segmentMatmul'), B.buf('segmentMatmul'), gw.buf('segmentMatmul'),
-      { problems: p, transA: true, transB: false, alpha: 1, beta: 0 });
+      { problems: p, transA: true, transB: false, alpha: 1, beta: 0, rows: bufs({ a: rowsA, b: rowsB }) });
     return [gx, gw];
   });
+}
+
+/** The backend buffers of the given index tensors, or undefined when none is given. */
+function bufs(r: { a?: Tensor | undefined; b?: Tensor | undefined; c?: Tensor | undefined }): GroupedMatmulArgs['rows'] {
+  if (!r.a && !r.b && !r.c) return undefined;
+  return { a: r.a?.buf('segmentMatmul'), b: r.b?.buf('segmentMatmul'), c: r.c?.buf('segmentMatmul') };
 }
 
 function checkOffsets(offsets: readonly number[], E: number, total: number): void {

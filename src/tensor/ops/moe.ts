@@ -1,4 +1,4 @@
-/** MoE primitives: top-k over the last axis, gather rows by index, scatter-add rows. */
+/** MoE primitives: top-k over the last axis, gather rows by index, scatter-add rows, the router gate. */
 import { record } from '../autograd.js';
 import { tensor } from '../create.js';
 import type { Tensor } from '../tensor.js';
@@ -64,28 +64,25 @@ export function scatterAddRows(src: Tensor, idx: Tensor, n: number): Tensor {
 }
 
 /**
- * Combines expert outputs back per token with the straight-through router weight of MoEfication
- * (SSD method page §4.5): y[n] = Σ_{rows r of token n} yg[r] · w[slot(r)], w = 1 + s − stopgrad(s),
- * which is exactly Σ yg[r] in value. Gradients: g_yg[r] = g[token(r)], and
- * g_s[slot(r)] = g[token(r)] · yg[r] (the router's gradient). Fused so that no (N·k, d) weighted copy
- * is made. yg (M, d) in grouped order; s (N, k) or null (no router gradient); rowToken, rowSlot i32 (M).
+ * The straight-through router weight of MoEfication (SSD method page §4.5) on expert rows:
+ * out[r] = h[r] · w[slot(r)], w = 1 + s − stopgrad(s), which is exactly h[r] in value (a copy); the
+ * gradient passes to h unchanged and g_s[slot(r)] = Σ g[r] · h[r] reaches the router. Applied to the
+ * expert activations (M, d) instead of the (N, d_model) outputs: the outputs are linear in them, and
+ * d is the expert size. h (M, d) in grouped order; s (N, k); rowSlot i32 (M) = n·k + j of each row.
  */
-export function combineExperts(yg: Tensor, s: Tensor | null, rowToken: Tensor, rowSlot: Tensor, N: number): Tensor {
-  const b = backendOf('combineExperts', yg, rowToken, rowSlot);
-  expectRank('combineExperts', yg, 2, 'yg');
-  const [M, d] = yg.shape as [number, number];
-  if (rowToken.size !== M || rowSlot.size !== M) throw new Error(`combineExperts: ${M} rows but ${rowToken.size} tokens / ${rowSlot.size} slots`);
-  const y = out([N, d], b);
-  b.scatterAddRows(yg.buf('combineExperts'), rowToken.buf('combineExperts'), y.buf('combineExperts'), M, N, d);
-  const inputs = s ? [yg, s] : [yg];
-  return record(y, 'combineExperts', inputs, (g) => {
-    const gyg = out([M, d], b);
-    b.gatherRows(g.buf('combineExperts'), rowToken.buf('combineExperts'), gyg.buf('combineExperts'), M, N, d);
-    if (!s) return [gyg];
+export function routerGate(h: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
+  const b = backendOf('routerGate', h, s, rowSlot);
+  expectRank('routerGate', h, 2, 'h');
+  expectDtype('routerGate', rowSlot, 'i32', 'rowSlot');
+  const [M, d] = h.shape as [number, number];
+  if (rowSlot.size !== M) throw new Error(`routerGate: ${M} rows but ${rowSlot.size} slots`);
+  const y = out([M, d], b);
+  b.cast(h.buf('routerGate'), y.buf('routerGate'));
+  return record(y, 'routerGate', [h, s], (g) => {
     const dots = out([M, 1], b);
-    b.rowDot(gyg.buf('combineExperts'), yg.buf('combineExperts'), dots.buf('combineExperts'), M, d);
+    b.rowDot(g.buf('routerGate'), h.buf('routerGate'), dots.buf('routerGate'), M, d);
     const gs = out(s.shape, b);
-    b.scatterAddRows(dots.buf('combineExperts'), rowSlot.buf('combineExperts'), gs.buf('combineExperts'), M, s.size, 1);
-    return [gyg, gs];
+    b.scatterAddRows(dots.buf('routerGate'), rowSlot.buf('routerGate'), gs.buf('routerGate'), M, s.size, 1);
+    return [g, gs];
   });
 }

@@ -1,0 +1,200 @@
+// Grouped GEMM (the MoE expert kernel), optionally with row-indexed operands: the token gather fused
+// into the products' input and the scatter-add into their output (MegaBlocks-style; SSD method page
+// §4.5). Without the fusion an MoE FFN at top-k materialises k copies of its (N, d_model) input, output
+// and their gradients; here only blocks of at most kChunk gathered rows exist at a time, in
+// thread-local buffers that stay in cache, and products are added back through the index.
+//
+// Per group, an indexed dimension is cut into fixed chunks of kChunk (M when A's rows (no transA) or
+// C's rows are indexed; K when A is indexed with transA or B without transB; N when B is indexed with
+// transB); each chunk gathers its blocks and runs one single-threaded product. Chunk boundaries never
+// depend on the thread count, and a scattered row is added in group order, rows in increasing order,
+// by one thread, so results are bit-identical for any thread count.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "gemm.h"
+#include "gemm_own.h"
+#include "gemm_small.h"
+#include "parallel.h"
+
+namespace ssd {
+namespace {
+
+constexpr int64_t kChunk = 336;  // gathered rows per block: the own kernel's MC (one A block per chunk)
+
+struct Group {
+  int64_t m, n, k, offA, lda, offB, ldb, offC, ldc;
+};
+
+// A group's operand, possibly read (for C: written) through a row index.
+struct Operand {
+  const float* base;
+  int64_t ld;
+  const int32_t* rows;  // nullptr: plain strided operand
+  int64_t row0, col0;   // the group's first stored row (an index position when indexed) and column
+  const float* at(int64_t r, int64_t c) const {
+    return base + (rows ? (int64_t)rows[row0 + r] : row0 + r) * ld + col0 + c;
+  }
+};
+
+Operand operand(const float* base, int64_t off, int64_t ld, const int32_t* rows) {
+  return {base, ld, rows, off / ld, off % ld};
+}
+
+// Copies stored rows [r0, r1) × columns [c0, c1) of `op` into buf (ld c1 - c0); returns buf.
+const float* gather(const Operand& op, int64_t r0, int64_t r1, int64_t c0, int64_t c1, std::vector<float>& buf) {
+  const int64_t w = c1 - c0;
+  buf.resize((size_t)((r1 - r0) * w));
+  for (int64_t r = r0; r < r1; ++r) std::memcpy(buf.data() + (r - r0) * w, op.at(r, c0), (size_t)w * sizeof(float));
+  return buf.data();
+}
+
+// dst[idx[row0 + i]] (ld ldd, from column col0) += src[i] (ld lds), i < m, columns [0, n).
+void scatter_add(const float* src, int64_t lds, int64_t m, int64_t n, float* dst, int64_t ldd, const int32_t* idx,
+                 int64_t row0, int64_t col0) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* d = dst + (int64_t)idx[row0 + i] * ldd + col0;
+    const float* s = src + i * lds;
+    for (int64_t j = 0; j < n; ++j) d[j] += s[j];
+  }
+}
+
+// One single-threaded product inside a parallel region (or one provider call outside, without AVX-512).
+void product(bool transA, bool transB, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
+             const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (cpu_has_avx512() && m > kSmallM && k > 0)
+    sgemm_own(transA, transB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  else
+    sgemm(transA, transB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);  // small-M kernel, or K == 0
+}
+
+struct Buffers {
+  std::vector<float> a, b, c;
+};
+
+// Group g restricted to output columns [n0, n1).
+void run_group(bool transA, bool transB, const Group& g, int64_t n0, int64_t n1, const float* A, const float* B,
+               float* C, float alpha, float beta, const GemmRows& rows, Buffers& buf) {
+  if (g.m == 0 || n1 <= n0) return;
+  const Operand a = operand(A, g.offA, g.lda, rows.a), b = operand(B, g.offB, g.ldb, rows.b);
+  const Operand c = operand(C, g.offC, g.ldc, rows.c);
+  const bool chunkM = (rows.a && !transA) || rows.c, chunkK = (rows.a && transA) || (rows.b && !transB);
+  const int64_t stepM = chunkM ? kChunk : g.m, stepK = chunkK ? kChunk : std::max<int64_t>(g.k, 1);
+  const int64_t stepN = rows.b && transB ? kChunk : n1 - n0;
+  for (int64_t j0 = n0; j0 < n1; j0 += stepN) {
+    const int64_t j1 = std::min(n1, j0 + stepN), nc = j1 - j0;
+    for (int64_t i0 = 0; i0 < g.m; i0 += stepM) {
+      const int64_t i1 = std::min(g.m, i0 + stepM), mc = i1 - i0;
+      if (rows.c) buf.c.resize((size_t)(mc * nc));
+      float* out = rows.c ? buf.c.data() : C + (c.row0 + i0) * g.ldc + c.col0 + j0;
+      const int64_t ldo = rows.c ? nc : g.ldc;
+      for (int64_t p0 = 0; p0 < std::max<int64_t>(g.k, 1); p0 += stepK) {
+        const int64_t p1 = std::min(g.k, p0 + stepK), kc = p1 - p0;
+        const float beta_p = p0 > 0 ? 1.f : rows.c ? 0.f : beta;
+        if (kc == 0) {  // K == 0: C = beta · C
+          product(transA, transB, mc, nc, 0, alpha, A, 1, B, 1, beta_p, out, ldo);
+          break;
+        }
+        // op(A)[i0:i1, p0:p1], stored (kc, mc) when transA; op(B)[p0:p1, j0:j1], stored (nc, kc) when transB.
+        const float* pa = !rows.a ? a.at(transA ? p0 : i0, transA ? i0 : p0)
+                          : transA ? gather(a, p0, p1, i0, i1, buf.a) : gather(a, i0, i1, p0, p1, buf.a);
+        const int64_t la = !rows.a ? g.lda : transA ? mc : kc;
+        const float* pb = !rows.b ? b.at(transB ? j0 : p0, transB ? p0 : j0)
+                          : transB ? gather(b, j0, j1, p0, p1, buf.b) : gather(b, p0, p1, j0, j1, buf.b);
+        const int64_t lb = !rows.b ? g.ldb : transB ? kc : nc;
+        product(transA, transB, mc, nc, kc, alpha, pa, la, pb, lb, beta_p, out, ldo);
+      }
+      if (rows.c) scatter_add(out, nc, mc, nc, C, g.ldc, rows.c, c.row0 + i0, c.col0 + j0);
+    }
+  }
+}
+
+// Every group has m <= kSmallM (MoE decode): all groups in one parallel region of the small-M kernel.
+// Indexed A rows (no transA) are gathered and scattered outputs computed into compact buffers first.
+void run_small(bool transA, bool transB, const std::vector<Group>& groups, const float* A, const float* B, float* C,
+               float alpha, float beta, const GemmRows& rows) {
+  int64_t packedA = 0, packedC = 0;
+  for (const Group& g : groups) {
+    if (rows.a) packedA += g.m * g.k;
+    if (rows.c) packedC += g.m * g.n;
+  }
+  std::vector<float> bufA((size_t)packedA), bufC((size_t)packedC);
+  std::vector<SmallGemm> work;
+  int64_t offA = 0, offC = 0;
+  for (const Group& g : groups) {
+    if (g.m == 0 || g.n == 0) continue;
+    const Operand a = operand(A, g.offA, g.lda, rows.a);
+    float* pc = rows.c ? bufC.data() + offC : C + g.offC;
+    const int64_t ldc = rows.c ? g.n : g.ldc;
+    if (g.k == 0) {
+      sgemm(transA, transB, g.m, g.n, 0, alpha, A, 1, B, 1, rows.c ? 0.f : beta, pc, ldc);
+    } else {
+      const float* pa = A + g.offA;
+      if (rows.a) {
+        for (int64_t i = 0; i < g.m; ++i) std::memcpy(bufA.data() + offA + i * g.k, a.at(i, 0), (size_t)g.k * sizeof(float));
+        pa = bufA.data() + offA;
+      }
+      work.push_back({g.m, g.n, g.k, pa, rows.a ? g.k : g.lda, B + g.offB, g.ldb, pc, ldc});
+    }
+    offA += rows.a ? g.m * g.k : 0;
+    offC += rows.c ? g.m * g.n : 0;
+  }
+  sgemm_small_grouped(transA, transB, work.data(), (int64_t)work.size(), alpha, rows.c ? 0.f : beta);
+  if (!rows.c) return;
+  offC = 0;
+  for (const Group& g : groups) {
+    if (g.m == 0 || g.n == 0) continue;
+    const Operand c = operand(C, g.offC, g.ldc, rows.c);
+    scatter_add(bufC.data() + offC, g.n, g.m, g.n, C, g.ldc, rows.c, c.row0, c.col0);
+    offC += g.m * g.n;
+  }
+}
+
+}  // namespace
+
+void sgemm_grouped(bool transA, bool transB, const int32_t* problems, int64_t G, const float* A, const float* B,
+                   float* C, float alpha, float beta, const GemmRows& rows) {
+  std::vector<Group> groups((size_t)G);
+  std::vector<double> upto((size_t)G + 1, 0.0);  // cumulative FLOPs
+  int64_t maxN = 0;
+  bool small = cpu_has_avx512() && !(rows.a && transA) && !rows.b;
+  for (int64_t g = 0; g < G; ++g) {
+    const int32_t* p = problems + 9 * g;
+    groups[(size_t)g] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
+    maxN = std::max<int64_t>(maxN, p[1]);
+    upto[(size_t)g + 1] = upto[(size_t)g] + (double)p[0] * p[1] * std::max(p[2], 1);
+    small = small && p[0] <= kSmallM;
+  }
+  if (small) return run_small(transA, transB, groups, A, B, C, alpha, beta, rows);
+  if (!cpu_has_avx512()) {
+    // The providers run their own threads: one product at a time.
+    Buffers buf;
+    for (const Group& g : groups) run_group(transA, transB, g, 0, g.n, A, B, C, alpha, beta, rows, buf);
+    return;
+  }
+  const int threads = pool().size();
+  if (rows.c || (int64_t)G < 2 * threads) {
+    // Threads own ranges of 32-column blocks (the kernel's NR) of every group's output: a scattered
+    // row may be shared by groups, so no two threads may write the same row.
+    parallel_for((maxN + 31) / 32, 1, [&](int64_t b0, int64_t b1) {
+      Buffers buf;
+      for (const Group& g : groups)
+        run_group(transA, transB, g, std::min(g.n, b0 * 32), std::min(g.n, b1 * 32), A, B, C, alpha, beta, rows, buf);
+    });
+    return;
+  }
+  // Many groups with disjoint outputs (expert-sized products): groups in parallel, each product on one
+  // thread, in contiguous runs of about equal FLOPs. (The own kernel measured 2.6× faster here than
+  // per-group oneDNN calls: MoE prefill, gpt2-small, 24 experts of 128.)
+  parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
+    Buffers buf;
+    const double share = std::max(upto[(size_t)G] / threads, 1e-30);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t owner = std::min<int64_t>(threads - 1, (int64_t)((upto[(size_t)g] + upto[(size_t)g + 1]) / 2 / share));
+      if (owner >= t0 && owner < t1) run_group(transA, transB, groups[(size_t)g], 0, groups[(size_t)g].n, A, B, C, alpha, beta, rows, buf);
+    }
+  });
+}
+
+}  // namespace ssd

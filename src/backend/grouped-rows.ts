@@ -1,0 +1,48 @@
+/**
+ * `groupedMatmul` with row-indexed operands (`GroupedMatmulArgs.rows`) composed from plain kernels:
+ * each indexed input is gathered into a full copy (`gatherRows`), the plain grouped product runs on the
+ * copies, and a scattered output is computed into a zeroed copy and added back (`scatterAddRows`, rows
+ * ascending). It defines the semantics for the `ref` backend and serves backends without a fused kernel;
+ * `cpu` fuses the gather and scatter into the product (native/cpu/gemm_grouped.cc).
+ */
+import type { Backend, Buf, GroupedMatmulArgs } from './contract.js';
+
+/** The leading dimension shared by the groups of one operand (entry `at` of each 9-int problem). */
+function sharedLd(p: Int32Array, at: number, what: string): number {
+  const ld = p[at]!;
+  for (let q = at; q < p.length; q += 9) {
+    if (p[q] !== ld) throw new Error(`groupedMatmul: indexed ${what} needs one leading dimension for all groups (${ld} and ${p[q]})`);
+  }
+  return ld;
+}
+
+/**
+ * Runs `args` (which has `rows`) on `be` through gathered copies. Throws like `groupedMatmul`, and
+ * when an indexed operand's groups use different leading dimensions or `rows.c` comes with beta ≠ 1.
+ */
+export function groupedMatmulByCopies(be: Backend, a: Buf, b: Buf, c: Buf, args: GroupedMatmulArgs): void {
+  const { rows, ...plain } = args;
+  const p = args.problems;
+  if (!rows || p.length === 0) { be.groupedMatmul(a, b, c, plain); return; }
+  if (rows.c && args.beta !== 1) throw new Error(`groupedMatmul: a scattered C (rows.c) accumulates, beta must be 1 (got ${args.beta})`);
+  const temps: Buf[] = [];
+  const gathered = (x: Buf, idx: Buf | undefined, at: number, what: string): Buf => {
+    if (!idx) return x;
+    const ld = sharedLd(p, at, what);
+    const copy = be.alloc('f32', idx.size * ld); // (idx.size, ld): virtual row j = x's row idx[j]
+    temps.push(copy);
+    be.gatherRows(x, idx, copy, idx.size, Math.floor(x.size / ld), ld);
+    return copy;
+  };
+  try {
+    const A = gathered(a, rows.a, 4, 'A'), B = gathered(b, rows.b, 6, 'B');
+    if (!rows.c) { be.groupedMatmul(A, B, c, plain); return; }
+    const ldc = sharedLd(p, 8, 'C');
+    const C = be.alloc('f32', rows.c.size * ldc); // (rows.c.size, ldc), zero-filled
+    temps.push(C);
+    be.groupedMatmul(A, B, C, { ...plain, beta: 0 });
+    be.scatterAddRows(C, rows.c, c, rows.c.size, Math.floor(c.size / ldc), ldc);
+  } finally {
+    for (const t of temps) be.free(t);
+  }
+}
