@@ -1,11 +1,40 @@
 #include "parallel.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <sched.h>
 
 namespace ssd {
 
 namespace {
 thread_local bool t_in_parallel = false;
+
+// Spin budget before sleeping (SSD_SPIN_US, microseconds).
+std::chrono::microseconds spin_budget() {
+  static const std::chrono::microseconds us = [] {
+    const char* env = std::getenv("SSD_SPIN_US");
+    return std::chrono::microseconds(env && *env ? std::max(0, std::atoi(env)) : 200);
+  }();
+  return us;
+}
+
+// Spins until done() or the budget runs out, yielding the core to other runnable threads.
+// Returns done().
+template <class F>
+bool spin_until(F done) {
+  if (done()) return true;
+  const auto budget = spin_budget();
+  if (budget.count() == 0) return false;
+  const auto end = std::chrono::steady_clock::now() + budget;
+  for (int i = 1;; ++i) {
+    if (done()) return true;
+    if ((i & 63) == 0) {
+      if (std::chrono::steady_clock::now() > end) return done();
+      sched_yield();
+    }
+  }
+}
 
 struct InParallel {
   bool prev;
@@ -34,7 +63,7 @@ void ThreadPool::resize(int n) {
   uint64_t gen;
   {
     std::lock_guard<std::mutex> g(mu_);
-    gen = generation_;
+    gen = generation_.load();
   }
   for (int t = 1; t < n_; ++t) workers_.emplace_back([this, t, gen] { loop(t, gen); });
 }
@@ -71,9 +100,10 @@ void ThreadPool::parallel_for(int64_t total, int64_t grain, const std::function<
     }
   }
   std::exception_ptr err;
+  spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; });
   {
     std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
+    done_cv_.wait(lk, [this] { return pending_.load() == 0; });
     job_ = nullptr;
     chunks_ = 0;
     err = error_;
@@ -92,11 +122,12 @@ void ThreadPool::loop(int t, uint64_t seen) {
   t_in_parallel = true;
   for (;;) {
     bool mine;
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return quit_ || generation_ != seen; });
+      cv_.wait(lk, [&] { return quit_ || generation_.load() != seen; });
       if (quit_) return;
-      seen = generation_;
+      seen = generation_.load();
       mine = t < chunks_;
     }
     if (mine) {
@@ -108,7 +139,7 @@ void ThreadPool::loop(int t, uint64_t seen) {
       }
       std::lock_guard<std::mutex> g(mu_);
       if (err && !error_) error_ = err;
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) done_cv_.notify_one();
     }
   }
 }
