@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Backend } from '../src/backend/contract.js';
+import type { Backend, Buf } from '../src/backend/contract.js';
 import { createCpuBackend } from '../src/backend/cpu/index.js';
 import { createCudaBackend, cudaUnavailableReason, type CudaBackend } from '../src/backend/cuda/index.js';
 import { GPT } from '../src/nn/gpt.js';
@@ -71,6 +71,29 @@ if (why) {
         be.matmul(G, Hh, GW, { batch: 1, m: V, n: d, k: m, transA: true, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
         const res = [be.download(L), be.download(GH), be.download(GW)];
         for (const x of [Hh, W, L, G, GH, GW]) be.free(x);
+        return res;
+      }, 1e-2);
+    }
+    {
+      // The output layer as in training: the logits GEMM writes an aligned twin that cross-entropy reads
+      // (fwd and bwd), glogits feeds the dHidden / dW GEMMs through its padded bf16 copy; the logits
+      // buffer itself is filled from the twin only when downloaded (last).
+      const m = 128, d = 64, V = 33333;
+      const h = randn(r, m * d), w = randn(r, V * d, 0.3), tg = ints(r, m, 0, V), gl = randn(r, m);
+      tg[3] = -1;
+      close('output layer chain: logits twin -> crossEntropy fwd+bwd -> dHidden, dW (vocabulary 33333)', (be) => {
+        const Hh = put(be, h), W = put(be, w), Tg = put(be, tg, 'i32'), GLs = put(be, gl);
+        const L = be.alloc('f32', m * V), Lo = be.alloc('f32', m), Ls = be.alloc('f32', m), G = be.alloc('f32', m * V);
+        const GH = be.alloc('f32', m * d), GW = be.alloc('f32', V * d);
+        const mm = (a: Buf, b: Buf, c: Buf, rows: number, n: number, k: number, transA: boolean, transB: boolean) =>
+          be.matmul(a, b, c, { batch: 1, m: rows, n, k, transA, transB, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        mm(Hh, W, L, m, V, d, false, true);
+        be.crossEntropy(L, Tg, Lo, Ls, m, V);
+        be.crossEntropyBackward(L, Tg, Ls, GLs, G, m, V);
+        mm(G, W, GH, m, d, V, false, false);
+        mm(G, Hh, GW, V, d, m, true, false);
+        const res = [be.download(Lo), be.download(Ls), be.download(G), be.download(GH), be.download(GW), be.download(L)];
+        for (const x of [Hh, W, Tg, GLs, L, Lo, Ls, G, GH, GW]) be.free(x);
         return res;
       }, 1e-2);
     }

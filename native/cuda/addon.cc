@@ -161,7 +161,12 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
   return U(info);
 }
 Napi::Value CastPad(const Napi::CallbackInfo& info) {
-  cast_f32_bf16_pad(fp(info, 0), (uint16_t*)ptr(info, 1), i64(info, 2), i64(info, 3), i64(info, 4));
+  cast_f32_bf16_pad(fp(info, 0), (uint16_t*)ptr(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), i64(info, 5));
+  return U(info);
+}
+// copy2d(src, srcPitchBytes, dst, dstPitchBytes, widthBytes, rows)
+Napi::Value Copy2D(const Napi::CallbackInfo& info) {
+  copy_2d(ptr(info, 0), i64(info, 1), ptr(info, 2), i64(info, 3), i64(info, 4), i64(info, 5));
   return U(info);
 }
 Napi::Value CopyBytes(const Napi::CallbackInfo& info) { copy_bytes(ptr(info, 0), ptr(info, 1), i64(info, 2)); return U(info); }
@@ -251,12 +256,15 @@ Napi::Value ScatterAddRows(const Napi::CallbackInfo& info) {
   scatter_add_rows(fp(info, 0), ip(info, 1), fp(info, 2), i64(info, 3), i64(info, 4), i64(info, 5), op.c_str());
   return U(info);
 }
+// crossEntropy(logits, ld, targets, losses, lse, N, V)
 Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
-  cross_entropy(fp(info, 0), ip(info, 1), fp(info, 2), fp(info, 3), i64(info, 4), i64(info, 5));
+  cross_entropy(fp(info, 0), i64(info, 1), ip(info, 2), fp(info, 3), fp(info, 4), i64(info, 5), i64(info, 6));
   return U(info);
 }
+// crossEntropyBackward(logits, ld, targets, lse, gloss, glogits, N, V)
 Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info) {
-  cross_entropy_backward(fp(info, 0), ip(info, 1), fp(info, 2), fp(info, 3), fp(info, 4), i64(info, 5), i64(info, 6));
+  cross_entropy_backward(fp(info, 0), i64(info, 1), ip(info, 2), fp(info, 3), fp(info, 4), fp(info, 5), i64(info, 6),
+                         i64(info, 7));
   return U(info);
 }
 Napi::Value RowDot(const Napi::CallbackInfo& info) {
@@ -267,17 +275,17 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   topk(fp(info, 0), fp(info, 1), ip(info, 2), i64(info, 3), i64(info, 4), i64(info, 5));
   return U(info);
 }
-// attention(qkv, out, lse, B, T, H, D, causal, scale, impl)
+// attention(qkv, q16, out, lse, B, T, H, D, causal, scale, impl)
 Napi::Value Attention(const Napi::CallbackInfo& info) {
-  attention(fp(info, 0), fp(info, 1), fp(info, 2), (int)i64(info, 3), (int)i64(info, 4), (int)i64(info, 5),
-            (int)i64(info, 6), flag(info, 7), (float)num(info, 8), (int)i64(info, 9));
+  attention(fp(info, 0), (const uint16_t*)ptr(info, 1), fp(info, 2), fp(info, 3), (int)i64(info, 4), (int)i64(info, 5),
+            (int)i64(info, 6), (int)i64(info, 7), flag(info, 8), (float)num(info, 9), (int)i64(info, 10));
   return U(info);
 }
-// attentionBackward(qkv, out, lse, gout, gqkv, B, T, H, D, causal, scale, impl)
+// attentionBackward(qkv, q16, out, lse, gout, go16, gqkv, B, T, H, D, causal, scale, impl)
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
-  attention_backward(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), fp(info, 4), (int)i64(info, 5),
-                     (int)i64(info, 6), (int)i64(info, 7), (int)i64(info, 8), flag(info, 9), (float)num(info, 10),
-                     (int)i64(info, 11));
+  attention_backward(fp(info, 0), (const uint16_t*)ptr(info, 1), fp(info, 2), fp(info, 3), fp(info, 4),
+                     (const uint16_t*)ptr(info, 5), fp(info, 6), (int)i64(info, 7), (int)i64(info, 8), (int)i64(info, 9),
+                     (int)i64(info, 10), flag(info, 11), (float)num(info, 12), (int)i64(info, 13));
   return U(info);
 }
 // attentionCached(qkv, kc, vc, out, pos Int32Array, B, T, H, D, Tmax, scale)
@@ -309,6 +317,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("cast", Cast);
   FN("copyBytes", CopyBytes);
   FN("castPad", CastPad);
+  FN("copy2d", Copy2D);
   FN("copyStrided", CopyStrided);
   FN("unary", Unary);
   FN("unaryBackward", UnaryBackward);

@@ -1,359 +1,464 @@
-// Fused causal / full self-attention (flash-attention style: scores never reach device memory).
-// Tensor-core path (D a multiple of 16, D <= 128): 64-query x 64-key tiles, q/k/v, P and dS in bf16
-// through WMMA, fp32 scores, online softmax statistics and accumulators in fp32. The backward pass
-// recomputes P from the saved logsumexp, in two deterministic kernels (dK/dV per key tile, dQ per
-// query tile: no atomics). A plain fp32 SIMT path covers every other head size.
+// Fused causal / full self-attention (flash-attention 2 style: scores never reach device memory).
+// Tensor-core path (D = 16, 32, 64 or 128): q/k/v (and the output gradient) are read from bf16 copies
+// that the TypeScript side keeps (`shadow`), tiles of 64 rows stream into shared memory with cp.async
+// (double-buffered, so the next tile loads while this one is multiplied), and every product is a
+// register-level mma.sync m16n8k16 (bf16 in, fp32 accumulate). Each warp owns 16 rows of its block: its
+// scores, softmax statistics and accumulators never leave registers, and the fp32 accumulator layout of
+// one product is repacked in registers as the bf16 A operand of the next (P·V, dS·K, ...). The backward
+// pass recomputes P from the saved logsumexp in two deterministic kernels (dK/dV per key tile, dQ per
+// query tile: no atomics, same bits every run). A plain fp32 SIMT path covers every other head size.
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include "common.cuh"
 
 namespace ssdc {
 
 namespace {
-using namespace nvcuda;
-constexpr int TILE = 64;
-constexpr int LDS = TILE + 4;  // f32 score tiles
-constexpr int LDP = TILE + 8;  // bf16 P / dS tiles
-
-__host__ __device__ constexpr int ldq(int D) { return D + 8; }
-__host__ __device__ constexpr int ldo(int D) { return D + 4; }
+using bf16 = __nv_bfloat16;
+constexpr int TILE = 64;           // rows of every query / key tile (4 warps x 16)
+constexpr int kWarps = TILE / 16;  // warps per block
+constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ int64_t qkv_at(int b, int t, int which, int h, int d, int T, int H, int D) {
   return ((((int64_t)b * T + t) * 3 + which) * H + h) * (int64_t)D + d;
 }
 
-// Tile loads: each of the 128 threads issues all its 16-byte loads first (TILE·D/512 of them), then
-// converts to bf16 and stores, so the latency of global memory is paid once per tile, not per element.
-template <int D>
-__device__ __forceinline__ void store_bf16x4(__nv_bfloat16* dst, float4 v) {
-  __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-  uint2 u;
-  u.x = *reinterpret_cast<uint32_t*>(&lo);
-  u.y = *reinterpret_cast<uint32_t*>(&hi);
-  *reinterpret_cast<uint2*>(dst) = u;
+// ---------------------------------------------------------------- PTX wrappers (sm_80+)
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+// 16-byte global -> shared copy; with valid = false the destination is zero-filled and nothing is read.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
 }
-// Loads rows [t0, t0+64) of slot `which` of head (b, h) into a bf16 tile, zero past T.
-template <int D>
-__device__ void load_tile(__nv_bfloat16* dst, const float* __restrict__ qkv, int b, int h, int which, int t0, int T, int H) {
-  constexpr int V4 = D / 4, PER = TILE * V4 / 128;
-  float4 v[PER];
-#pragma unroll
-  for (int i = 0; i < PER; ++i) {
-    int e = threadIdx.x + i * 128, r = e / V4, c = e % V4, t = t0 + r;
-    v[i] = t < T ? __ldg(reinterpret_cast<const float4*>(qkv + qkv_at(b, t, which, h, c * 4, T, H, D))) : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-#pragma unroll
-  for (int i = 0; i < PER; ++i) {
-    int e = threadIdx.x + i * 128, r = e / V4, c = e % V4;
-    store_bf16x4<D>(dst + r * ldq(D) + c * 4, v[i]);
-  }
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 4 : 0));
 }
-// Loads rows of a (B, T, H, D) tensor (out / gout).
-template <int D>
-__device__ void load_tile_bthd(__nv_bfloat16* dst, const float* __restrict__ x, int b, int h, int t0, int T, int H) {
-  constexpr int V4 = D / 4, PER = TILE * V4 / 128;
-  float4 v[PER];
-#pragma unroll
-  for (int i = 0; i < PER; ++i) {
-    int e = threadIdx.x + i * 128, r = e / V4, c = e % V4, t = t0 + r;
-    v[i] = t < T ? __ldg(reinterpret_cast<const float4*>(x + (((int64_t)b * T + t) * H + h) * D + c * 4)) : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-#pragma unroll
-  for (int i = 0; i < PER; ++i) {
-    int e = threadIdx.x + i * 128, r = e / V4, c = e % V4;
-    store_bf16x4<D>(dst + r * ldq(D) + c * 4, v[i]);
-  }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+// c (16x8 f32) += a (16x16 bf16, row) · b (16x8 bf16, col).
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// S[16 rows of this warp][64] = A (rows w*16.., D) · Bᵀ (64 keys, D), f32 into smem.
+// ---------------------------------------------------------------- warp-level tile products
+// Fragment layout (PTX ISA, mma.m16n8k16): lane = 4·g + c; an accumulator s[j] of a 16x8 tile holds
+// rows g (s[j][0..1]) and g + 8 (s[j][2..3]), columns 8j + 2c, 8j + 2c + 1. Shared tiles are row-major
+// with rows of LD = D + 8 bf16 (the pad puts the 8 rows of each ldmatrix in distinct bank groups).
+template <int D> __host__ __device__ constexpr int ld() { return D + 8; }
+
+// A operand (16 rows from `rows`, all D columns) of a row-major shared tile, one fragment per 16 columns.
 template <int D>
-__device__ void warp_scores(float* S, const __nv_bfloat16* A, const __nv_bfloat16* Bm, int warp) {
-  for (int j = 0; j < TILE / 16; ++j) {
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::fill_fragment(acc, 0.f);
+__device__ __forceinline__ void load_a(uint32_t (&a)[D / 16][4], const bf16* rows, int lane) {
 #pragma unroll
-    for (int d = 0; d < D; d += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
-      wmma::load_matrix_sync(fa, A + warp * 16 * ldq(D) + d, ldq(D));
-      wmma::load_matrix_sync(fb, Bm + j * 16 * ldq(D) + d, ldq(D));
-      wmma::mma_sync(acc, fa, fb, acc);
+  for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(a[kk], rows + (lane & 15) * ld<D>() + kk * 16 + (lane >> 4) * 8);
+}
+// s (16x64) = a (16xD) · Bᵀ, B a shared [64][D] tile (the keys of a score tile).
+template <int D>
+__device__ __forceinline__ void mma_abt(float (&s)[8][4], const uint32_t (&a)[D / 16][4], const bf16* B, int lane) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; j += 2) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t b[4];
+      ldsm_x4(b, B + (j * 8 + (lane >> 4) * 8 + (lane & 7)) * ld<D>() + kk * 16 + ((lane >> 3) & 1) * 8);
+      mma(s[j], a[kk], b[0], b[1]);
+      mma(s[j + 1], a[kk], b[2], b[3]);
     }
-    wmma::store_matrix_sync(S + warp * 16 * LDS + j * 16, acc, LDS, wmma::mem_row_major);
+  }
+}
+// o (16xD) += p (16x64, as A fragments) · B, B a shared [64][D] tile (values, or q / k / dO rows).
+template <int D>
+__device__ __forceinline__ void mma_ab(float (&o)[D / 8][4], const uint32_t (&p)[4][4], const bf16* B, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+    for (int j = 0; j < D / 8; j += 2) {
+      uint32_t b[4];
+      ldsm_x4_t(b, B + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * ld<D>() + j * 8 + (lane >> 4) * 8);
+      mma(o[j], p[kk], b[0], b[1]);
+      mma(o[j + 1], p[kk], b[2], b[3]);
+    }
+  }
+}
+// An accumulator tile (16x64 f32) repacked as the bf16 A operand over its 64 columns.
+__device__ __forceinline__ void to_a(uint32_t (&p)[4][4], const float (&s)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    p[kk][0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+    p[kk][1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+    p[kk][2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    p[kk][3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
   }
 }
 
+// Issues the async copy of rows [t0, t0 + 64) of a (T, D) bf16 slice whose rows are `stride` apart
+// (`src` points at row 0); rows past T are zero-filled.
 template <int D>
-__global__ void __launch_bounds__(128) k_fwd(const float* __restrict__ qkv, float* __restrict__ out, float* __restrict__ lse,
-                                             int B, int T, int H, bool causal, float scale) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(smem);
-  __nv_bfloat16* Ks = Qs + TILE * ldq(D);
-  __nv_bfloat16* Vs = Ks + TILE * ldq(D);
-  float* S = reinterpret_cast<float*>(Vs + TILE * ldq(D));
-  __nv_bfloat16* P = reinterpret_cast<__nv_bfloat16*>(S + TILE * LDS);
-  float* O = reinterpret_cast<float*>(P + TILE * LDP);
+__device__ __forceinline__ void tile_async(bf16* dst, const bf16* src, int64_t stride, int t0, int T) {
+  constexpr int CH = D / 8;  // 16-byte chunks per row
+#pragma unroll
+  for (int e = threadIdx.x; e < TILE * CH; e += kWarps * 32) {
+    const int r = e / CH, c = e % CH;
+    const bool ok = t0 + r < T;
+    cp_async16(dst + r * ld<D>() + c * 8, src + (ok ? (int64_t)(t0 + r) * stride + c * 8 : 0), ok);
+  }
+}
+// Async copy of 64 per-row statistics (lse or delta of rows t0 ..), zero past T.
+__device__ __forceinline__ void stats_async(float* dst, const float* src, int t0, int T) {
+  if (threadIdx.x < TILE) {
+    const bool ok = t0 + (int)threadIdx.x < T;
+    cp_async4(dst + threadIdx.x, src + (ok ? t0 + threadIdx.x : 0), ok);
+  }
+}
 
-  const int qt = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
-  const int q0 = qt * TILE, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  load_tile<D>(Qs, qkv, b, h, 0, q0, T, H);
-  for (int e = threadIdx.x; e < TILE * ldo(D); e += blockDim.x) O[e] = 0.f;
-  const int r = warp * 16 + (lane >> 1), t = q0 + r, cb = (lane & 1) * 32;
-  float m = -INFINITY, l = 0.f;
-  const int ntile = (T + TILE - 1) / TILE;
-  const int nkv = causal ? min(ntile, qt + 1) : ntile;
+// Shared-memory bytes of a kernel holding `tiles` bf16 tiles and `stats` floats.
+template <int D> constexpr size_t smem_bytes(int tiles, int stats) {
+  return (size_t)tiles * TILE * ld<D>() * sizeof(bf16) + (size_t)stats * sizeof(float);
+}
+
+// ---------------------------------------------------------------- forward
+// Grid (query tiles, B·H); causal grids run the longest rows first. q16 is the bf16 copy of qkv.
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32) k_fwd(const bf16* __restrict__ q16, float* __restrict__ out,
+                                                     float* __restrict__ lse, int T, int H, bool causal, float scale) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Ks = Qs + TILE * ld<D>();       // 2 stages
+  bf16* Vs = Ks + 2 * TILE * ld<D>();   // 2 stages
+  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  const int qt = causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x, q0 = qt * TILE;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int64_t rs = 3LL * H * D;  // row stride of q / k / v
+  const bf16* qb = q16 + qkv_at(b, 0, 0, h, 0, T, H, D);
+  const int ntile = (T + TILE - 1) / TILE, nkv = causal ? qt + 1 : ntile;
+  const float sl = scale * kLog2e;  // scores in log2 units: exp2 instead of exp
+
+  tile_async<D>(Qs, qb, rs, q0, T);
+  tile_async<D>(Ks, qb + H * D, rs, 0, T);
+  tile_async<D>(Vs, qb + 2 * H * D, rs, 0, T);
+  cp_async_commit();
+
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  const int row0 = q0 + warp * 16 + g;  // this thread's rows: row0, row0 + 8
+
   for (int kt = 0; kt < nkv; ++kt) {
-    const int k0 = kt * TILE;
-    __syncthreads();
-    load_tile<D>(Ks, qkv, b, h, 1, k0, T, H);
-    load_tile<D>(Vs, qkv, b, h, 2, k0, T, H);
-    __syncthreads();
-    warp_scores<D>(S, Qs, Ks, warp);
-    __syncwarp();
-    float mx = -INFINITY;
-    float* Sr = S + r * LDS + cb;
-    for (int c = 0; c < 32; ++c) {
-      int key = k0 + cb + c;
-      float s = Sr[c] * scale;
-      if (key >= T || (causal && key > t)) s = -INFINITY;
-      Sr[c] = s;
-      mx = fmaxf(mx, s);
+    const int st = kt & 1, k0 = kt * TILE;
+    if (kt + 1 < nkv) {
+      tile_async<D>(Ks + (st ^ 1) * TILE * ld<D>(), qb + H * D, rs, k0 + TILE, T);
+      tile_async<D>(Vs + (st ^ 1) * TILE * ld<D>(), qb + 2 * H * D, rs, k0 + TILE, T);
     }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    const float mn = fmaxf(m, mx);
-    const float corr = mn == -INFINITY ? 1.f : __expf(m - mn);
-    float ps = 0.f;
-    __nv_bfloat16* Pr = P + r * LDP + cb;
-    for (int c = 0; c < 32; ++c) {
-      float p = mn == -INFINITY ? 0.f : __expf(Sr[c] - mn);
-      ps += p;
-      Pr[c] = __float2bfloat16_rn(p);
-    }
-    ps += __shfl_xor_sync(0xffffffffu, ps, 1);
-    l = l * corr + ps;
-    m = mn;
-    float* Or = O + r * ldo(D) + (lane & 1) * (D / 2);
-    for (int c = 0; c < D / 2; ++c) Or[c] *= corr;
-    __syncwarp();
-    for (int c = 0; c < D / 16; ++c) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      float* Op = O + warp * 16 * ldo(D) + c * 16;
-      wmma::load_matrix_sync(acc, Op, ldo(D), wmma::mem_row_major);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (kt == 0) load_a<D>(qf, Qs + warp * 16 * ld<D>(), lane);
+
+    float s[8][4];
+    mma_abt<D>(s, qf, Ks + st * TILE * ld<D>(), lane);
+    const bool mask = (causal && kt == qt) || k0 + TILE > T;
+    float mx[2] = {m[0], m[1]};
 #pragma unroll
-      for (int kk = 0; kk < TILE; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
-        wmma::load_matrix_sync(fa, P + warp * 16 * LDP + kk, LDP);
-        wmma::load_matrix_sync(fb, Vs + kk * ldq(D) + c * 16, ldq(D));
-        wmma::mma_sync(acc, fa, fb, acc);
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + j * 8 + 2 * c + (e & 1), row = row0 + (e >> 1) * 8;
+        float v = s[j][e] * sl;
+        if (mask && (key >= T || (causal && key > row))) v = -INFINITY;
+        s[j][e] = v;
+        mx[e >> 1] = fmaxf(mx[e >> 1], v);
       }
-      wmma::store_matrix_sync(Op, acc, ldo(D), wmma::mem_row_major);
     }
-    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    }
+    // Every row sees at least one valid key per tile (tiles are aligned and the diagonal tile holds
+    // key = row), so mx is finite; the guard keeps exp2 away from (-inf) - (-inf) regardless.
+    float base[2], corr[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      base[i] = mx[i] == -INFINITY ? 0.f : mx[i];
+      corr[i] = exp2f(m[i] - base[i]);
+      m[i] = mx[i];
+      l[i] *= corr[i];
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(s[j][e] - base[e >> 1]);
+        s[j][e] = p;
+        l[e >> 1] += p;  // per-thread partial row sum; the quad's four are added at the end
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      o[j][0] *= corr[0]; o[j][1] *= corr[0];
+      o[j][2] *= corr[1]; o[j][3] *= corr[1];
+    }
+    uint32_t pf[4][4];
+    to_a(pf, s);
+    mma_ab<D>(o, pf, Vs + st * TILE * ld<D>(), lane);
+    __syncthreads();  // this stage is refilled by the next iteration's copies
   }
-  if (t < T) {
-    const float inv = 1.f / l;
-    const float* Or = O + r * ldo(D) + (lane & 1) * (D / 2);
-    float* dst = out + (((int64_t)b * T + t) * H + h) * D + (lane & 1) * (D / 2);
-    for (int c = 0; c < D / 2; ++c) dst[c] = Or[c] * inv;
-    if ((lane & 1) == 0) lse[(int64_t)bh * T + t] = m + logf(l);
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    const int t = row0 + i * 8;
+    if (t >= T) continue;
+    const float inv = 1.f / l[i];
+    float* dst = out + (((int64_t)b * T + t) * H + h) * D + 2 * c;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[j][2 * i] * inv, o[j][2 * i + 1] * inv);
+    if (c == 0) lse[(int64_t)bh * T + t] = m[i] / kLog2e + logf(l[i]);
   }
 }
 
-// delta[b, h, t] = Σ_d gout · out
-__global__ void k_delta(const float* __restrict__ out, const float* __restrict__ gout, float* __restrict__ delta, int B,
-                        int T, int H, int D) {
-  int64_t n = (int64_t)B * T * H;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    int64_t bt = i / H;
-    int h = (int)(i % H), b = (int)(bt / T), t = (int)(bt % T);
+// ---------------------------------------------------------------- backward
+// delta[b, h, t] = Σ_d gout · out (fp32), one warp per (b, t, h) row.
+__global__ void k_delta(const float* __restrict__ out, const float* __restrict__ gout, float* __restrict__ delta, int T,
+                        int H, int D, int64_t rows) {
+  const int lane = threadIdx.x & 31;
+  for (int64_t i = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; i < rows; i += ((int64_t)gridDim.x * blockDim.x) >> 5) {
     const float* o = out + i * D;
     const float* g = gout + i * D;
     float s = 0.f;
-    for (int d = 0; d < D; ++d) s += o[d] * g[d];
-    delta[((int64_t)b * H + h) * T + t] = s;
-  }
-}
-
-// P and dS for the 16 query rows of this warp against one 64-key tile (S, dP already in smem).
-__device__ __forceinline__ void warp_p_ds(const float* S, const float* dP, __nv_bfloat16* Pb, __nv_bfloat16* dSb,
-                                          const float* lse_s, const float* delta_s, int warp, int lane, int q0, int k0,
-                                          int T, bool causal, float scale) {
-  const int r = warp * 16 + (lane >> 1), t = q0 + r, cb = (lane & 1) * 32;
-  const float ls = lse_s[r], dl = delta_s[r];
-  for (int c = 0; c < 32; ++c) {
-    int key = k0 + cb + c;
-    bool valid = t < T && key < T && (!causal || key <= t);
-    float p = valid ? __expf(S[r * LDS + cb + c] * scale - ls) : 0.f;
-    float ds = p * (dP[r * LDS + cb + c] - dl) * scale;
-    if (Pb) Pb[r * LDP + cb + c] = __float2bfloat16_rn(p);
-    dSb[r * LDP + cb + c] = __float2bfloat16_rn(ds);
-  }
-}
-
-template <int D>
-__global__ void __launch_bounds__(128) k_bwd_kv(const float* __restrict__ qkv, const float* __restrict__ gout,
-                                                const float* __restrict__ lse, const float* __restrict__ delta,
-                                                float* __restrict__ gqkv, int B, int T, int H, bool causal, float scale) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(smem);
-  __nv_bfloat16* Vs = Ks + TILE * ldq(D);
-  __nv_bfloat16* Qs = Vs + TILE * ldq(D);
-  __nv_bfloat16* dOs = Qs + TILE * ldq(D);
-  float* S = reinterpret_cast<float*>(dOs + TILE * ldq(D));
-  float* dP = S + TILE * LDS;
-  __nv_bfloat16* Pb = reinterpret_cast<__nv_bfloat16*>(dP + TILE * LDS);
-  __nv_bfloat16* dSb = Pb + TILE * LDP;
-  float* stage = reinterpret_cast<float*>(dSb + TILE * LDP);
-  float* lse_s = stage + TILE * ldo(D);
-  float* delta_s = lse_s + TILE;
-
-  const int kt = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
-  const int k0 = kt * TILE, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  load_tile<D>(Ks, qkv, b, h, 1, k0, T, H);
-  load_tile<D>(Vs, qkv, b, h, 2, k0, T, H);
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> dV[D / 16], dK[D / 16];
-  for (int c = 0; c < D / 16; ++c) { wmma::fill_fragment(dV[c], 0.f); wmma::fill_fragment(dK[c], 0.f); }
-  const int ntile = (T + TILE - 1) / TILE;
-  for (int qt = causal ? kt : 0; qt < ntile; ++qt) {
-    const int q0 = qt * TILE;
-    __syncthreads();
-    load_tile<D>(Qs, qkv, b, h, 0, q0, T, H);
-    load_tile_bthd<D>(dOs, gout, b, h, q0, T, H);
-    for (int e = threadIdx.x; e < TILE; e += blockDim.x) {
-      int t = q0 + e;
-      lse_s[e] = t < T ? lse[(int64_t)bh * T + t] : 0.f;
-      delta_s[e] = t < T ? delta[(int64_t)bh * T + t] : 0.f;
+    for (int d = lane; d < D; d += 32) s += o[d] * g[d];
+    for (int k = 16; k > 0; k >>= 1) s += __shfl_xor_sync(0xffffffffu, s, k);
+    if (lane == 0) {
+      const int64_t bt = i / H;
+      const int h = (int)(i % H), b = (int)(bt / T), t = (int)(bt % T);
+      delta[((int64_t)b * H + h) * T + t] = s;
     }
-    __syncthreads();
-    warp_scores<D>(S, Qs, Ks, warp);
-    warp_scores<D>(dP, dOs, Vs, warp);
-    __syncwarp();
-    warp_p_ds(S, dP, Pb, dSb, lse_s, delta_s, warp, lane, q0, k0, T, causal, scale);
-    __syncthreads();
-    // dV += Pᵀ·dO, dK += dSᵀ·Q for this warp's 16 keys.
+  }
+}
+
+// dK, dV of one key tile (grid: key tiles, B·H). Each warp owns 16 keys and works on transposed score
+// tiles: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (16 keys x 64 queries), then dV += Pᵀ·dO and dK += dSᵀ·Q, with Pᵀ and
+// dSᵀ repacked in registers. Query tiles (q, dO, lse, delta) are double-buffered.
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32) k_bwd_kv(const bf16* __restrict__ q16, const bf16* __restrict__ go16,
+                                                        const float* __restrict__ lse, const float* __restrict__ delta,
+                                                        float* __restrict__ gqkv, int T, int H, bool causal, float scale) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Vs = Ks + TILE * ld<D>();
+  bf16* Qs = Vs + TILE * ld<D>();        // 2 stages
+  bf16* dOs = Qs + 2 * TILE * ld<D>();   // 2 stages
+  float* Ls = reinterpret_cast<float*>(dOs + 2 * TILE * ld<D>());  // 2 stages of lse
+  float* Dl = Ls + 2 * TILE;                                        // 2 stages of delta
+  const int bh = blockIdx.y, b = bh / H, h = bh % H, kt = blockIdx.x, k0 = kt * TILE;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int64_t rs = 3LL * H * D;
+  const bf16* qb = q16 + qkv_at(b, 0, 0, h, 0, T, H, D);
+  const bf16* gb = go16 + ((int64_t)b * T * H + h) * D;
+  const float* lb = lse + (int64_t)bh * T;
+  const float* db = delta + (int64_t)bh * T;
+  const int ntile = (T + TILE - 1) / TILE, qbeg = causal ? kt : 0;
+  const float sl = scale * kLog2e;
+
+  tile_async<D>(Ks, qb + H * D, rs, k0, T);
+  tile_async<D>(Vs, qb + 2 * H * D, rs, k0, T);
+  auto load_q = [&](int qt, int st) {
+    tile_async<D>(Qs + st * TILE * ld<D>(), qb, rs, qt * TILE, T);
+    tile_async<D>(dOs + st * TILE * ld<D>(), gb, (int64_t)H * D, qt * TILE, T);
+    stats_async(Ls + st * TILE, lb, qt * TILE, T);
+    stats_async(Dl + st * TILE, db, qt * TILE, T);
+  };
+  load_q(qbeg, 0);
+  cp_async_commit();
+
+  float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
-    for (int kk = 0; kk < TILE; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> aP, aS;
-      wmma::load_matrix_sync(aP, Pb + kk * LDP + warp * 16, LDP);
-      wmma::load_matrix_sync(aS, dSb + kk * LDP + warp * 16, LDP);
-      for (int c = 0; c < D / 16; ++c) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bO, bQ;
-        wmma::load_matrix_sync(bO, dOs + kk * ldq(D) + c * 16, ldq(D));
-        wmma::load_matrix_sync(bQ, Qs + kk * ldq(D) + c * 16, ldq(D));
-        wmma::mma_sync(dV[c], aP, bO, dV[c]);
-        wmma::mma_sync(dK[c], aS, bQ, dK[c]);
+  for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.f;
+  const int key0 = k0 + warp * 16 + g;  // this thread's keys: key0, key0 + 8
+
+  for (int qt = qbeg; qt < ntile; ++qt) {
+    const int st = (qt - qbeg) & 1, q0 = qt * TILE;
+    if (qt + 1 < ntile) load_q(qt + 1, st ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const bf16* Q = Qs + st * TILE * ld<D>();
+    const bf16* dO = dOs + st * TILE * ld<D>();
+    const float* L = Ls + st * TILE;
+    const float* Dd = Dl + st * TILE;
+
+    float s[8][4], dp[8][4];
+    {
+      uint32_t af[D / 16][4];
+      load_a<D>(af, Ks + warp * 16 * ld<D>(), lane);
+      mma_abt<D>(s, af, Q, lane);
+      load_a<D>(af, Vs + warp * 16 * ld<D>(), lane);
+      mma_abt<D>(dp, af, dO, lane);
+    }
+    const bool mask = (causal && qt == kt) || q0 + TILE > T || k0 + TILE > T;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = j * 8 + 2 * c + (e & 1), q = q0 + qi, key = key0 + (e >> 1) * 8;
+        const bool valid = !mask || (q < T && key < T && (!causal || key <= q));
+        const float p = valid ? exp2f(s[j][e] * sl - L[qi] * kLog2e) : 0.f;
+        s[j][e] = p;
+        dp[j][e] = p * (dp[j][e] - Dd[qi]) * scale;
       }
     }
+    uint32_t pf[4][4];
+    to_a(pf, s);
+    mma_ab<D>(dv, pf, dO, lane);
+    to_a(pf, dp);
+    mma_ab<D>(dk, pf, Q, lane);
+    __syncthreads();
   }
-  // Write dK then dV through the staging tile.
-  for (int which = 1; which <= 2; ++which) {
-    __syncthreads();
-    for (int c = 0; c < D / 16; ++c)
-      wmma::store_matrix_sync(stage + warp * 16 * ldo(D) + c * 16, which == 1 ? dK[c] : dV[c], ldo(D), wmma::mem_row_major);
-    __syncthreads();
-    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
-      int rr = e / D, d = e % D, key = k0 + rr;
-      if (key < T) gqkv[qkv_at(b, key, which, h, d, T, H, D)] = stage[rr * ldo(D) + d];
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int key = key0 + i * 8;
+    if (key >= T) continue;
+    float* gk = gqkv + qkv_at(b, key, 1, h, 2 * c, T, H, D);
+    float* gv = gqkv + qkv_at(b, key, 2, h, 2 * c, T, H, D);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<float2*>(gk + j * 8) = make_float2(dk[j][2 * i], dk[j][2 * i + 1]);
+      *reinterpret_cast<float2*>(gv + j * 8) = make_float2(dv[j][2 * i], dv[j][2 * i + 1]);
     }
   }
 }
 
+// dQ of one query tile (grid: query tiles, B·H; causal grids run the longest rows first): S = Q·Kᵀ,
+// dP = dO·Vᵀ, dQ += dS·K over the key tiles, which are double-buffered.
 template <int D>
-__global__ void __launch_bounds__(128) k_bwd_q(const float* __restrict__ qkv, const float* __restrict__ gout,
-                                               const float* __restrict__ lse, const float* __restrict__ delta,
-                                               float* __restrict__ gqkv, int B, int T, int H, bool causal, float scale) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(smem);
-  __nv_bfloat16* dOs = Qs + TILE * ldq(D);
-  __nv_bfloat16* Ks = dOs + TILE * ldq(D);
-  __nv_bfloat16* Vs = Ks + TILE * ldq(D);
-  float* S = reinterpret_cast<float*>(Vs + TILE * ldq(D));
-  float* dP = S + TILE * LDS;
-  __nv_bfloat16* dSb = reinterpret_cast<__nv_bfloat16*>(dP + TILE * LDS);
-  float* stage = reinterpret_cast<float*>(dSb + TILE * LDP);
-  float* lse_s = stage + TILE * ldo(D);
-  float* delta_s = lse_s + TILE;
+__global__ void __launch_bounds__(kWarps * 32) k_bwd_q(const bf16* __restrict__ q16, const bf16* __restrict__ go16,
+                                                       const float* __restrict__ lse, const float* __restrict__ delta,
+                                                       float* __restrict__ gqkv, int T, int H, bool causal, float scale) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* dOs = Qs + TILE * ld<D>();
+  bf16* Ks = dOs + TILE * ld<D>();      // 2 stages
+  bf16* Vs = Ks + 2 * TILE * ld<D>();   // 2 stages
+  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  const int qt = causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x, q0 = qt * TILE;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int64_t rs = 3LL * H * D;
+  const bf16* qb = q16 + qkv_at(b, 0, 0, h, 0, T, H, D);
+  const int ntile = (T + TILE - 1) / TILE, nkv = causal ? qt + 1 : ntile;
+  const float sl = scale * kLog2e;
 
-  const int qt = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H;
-  const int q0 = qt * TILE, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  load_tile<D>(Qs, qkv, b, h, 0, q0, T, H);
-  load_tile_bthd<D>(dOs, gout, b, h, q0, T, H);
-  for (int e = threadIdx.x; e < TILE; e += blockDim.x) {
-    int t = q0 + e;
-    lse_s[e] = t < T ? lse[(int64_t)bh * T + t] : 0.f;
-    delta_s[e] = t < T ? delta[(int64_t)bh * T + t] : 0.f;
+  tile_async<D>(Qs, qb, rs, q0, T);
+  tile_async<D>(dOs, go16 + ((int64_t)b * T * H + h) * D, (int64_t)H * D, q0, T);
+  tile_async<D>(Ks, qb + H * D, rs, 0, T);
+  tile_async<D>(Vs, qb + 2 * H * D, rs, 0, T);
+  cp_async_commit();
+
+  const int row0 = q0 + warp * 16 + g;
+  float l2[2], dl[2];  // lse (log2 units) and delta of rows row0, row0 + 8
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int t = row0 + i * 8;
+    l2[i] = t < T ? lse[(int64_t)bh * T + t] * kLog2e : 0.f;
+    dl[i] = t < T ? delta[(int64_t)bh * T + t] : 0.f;
   }
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> dQ[D / 16];
-  for (int c = 0; c < D / 16; ++c) wmma::fill_fragment(dQ[c], 0.f);
-  const int ntile = (T + TILE - 1) / TILE;
-  const int nkv = causal ? min(ntile, qt + 1) : ntile;
+  uint32_t qf[D / 16][4], of[D / 16][4];
+  float dq[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+
   for (int kt = 0; kt < nkv; ++kt) {
-    const int k0 = kt * TILE;
+    const int st = kt & 1, k0 = kt * TILE;
+    if (kt + 1 < nkv) {
+      tile_async<D>(Ks + (st ^ 1) * TILE * ld<D>(), qb + H * D, rs, k0 + TILE, T);
+      tile_async<D>(Vs + (st ^ 1) * TILE * ld<D>(), qb + 2 * H * D, rs, k0 + TILE, T);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
-    load_tile<D>(Ks, qkv, b, h, 1, k0, T, H);
-    load_tile<D>(Vs, qkv, b, h, 2, k0, T, H);
-    __syncthreads();
-    warp_scores<D>(S, Qs, Ks, warp);
-    warp_scores<D>(dP, dOs, Vs, warp);
-    __syncwarp();
-    warp_p_ds(S, dP, nullptr, dSb, lse_s, delta_s, warp, lane, q0, k0, T, causal, scale);
-    __syncwarp();
+    if (kt == 0) {
+      load_a<D>(qf, Qs + warp * 16 * ld<D>(), lane);
+      load_a<D>(of, dOs + warp * 16 * ld<D>(), lane);
+    }
+    const bf16* K = Ks + st * TILE * ld<D>();
+    float s[8][4], dp[8][4];
+    mma_abt<D>(s, qf, K, lane);
+    mma_abt<D>(dp, of, Vs + st * TILE * ld<D>(), lane);
+    const bool mask = (causal && kt == qt) || k0 + TILE > T;
 #pragma unroll
-    for (int kk = 0; kk < TILE; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> aS;
-      wmma::load_matrix_sync(aS, dSb + warp * 16 * LDP + kk, LDP);
-      for (int c = 0; c < D / 16; ++c) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bK;
-        wmma::load_matrix_sync(bK, Ks + kk * ldq(D) + c * 16, ldq(D));
-        wmma::mma_sync(dQ[c], aS, bK, dQ[c]);
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + j * 8 + 2 * c + (e & 1), row = row0 + (e >> 1) * 8;
+        const bool valid = !mask || (key < T && (!causal || key <= row));
+        const float p = valid ? exp2f(s[j][e] * sl - l2[e >> 1]) : 0.f;
+        dp[j][e] = p * (dp[j][e] - dl[e >> 1]) * scale;
       }
     }
+    uint32_t pf[4][4];
+    to_a(pf, dp);
+    mma_ab<D>(dq, pf, K, lane);
+    __syncthreads();
   }
-  __syncthreads();
-  for (int c = 0; c < D / 16; ++c)
-    wmma::store_matrix_sync(stage + warp * 16 * ldo(D) + c * 16, dQ[c], ldo(D), wmma::mem_row_major);
-  __syncthreads();
-  for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
-    int rr = e / D, d = e % D, t = q0 + rr;
-    if (t < T) gqkv[qkv_at(b, t, 0, h, d, T, H, D)] = stage[rr * ldo(D) + d];
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int t = row0 + i * 8;
+    if (t >= T) continue;
+    float* dst = gqkv + qkv_at(b, t, 0, h, 2 * c, T, H, D);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) *reinterpret_cast<float2*>(dst + j * 8) = make_float2(dq[j][2 * i], dq[j][2 * i + 1]);
   }
 }
 
-template <int D> constexpr size_t fwd_smem() {
-  return 3 * TILE * ldq(D) * 2 + TILE * LDS * 4 + TILE * LDP * 2 + TILE * ldo(D) * 4;
-}
-template <int D> constexpr size_t bwd_smem() {
-  return 4 * TILE * ldq(D) * 2 + 2 * TILE * LDS * 4 + 2 * TILE * LDP * 2 + TILE * ldo(D) * 4 + 2 * TILE * 4;
+// Raises a kernel's dynamic shared-memory limit once (above the default 48 KiB).
+template <class K> void allow_smem(K kernel, size_t bytes, bool& done, const char* what) {
+  if (done) return;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes), what);
+  done = true;
 }
 
 template <int D>
-void tc_forward(const float* qkv, float* out, float* lse, int B, int T, int H, bool causal, float scale) {
+void tc_forward(const bf16* q16, float* out, float* lse, int B, int T, int H, bool causal, float scale) {
   static bool init = false;
-  const size_t sm = fwd_smem<D>();
-  if (!init) {
-    check(cudaFuncSetAttribute(k_fwd<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), "attention (smem)");
-    init = true;
-  }
+  const size_t sm = smem_bytes<D>(5, 0);
+  allow_smem(k_fwd<D>, sm, init, "attention (smem)");
   dim3 g((T + TILE - 1) / TILE, B * H);
-  k_fwd<D><<<g, 128, sm, stream()>>>(qkv, out, lse, B, T, H, causal, scale);
+  k_fwd<D><<<g, kWarps * 32, sm, stream()>>>(q16, out, lse, T, H, causal, scale);
   check_launch("attention");
 }
 template <int D>
-void tc_backward(const float* qkv, const float* gout, const float* lse, const float* delta, float* gqkv, int B, int T,
+void tc_backward(const bf16* q16, const bf16* go16, const float* lse, const float* delta, float* gqkv, int B, int T,
                  int H, bool causal, float scale) {
-  static bool init = false;
-  const size_t sm = bwd_smem<D>();
-  if (!init) {
-    check(cudaFuncSetAttribute(k_bwd_kv<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), "attentionBackward (smem)");
-    check(cudaFuncSetAttribute(k_bwd_q<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), "attentionBackward (smem)");
-    init = true;
-  }
+  static bool init_kv = false, init_q = false;
+  const size_t sm_kv = smem_bytes<D>(6, 4 * TILE), sm_q = smem_bytes<D>(6, 0);
+  allow_smem(k_bwd_kv<D>, sm_kv, init_kv, "attentionBackward (smem)");
+  allow_smem(k_bwd_q<D>, sm_q, init_q, "attentionBackward (smem)");
   dim3 g((T + TILE - 1) / TILE, B * H);
-  k_bwd_kv<D><<<g, 128, sm, stream()>>>(qkv, gout, lse, delta, gqkv, B, T, H, causal, scale);
+  k_bwd_kv<D><<<g, kWarps * 32, sm_kv, stream()>>>(q16, go16, lse, delta, gqkv, T, H, causal, scale);
   check_launch("attentionBackward");
-  k_bwd_q<D><<<g, 128, sm, stream()>>>(qkv, gout, lse, delta, gqkv, B, T, H, causal, scale);
+  k_bwd_q<D><<<g, kWarps * 32, sm_q, stream()>>>(q16, go16, lse, delta, gqkv, T, H, causal, scale);
   check_launch("attentionBackward");
 }
 
@@ -500,21 +605,25 @@ __global__ void k_cache_attend(const float* __restrict__ qkv, const float* __res
   }
 }
 
-bool use_tc(int D, int impl) { return impl == 0 && (D == 16 || D == 32 || D == 64 || D == 128); }
+// The tensor-core kernels' head sizes (kept in step with TC_HEAD_SIZES in src/backend/cuda/index.ts).
+bool tc_head(int D) { return D == 16 || D == 32 || D == 64 || D == 128; }
 }  // namespace
 
-void attention(const float* qkv, float* out, float* lse, int B, int T, int H, int D, bool causal, float scale, int impl) {
+void attention(const float* qkv, const uint16_t* q16, float* out, float* lse, int B, int T, int H, int D, bool causal,
+               float scale, int impl) {
   if ((int64_t)B * T * H == 0) return;
   if (D == 0) {
     fill32(lse, (int64_t)B * H * T, 0u);  // degenerate; not used by the model
     return;
   }
-  if (use_tc(D, impl)) {
+  if (impl == 0) {
+    if (!tc_head(D) || !q16) throw CudaError("attention: the tensor-core path needs D in {16, 32, 64, 128} and a bf16 copy");
+    const bf16* q = reinterpret_cast<const bf16*>(q16);
     switch (D) {
-      case 16: tc_forward<16>(qkv, out, lse, B, T, H, causal, scale); return;
-      case 32: tc_forward<32>(qkv, out, lse, B, T, H, causal, scale); return;
-      case 64: tc_forward<64>(qkv, out, lse, B, T, H, causal, scale); return;
-      default: tc_forward<128>(qkv, out, lse, B, T, H, causal, scale); return;
+      case 16: tc_forward<16>(q, out, lse, B, T, H, causal, scale); return;
+      case 32: tc_forward<32>(q, out, lse, B, T, H, causal, scale); return;
+      case 64: tc_forward<64>(q, out, lse, B, T, H, causal, scale); return;
+      default: tc_forward<128>(q, out, lse, B, T, H, causal, scale); return;
     }
   }
   int64_t n = (int64_t)B * H * T;
@@ -522,19 +631,24 @@ void attention(const float* qkv, float* out, float* lse, int B, int T, int H, in
   check_launch("attention");
 }
 
-void attention_backward(const float* qkv, const float* out, const float* lse, const float* gout, float* gqkv, int B,
-                        int T, int H, int D, bool causal, float scale, int impl) {
+void attention_backward(const float* qkv, const uint16_t* q16, const float* out, const float* lse, const float* gout,
+                        const uint16_t* go16, float* gqkv, int B, int T, int H, int D, bool causal, float scale,
+                        int impl) {
   int64_t n = (int64_t)B * H * T;
   if (n == 0 || D == 0) return;
+  if (impl == 0 && (!tc_head(D) || !q16 || !go16)) {
+    throw CudaError("attentionBackward: the tensor-core path needs D in {16, 32, 64, 128} and bf16 copies");
+  }
   Scratch delta(n * sizeof(float));
-  k_delta<<<grid_for(n, 256), 256, 0, stream()>>>(out, gout, delta.as<float>(), B, T, H, D);
+  k_delta<<<grid_for(n * 32, 256), 256, 0, stream()>>>(out, gout, delta.as<float>(), T, H, D, n);
   check_launch("attentionBackward");
-  if (use_tc(D, impl)) {
+  if (impl == 0) {
+    const bf16 *q = reinterpret_cast<const bf16*>(q16), *go = reinterpret_cast<const bf16*>(go16);
     switch (D) {
-      case 16: tc_backward<16>(qkv, gout, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
-      case 32: tc_backward<32>(qkv, gout, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
-      case 64: tc_backward<64>(qkv, gout, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
-      default: tc_backward<128>(qkv, gout, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
+      case 16: tc_backward<16>(q, go, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
+      case 32: tc_backward<32>(q, go, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
+      case 64: tc_backward<64>(q, go, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
+      default: tc_backward<128>(q, go, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
     }
   }
   k_simt_bwd_q<<<grid_for(n, 128), 128, 0, stream()>>>(qkv, gout, lse, delta.as<float>(), gqkv, B, T, H, D, causal, scale);

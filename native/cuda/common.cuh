@@ -64,8 +64,11 @@ void fill32(void* out, int64_t n, uint32_t bits);
 void fill16(void* out, int64_t n, uint16_t bits);
 void cast_f32_bf16(const float* x, uint16_t* out, int64_t n);
 void cast_bf16_f32(const uint16_t* x, float* out, int64_t n);
-// (rows, cols) f32 -> (rows, ld) bf16 with zero padding columns (aligned leading dimension for cuBLAS).
-void cast_f32_bf16_pad(const float* x, uint16_t* out, int64_t rows, int64_t cols, int64_t ld);
+// (rows, cols) f32 -> (out_rows, ld) bf16, zero in the padding rows and columns (aligned operands for
+// cuBLAS); ld even, out_rows >= rows.
+void cast_f32_bf16_pad(const float* x, uint16_t* out, int64_t rows, int64_t cols, int64_t out_rows, int64_t ld);
+// rows of `width` bytes from src (rows src_pitch bytes apart) to dst (dst_pitch apart).
+void copy_2d(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t width, int64_t rows);
 void cast_i32_f32(const int32_t* x, float* out, int64_t n);
 void cast_f32_i32(const float* x, int32_t* out, int64_t n);
 void copy_bytes(const void* src, void* dst, int64_t bytes);
@@ -90,8 +93,10 @@ void layer_norm_backward(const float* x, const float* g, const float* mean, cons
                          float* gx, float* gg, float* gb, int64_t rows, int64_t cols);
 void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op);
 void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op);
-void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* lse, int64_t N, int64_t V);
-void cross_entropy_backward(const float* logits, const int32_t* targets, const float* lse, const float* gloss,
+// logits rows are `ld` floats apart (ld >= V; an aligned twin of the logits buffer); glogits (N, V).
+void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
+                   int64_t V);
+void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targets, const float* lse, const float* gloss,
                             float* glogits, int64_t N, int64_t V);
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k);
@@ -107,10 +112,13 @@ void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int 
 void grouped_gemm(const float* A, const float* B, float* C, const int32_t* problems, int64_t groups, bool tA, bool tB,
                   float alpha, float beta);
 
-// attention.cu (impl: 0 auto (tensor cores when D % 16 == 0 and D <= 128), 1 plain SIMT)
-void attention(const float* qkv, float* out, float* lse, int B, int T, int H, int D, bool causal, float scale, int impl);
-void attention_backward(const float* qkv, const float* out, const float* lse, const float* gout, float* gqkv, int B,
-                        int T, int H, int D, bool causal, float scale, int impl);
+// attention.cu. impl 0: tensor cores (D in {16, 32, 64, 128}), reading the bf16 copies q16 of qkv and
+// go16 of gout; impl 1: plain fp32 SIMT kernels on qkv / gout (the bf16 pointers unused, may be null).
+void attention(const float* qkv, const uint16_t* q16, float* out, float* lse, int B, int T, int H, int D, bool causal,
+               float scale, int impl);
+void attention_backward(const float* qkv, const uint16_t* q16, const float* out, const float* lse, const float* gout,
+                        const uint16_t* go16, float* gqkv, int B, int T, int H, int D, bool causal, float scale,
+                        int impl);
 void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos_host, int B, int T, int H,
                       int D, int Tmax, float scale);
 

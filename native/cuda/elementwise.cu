@@ -19,11 +19,18 @@ __device__ __forceinline__ float bf2f(uint16_t b) { return __uint_as_float(((uin
 __global__ void k_fill32(uint32_t* o, int64_t n, uint32_t v) { GRID_STRIDE(i, n) o[i] = v; }
 __global__ void k_fill16(uint16_t* o, int64_t n, uint16_t v) { GRID_STRIDE(i, n) o[i] = v; }
 __global__ void k_f32_bf16(const float* x, uint16_t* o, int64_t n) { GRID_STRIDE(i, n) o[i] = f2bf(x[i]); }
-__global__ void k_f32_bf16_pad(const float* __restrict__ x, uint16_t* __restrict__ o, int64_t rows, int64_t cols,
-                               int64_t ld) {
-  GRID_STRIDE(i, rows * ld) {
-    int64_t r = i / ld, c = i - r * ld;
-    o[i] = c < cols ? f2bf(x[r * cols + c]) : (uint16_t)0;
+// (rows, cols) f32 -> (out_rows, ld) bf16, zeros outside; ld even. Grid (column pairs, rows): no
+// 64-bit division per element, one 4-byte store per thread.
+__global__ void k_f32_bf16_pad(const float* __restrict__ x, uint32_t* __restrict__ o, int64_t rows, int64_t cols,
+                               int64_t out_rows, int64_t ld) {
+  const int64_t half = ld / 2;
+  for (int64_t r = blockIdx.y; r < out_rows; r += gridDim.y) {
+    const float* xr = x + r * cols;
+    for (int64_t c2 = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c2 < half; c2 += (int64_t)gridDim.x * blockDim.x) {
+      const int64_t c = 2 * c2;
+      const uint32_t lo = r < rows && c < cols ? f2bf(xr[c]) : 0u, hi = r < rows && c + 1 < cols ? f2bf(xr[c + 1]) : 0u;
+      o[r * half + c2] = lo | (hi << 16);
+    }
   }
 }
 __global__ void k_bf16_f32(const uint16_t* x, float* o, int64_t n) { GRID_STRIDE(i, n) o[i] = bf2f(x[i]); }
@@ -58,38 +65,49 @@ __device__ __forceinline__ float gelu_d(float x) {
   return 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * c * (1.f + 3.f * 0.044715f * x * x);
 }
 
-__global__ void k_unary(int op, const float* __restrict__ x, float* __restrict__ o, int64_t n) {
-  GRID_STRIDE(i, n) {
-    float v = x[i], r;
-    switch (op) {
-      case 0: r = v > 0.f ? v : 0.f; break;
-      case 1: r = gelu_f(v); break;
-      case 2: r = -v; break;
-      case 3: r = expf(v); break;
-      case 4: r = logf(v); break;
-      case 5: r = sqrtf(v); break;
-      case 6: r = v * v; break;
-      default: r = tanhf(v); break;
-    }
-    o[i] = r;
+__device__ __forceinline__ float unary_f(int op, float v) {
+  switch (op) {
+    case 0: return v > 0.f ? v : 0.f;
+    case 1: return gelu_f(v);
+    case 2: return -v;
+    case 3: return expf(v);
+    case 4: return logf(v);
+    case 5: return sqrtf(v);
+    case 6: return v * v;
+    default: return tanhf(v);
   }
+}
+// gy · op'(x); relu selects gy where x > 0 and 0 elsewhere (no multiply, so an infinite gy gives no NaN).
+__device__ __forceinline__ float unary_grad(int op, float v, float g) {
+  switch (op) {
+    case 0: return v > 0.f ? g : 0.f;
+    case 1: return g * gelu_d(v);
+    case 2: return -g;
+    case 3: return g * expf(v);
+    case 4: return g * (1.f / v);
+    case 5: return g * (0.5f / sqrtf(v));
+    case 6: return g * (2.f * v);
+    default: { float t = tanhf(v); return g * (1.f - t * t); }
+  }
+}
+// Both kernels: 16-byte accesses over the first n / 4 quads (buffers are allocation-aligned), then the tail.
+__global__ void k_unary(int op, const float* __restrict__ x, float* __restrict__ o, int64_t n) {
+  const int64_t n4 = n / 4;
+  GRID_STRIDE(i, n4) {
+    const float4 v = reinterpret_cast<const float4*>(x)[i];
+    reinterpret_cast<float4*>(o)[i] = make_float4(unary_f(op, v.x), unary_f(op, v.y), unary_f(op, v.z), unary_f(op, v.w));
+  }
+  GRID_STRIDE(i, n - 4 * n4) o[4 * n4 + i] = unary_f(op, x[4 * n4 + i]);
 }
 __global__ void k_unary_bwd(int op, const float* __restrict__ x, const float* __restrict__ gy, float* __restrict__ gx,
                             int64_t n) {
-  GRID_STRIDE(i, n) {
-    float v = x[i], d;
-    switch (op) {
-      case 0: d = v > 0.f ? 1.f : 0.f; break;
-      case 1: d = gelu_d(v); break;
-      case 2: d = -1.f; break;
-      case 3: d = expf(v); break;
-      case 4: d = 1.f / v; break;
-      case 5: d = 0.5f / sqrtf(v); break;
-      case 6: d = 2.f * v; break;
-      default: { float t = tanhf(v); d = 1.f - t * t; } break;
-    }
-    gx[i] = op == 0 ? (v > 0.f ? gy[i] : 0.f) : gy[i] * d;
+  const int64_t n4 = n / 4;
+  GRID_STRIDE(i, n4) {
+    const float4 v = reinterpret_cast<const float4*>(x)[i], g = reinterpret_cast<const float4*>(gy)[i];
+    reinterpret_cast<float4*>(gx)[i] = make_float4(unary_grad(op, v.x, g.x), unary_grad(op, v.y, g.y),
+                                                   unary_grad(op, v.z, g.z), unary_grad(op, v.w, g.w));
   }
+  GRID_STRIDE(i, n - 4 * n4) gx[4 * n4 + i] = unary_grad(op, x[4 * n4 + i], gy[4 * n4 + i]);
 }
 __global__ void k_affine(const float* __restrict__ x, float* __restrict__ o, int64_t n, float s, float t) {
   GRID_STRIDE(i, n) o[i] = x[i] * s + t;
@@ -116,14 +134,33 @@ __global__ void k_binary(int op, const float* __restrict__ a, const float* __res
     o[i] = bin_op(op, a[ia], b[ib]);
   }
 }
-__global__ void k_binary_flat(int op, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ o,
-                              int64_t n) {
-  GRID_STRIDE(i, n) o[i] = bin_op(op, a[i], b[i]);
+__device__ __forceinline__ float4 bin_op4(int op, float4 u, float4 v) {
+  return make_float4(bin_op(op, u.x, v.x), bin_op(op, u.y, v.y), bin_op(op, u.z, v.z), bin_op(op, u.w, v.w));
 }
-// a (rows, cols) contiguous, b broadcast along rows: b[j] (the bias-add pattern).
-__global__ void k_binary_rowbcast(int op, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ o,
-                                  int64_t n, int64_t cols) {
-  GRID_STRIDE(i, n) o[i] = bin_op(op, a[i], b[i % cols]);
+// Same-shape operands, 16-byte accesses (buffers are allocation-aligned), then the scalar tail. No
+// __restrict__: the output may alias an operand (gradient accumulation a += b).
+__global__ void k_binary_flat(int op, const float* a, const float* b, float* o, int64_t n) {
+  const int64_t n4 = n / 4;
+  GRID_STRIDE(i, n4) {
+    reinterpret_cast<float4*>(o)[i] = bin_op4(op, reinterpret_cast<const float4*>(a)[i], reinterpret_cast<const float4*>(b)[i]);
+  }
+  GRID_STRIDE(i, n - 4 * n4) o[4 * n4 + i] = bin_op(op, a[4 * n4 + i], b[4 * n4 + i]);
+}
+// a (rows, cols) contiguous, b broadcast along rows: b[j] (the bias-add pattern). Grid (columns, rows):
+// no 64-bit modulo per element; 16-byte accesses when cols % 4 == 0.
+__global__ void k_binary_rowbcast(int op, const float* a, const float* b, float* o, int64_t rows, int64_t cols) {
+  const bool vec = cols % 4 == 0;
+  const int64_t w = vec ? cols / 4 : cols;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < w; j += (int64_t)gridDim.x * blockDim.x) {
+      if (vec) {
+        reinterpret_cast<float4*>(o + r * cols)[j] =
+            bin_op4(op, reinterpret_cast<const float4*>(a + r * cols)[j], reinterpret_cast<const float4*>(b)[j]);
+      } else {
+        o[r * cols + j] = bin_op(op, a[r * cols + j], b[j]);
+      }
+    }
+  }
 }
 
 // Fixed-order block reduction of doubles (blockDim.x threads, power of two).
@@ -140,25 +177,39 @@ __device__ double block_sum_d(double v, double* sh) {
   return r;
 }
 
-// reduceSum, inner > 1: block (32, 8) sums rows [c*CH, (c+1)*CH) of one 32-wide column strip.
+// reduceSum, inner > 1: block (32, 8) sums rows [c*CH, (c+1)*CH) of a strip of 32·W columns, W
+// consecutive columns per thread (W = 4: one 16-byte load per row, for inner % 4 == 0); the row loop is
+// unrolled so several loads are in flight. Fixed order: deterministic.
+template <int W>
 __global__ void k_colsum_partial(const float* __restrict__ x, double* __restrict__ part, float* __restrict__ out,
                                  int64_t outer, int64_t mid, int64_t inner, int64_t CH, int64_t nch) {
-  __shared__ double sh[8][33];
-  int64_t col = blockIdx.x * 32LL + threadIdx.x;
-  int64_t c = blockIdx.y;
+  __shared__ double sh[8][32 * W + 1];
+  const int64_t col = (blockIdx.x * 32LL + threadIdx.x) * W, c = blockIdx.y;
   for (int64_t o = blockIdx.z; o < outer; o += gridDim.z) {
-    double acc = 0;
+    double acc[W] = {};
     if (col < inner) {
-      int64_t m1 = min(mid, (c + 1) * CH);
-      for (int64_t m = c * CH + threadIdx.y; m < m1; m += 8) acc += (double)x[(o * mid + m) * inner + col];
+      const int64_t m1 = min(mid, (c + 1) * CH);
+#pragma unroll 4
+      for (int64_t m = c * CH + threadIdx.y; m < m1; m += 8) {
+        const float* p = x + (o * mid + m) * inner + col;
+        if constexpr (W == 4) {
+          const float4 v = *reinterpret_cast<const float4*>(p);
+          acc[0] += v.x; acc[1] += v.y; acc[2] += v.z; acc[3] += v.w;
+        } else {
+          acc[0] += *p;
+        }
+      }
     }
-    sh[threadIdx.y][threadIdx.x] = acc;
+#pragma unroll
+    for (int w = 0; w < W; ++w) sh[threadIdx.y][threadIdx.x * W + w] = acc[w];
     __syncthreads();
-    if (threadIdx.y == 0 && col < inner) {
-      double s = 0;
-      for (int y = 0; y < 8; ++y) s += sh[y][threadIdx.x];
-      if (nch == 1) out[o * inner + col] = (float)s;
-      else part[(o * nch + c) * inner + col] = s;
+    for (int t = threadIdx.y * 32 + threadIdx.x; t < 32 * W; t += 256) {
+      const int64_t cc = blockIdx.x * 32LL * W + t;
+      if (cc >= inner) continue;
+      double sum = 0;
+      for (int y = 0; y < 8; ++y) sum += sh[y][t];
+      if (nch == 1) out[o * inner + cc] = (float)sum;
+      else part[(o * nch + c) * inner + cc] = sum;
     }
     __syncthreads();
   }
@@ -219,16 +270,32 @@ __global__ void k_dropout(const float* __restrict__ x, float* __restrict__ o, in
   }
 }
 
+__device__ __forceinline__ void adamw_one(float& p, float g, float& m, float& v, float lr, float b1, float b2, float eps,
+                                          float wd, float bc1, float bc2, float gs) {
+  const float gi = g * gs;
+  const float pi = p - lr * wd * p;
+  m = b1 * m + (1.f - b1) * gi;
+  v = b2 * v + (1.f - b2) * gi * gi;
+  p = pi - lr * (m / bc1) / (sqrtf(v / bc2) + eps);
+}
+// 16-byte accesses over the first n / 4 quads, then the tail (memory-bound: 28 bytes per element).
 __global__ void k_adamw(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
                         int64_t n, float lr, float b1, float b2, float eps, float wd, float bc1, float bc2, float gs) {
-  GRID_STRIDE(i, n) {
-    float gi = g[i] * gs;
-    float pi = p[i] - lr * wd * p[i];
-    float mi = b1 * m[i] + (1.f - b1) * gi;
-    float vi = b2 * v[i] + (1.f - b2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = pi - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+  const int64_t n4 = n / 4;
+  GRID_STRIDE(i, n4) {
+    float4 P = reinterpret_cast<float4*>(p)[i], M = reinterpret_cast<float4*>(m)[i], V = reinterpret_cast<float4*>(v)[i];
+    const float4 G = reinterpret_cast<const float4*>(g)[i];
+    adamw_one(P.x, G.x, M.x, V.x, lr, b1, b2, eps, wd, bc1, bc2, gs);
+    adamw_one(P.y, G.y, M.y, V.y, lr, b1, b2, eps, wd, bc1, bc2, gs);
+    adamw_one(P.z, G.z, M.z, V.z, lr, b1, b2, eps, wd, bc1, bc2, gs);
+    adamw_one(P.w, G.w, M.w, V.w, lr, b1, b2, eps, wd, bc1, bc2, gs);
+    reinterpret_cast<float4*>(p)[i] = P;
+    reinterpret_cast<float4*>(m)[i] = M;
+    reinterpret_cast<float4*>(v)[i] = V;
+  }
+  GRID_STRIDE(i, n - 4 * n4) {
+    const int64_t j = 4 * n4 + i;
+    adamw_one(p[j], g[j], m[j], v[j], lr, b1, b2, eps, wd, bc1, bc2, gs);
   }
 }
 }  // namespace
@@ -241,11 +308,23 @@ __global__ void k_adamw(float* __restrict__ p, const float* __restrict__ g, floa
     }                                                                          \
   } while (0)
 
-void fill32(void* out, int64_t n, uint32_t bits) { LAUNCH(k_fill32, n, (uint32_t*)out, n, bits); }
+void fill32(void* out, int64_t n, uint32_t bits) {
+  // Zeros (zeroGrad: 148 buffers a step) go through the driver's cudaMemsetAsync.
+  if (bits == 0 && n > 0) check(cudaMemsetAsync(out, 0, (size_t)n * 4, stream()), "fill");
+  else LAUNCH(k_fill32, n, (uint32_t*)out, n, bits);
+}
 void fill16(void* out, int64_t n, uint16_t bits) { LAUNCH(k_fill16, n, (uint16_t*)out, n, bits); }
 void cast_f32_bf16(const float* x, uint16_t* out, int64_t n) { LAUNCH(k_f32_bf16, n, x, out, n); }
-void cast_f32_bf16_pad(const float* x, uint16_t* out, int64_t rows, int64_t cols, int64_t ld) {
-  LAUNCH(k_f32_bf16_pad, rows * ld, x, out, rows, cols, ld);
+void cast_f32_bf16_pad(const float* x, uint16_t* out, int64_t rows, int64_t cols, int64_t out_rows, int64_t ld) {
+  if (out_rows == 0 || ld == 0) return;
+  if (ld % 2 != 0) throw CudaError("castPad: the padded leading dimension must be even");
+  dim3 g(grid_for(ld / 2, kThreads, 64), (unsigned)std::min<int64_t>(out_rows, 65535));
+  k_f32_bf16_pad<<<g, kThreads, 0, stream()>>>(x, reinterpret_cast<uint32_t*>(out), rows, cols, out_rows, ld);
+  check_launch("castPad");
+}
+void copy_2d(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t width, int64_t rows) {
+  if (width == 0 || rows == 0) return;
+  check(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDeviceToDevice, stream()), "copy2d");
 }
 void cast_bf16_f32(const uint16_t* x, float* out, int64_t n) { LAUNCH(k_bf16_f32, n, x, out, n); }
 void cast_i32_f32(const int32_t* x, float* out, int64_t n) { LAUNCH(k_i32_f32, n, x, out, n); }
@@ -267,8 +346,10 @@ void copy_strided(int kind, const void* src, int64_t so, void* dst, int64_t dof,
   check_launch("copyStrided");
 }
 
-void unary(int op, const float* x, float* out, int64_t n) { LAUNCH(k_unary, n, op, x, out, n); }
-void unary_backward(int op, const float* x, const float* gy, float* gx, int64_t n) { LAUNCH(k_unary_bwd, n, op, x, gy, gx, n); }
+void unary(int op, const float* x, float* out, int64_t n) { LAUNCH(k_unary, (n + 3) / 4, op, x, out, n); }
+void unary_backward(int op, const float* x, const float* gy, float* gx, int64_t n) {
+  LAUNCH(k_unary_bwd, (n + 3) / 4, op, x, gy, gx, n);
+}
 void affine(const float* x, float* out, int64_t n, float scale, float shift) { LAUNCH(k_affine, n, x, out, n, scale, shift); }
 
 void binary(int op, const float* a, const float* b, float* out, const Dims& d) {
@@ -276,9 +357,13 @@ void binary(int op, const float* a, const float* b, float* out, const Dims& d) {
   for (int k = 0; k < d.rank; ++k) total *= d.shape[k];
   if (total == 0) return;
   if (d.rank == 1 && d.s0[0] == 1 && d.s1[0] == 1) {
-    LAUNCH(k_binary_flat, total, op, a, b, out, total);
+    k_binary_flat<<<grid_for((total + 3) / 4, kThreads), kThreads, 0, stream()>>>(op, a, b, out, total);
+    check_launch("binary");
   } else if (d.rank == 2 && d.s0[1] == 1 && d.s0[0] == d.shape[1] && d.s1[0] == 0 && d.s1[1] == 1) {
-    LAUNCH(k_binary_rowbcast, total, op, a, b, out, total, d.shape[1]);
+    const int64_t rows = d.shape[0], cols = d.shape[1], w = cols % 4 == 0 ? cols / 4 : cols;
+    dim3 g(grid_for(w, kThreads, 64), (unsigned)std::min<int64_t>(rows, 65535));
+    k_binary_rowbcast<<<g, kThreads, 0, stream()>>>(op, a, b, out, rows, cols);
+    check_launch("binary");
   } else {
     LAUNCH(k_binary, total, op, a, b, out, d, total);
   }
@@ -300,7 +385,11 @@ void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t 
     if (nch > 1) LAUNCH(k_colsum_final, outer, part.as<double>(), out, outer, 1, nch);
     return;
   }
+  // Chunks of 256 rows, smaller when that leaves fewer than ~2 blocks per SM (short, wide sums).
+  const int W = inner % 4 == 0 ? 4 : 1;
+  const int64_t bx = (inner + 32 * W - 1) / (32 * W);
   int64_t CH = 256;
+  if (bx * outer * ((mid + CH - 1) / CH) < 264) CH = std::max<int64_t>(8, ((mid * bx * outer + 263) / 264 + 7) / 8 * 8);
   int64_t nch = (mid + CH - 1) / CH;
   if (nch > 4096) {
     nch = 4096;
@@ -308,8 +397,9 @@ void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t 
     nch = (mid + CH - 1) / CH;
   }
   Scratch part(nch > 1 ? outer * nch * inner * sizeof(double) : 0);
-  dim3 g((unsigned)((inner + 31) / 32), (unsigned)nch, (unsigned)std::min<int64_t>(outer, 65535));
-  k_colsum_partial<<<g, dim3(32, 8), 0, stream()>>>(x, part.as<double>(), out, outer, mid, inner, CH, nch);
+  dim3 g((unsigned)bx, (unsigned)nch, (unsigned)std::min<int64_t>(outer, 65535));
+  if (W == 4) k_colsum_partial<4><<<g, dim3(32, 8), 0, stream()>>>(x, part.as<double>(), out, outer, mid, inner, CH, nch);
+  else k_colsum_partial<1><<<g, dim3(32, 8), 0, stream()>>>(x, part.as<double>(), out, outer, mid, inner, CH, nch);
   check_launch("reduceSum");
   if (nch > 1) LAUNCH(k_colsum_final, outer * inner, part.as<double>(), out, outer, inner, nch);
 }
@@ -335,7 +425,7 @@ void dropout(const float* x, float* out, int64_t n, float p, uint32_t seed) {
 
 void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps, float wd,
            float bc1, float bc2, float gscale) {
-  LAUNCH(k_adamw, n, p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, gscale);
+  LAUNCH(k_adamw, (n + 3) / 4, p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, gscale);
 }
 
 }  // namespace ssdc

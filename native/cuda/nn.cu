@@ -116,6 +116,7 @@ __global__ void k_layer_norm_bwd_gb(const float* __restrict__ x, const float* __
   float ag = 0, ab = 0;
   if (col < cols) {
     int64_t r1 = min(rows, (c + 1) * CH);
+#pragma unroll 4
     for (int64_t r = c * CH + threadIdx.y; r < r1; r += 8) {
       float gv = gy[r * cols + col];
       ag += gv * (x[r * cols + col] - mean[r]) * rstd[r];
@@ -165,17 +166,26 @@ __global__ void k_scatter_sorted(const float* __restrict__ src, const int32_t* _
   }
 }
 
-__global__ void k_ce(const float* __restrict__ x, const int32_t* __restrict__ tg, float* __restrict__ loss,
+// One pass over each row: every thread keeps an online (max, Σ exp(x − max)) over its columns, then
+// the block combines them (max first, then the rescaled sums); fixed order, so deterministic.
+__global__ void k_ce(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg, float* __restrict__ loss,
                      float* __restrict__ lse, int64_t N, int64_t V) {
   __shared__ float sh[32];
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    const float* xr = x + n * V;
-    float mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < V; j += kT) mx = fmaxf(mx, xr[j]);
-    mx = block_max(mx, sh);
-    float s = 0;
-    for (int64_t j = threadIdx.x; j < V; j += kT) s += expf(xr[j] - mx);
-    s = block_sum(s, sh);
+    const float* xr = x + n * ldx;
+    float m = -INFINITY, s = 0.f;
+#pragma unroll 4
+    for (int64_t j = threadIdx.x; j < V; j += kT) {
+      const float v = xr[j];
+      if (v > m) {
+        s = s * expf(m - v) + 1.f;
+        m = v;
+      } else {
+        s += expf(v - m);
+      }
+    }
+    const float mx = block_max(m, sh);
+    s = block_sum(m == -INFINITY ? 0.f : s * expf(m - mx), sh);
     if (threadIdx.x == 0) {
       float l = mx + logf(s);
       lse[n] = l;
@@ -184,13 +194,14 @@ __global__ void k_ce(const float* __restrict__ x, const int32_t* __restrict__ tg
     }
   }
 }
-__global__ void k_ce_bwd(const float* __restrict__ x, const int32_t* __restrict__ tg, const float* __restrict__ lse,
-                         const float* __restrict__ gl, float* __restrict__ gx, int64_t N, int64_t V) {
+__global__ void k_ce_bwd(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg,
+                         const float* __restrict__ lse, const float* __restrict__ gl, float* __restrict__ gx, int64_t N,
+                         int64_t V) {
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     int t = tg[n];
     float l = lse[n], g = gl[n];
     for (int64_t j = threadIdx.x; j < V; j += kT) {
-      gx[n * V + j] = t < 0 ? 0.f : g * (expf(x[n * V + j] - l) - (j == t ? 1.f : 0.f));
+      gx[n * V + j] = t < 0 ? 0.f : g * (expf(x[n * ldx + j] - l) - (j == t ? 1.f : 0.f));
     }
   }
 }
@@ -347,17 +358,18 @@ void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t 
   check_launch(op);
 }
 
-void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* lse, int64_t N, int64_t V) {
+void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
+                   int64_t V) {
   if (N == 0) return;
   fetch_checked(targets, N, -1, V, "crossEntropy");
-  k_ce<<<rows_grid(N), kT, 0, stream()>>>(logits, targets, losses, lse, N, V);
+  k_ce<<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, losses, lse, N, V);
   check_launch("crossEntropy");
 }
-void cross_entropy_backward(const float* logits, const int32_t* targets, const float* lse, const float* gloss,
+void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targets, const float* lse, const float* gloss,
                             float* glogits, int64_t N, int64_t V) {
   if (N == 0) return;
   fetch_checked(targets, N, -1, V, "crossEntropy");
-  k_ce_bwd<<<rows_grid(N), kT, 0, stream()>>>(logits, targets, lse, gloss, glogits, N, V);
+  k_ce_bwd<<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, lse, gloss, glogits, N, V);
   check_launch("crossEntropyBackward");
 }
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {

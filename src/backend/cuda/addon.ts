@@ -31,8 +31,10 @@ export interface CudaAddon {
   /** kind: 0 f32->bf16, 1 bf16->f32, 2 i32->f32, 3 f32->i32 */
   cast(kind: number, x: Ptr, out: Ptr, n: number): void;
   copyBytes(src: Ptr, dst: Ptr, bytes: number): void;
-  /** (rows, cols) f32 -> (rows, ld) bf16, padding columns zero. */
-  castPad(x: Ptr, out: Ptr, rows: number, cols: number, ld: number): void;
+  /** (rows, cols) f32 -> (outRows, ld) bf16, padding rows and columns zero (ld even, outRows >= rows). */
+  castPad(x: Ptr, out: Ptr, rows: number, cols: number, outRows: number, ld: number): void;
+  /** `rows` rows of `widthBytes` from src (srcPitch bytes apart) to dst (dstPitch bytes apart). */
+  copy2d(src: Ptr, srcPitch: number, dst: Ptr, dstPitch: number, widthBytes: number, rows: number): void;
   copyStrided(kind: number, src: Ptr, srcOff: number, srcStrides: number[], dst: Ptr, dstOff: number,
     dstStrides: number[], shape: number[], acc: boolean): void;
 
@@ -57,14 +59,18 @@ export interface CudaAddon {
   layerNormBackward(x: Ptr, g: Ptr, mean: Ptr, rstd: Ptr, gy: Ptr, gx: Ptr, gg: Ptr, gb: Ptr, rows: number, cols: number): void;
   gatherRows(x: Ptr, idx: Ptr, out: Ptr, m: number, n: number, d: number, op: string): void;
   scatterAddRows(src: Ptr, idx: Ptr, out: Ptr, m: number, n: number, d: number, op: string): void;
-  crossEntropy(logits: Ptr, targets: Ptr, losses: Ptr, lse: Ptr, N: number, V: number): void;
-  crossEntropyBackward(logits: Ptr, targets: Ptr, lse: Ptr, gloss: Ptr, glogits: Ptr, N: number, V: number): void;
+  /** logits rows are `ld` floats apart. */
+  crossEntropy(logits: Ptr, ld: number, targets: Ptr, losses: Ptr, lse: Ptr, N: number, V: number): void;
+  /** logits rows are `ld` floats apart; glogits (N, V). */
+  crossEntropyBackward(logits: Ptr, ld: number, targets: Ptr, lse: Ptr, gloss: Ptr, glogits: Ptr, N: number, V: number): void;
   rowDot(a: Ptr, b: Ptr, out: Ptr, rows: number, cols: number): void;
   topk(x: Ptr, values: Ptr, indices: Ptr, rows: number, cols: number, k: number): void;
-  attention(qkv: Ptr, out: Ptr, lse: Ptr, B: number, T: number, H: number, D: number, causal: boolean, scale: number,
-    impl: number): void;
-  attentionBackward(qkv: Ptr, out: Ptr, lse: Ptr, gout: Ptr, gqkv: Ptr, B: number, T: number, H: number, D: number,
-    causal: boolean, scale: number, impl: number): void;
+  /** impl 0: tensor cores on q16, the bf16 copy of qkv; 1: fp32 SIMT on qkv (q16 unused, 0). */
+  attention(qkv: Ptr, q16: Ptr, out: Ptr, lse: Ptr, B: number, T: number, H: number, D: number, causal: boolean,
+    scale: number, impl: number): void;
+  /** As `attention`; go16 is the bf16 copy of gout (0 for impl 1). */
+  attentionBackward(qkv: Ptr, q16: Ptr, out: Ptr, lse: Ptr, gout: Ptr, go16: Ptr, gqkv: Ptr, B: number, T: number,
+    H: number, D: number, causal: boolean, scale: number, impl: number): void;
   attentionCached(qkv: Ptr, kc: Ptr, vc: Ptr, out: Ptr, pos: Int32Array, B: number, T: number, H: number, D: number,
     Tmax: number, scale: number): void;
 }

@@ -7,9 +7,19 @@
  * `matmul` runs bf16 tensor-core GEMMs (cuBLAS) with fp32 accumulation and fp32 output on bf16 copies
  * of its operands. Each f32 buffer keeps its bf16 shadow and a write version, so a weight is cast once
  * per optimizer step however many products read it, and an activation once for forward and backward.
- * Attention is a fused bf16 tensor-core kernel; LayerNorm, softmax, cross-entropy and AdamW compute in
- * fp32. `SSD_CUDA_MATMUL=tf32|f32|fast16bf|own` picks another GEMM mode (own: the built-in kernel, no
- * cuBLAS needed); `SSD_CUDA_ATTN=simt` the plain fp32 attention kernels.
+ * Attention is a fused bf16 tensor-core kernel reading the same shadows of qkv (and of the output
+ * gradient); LayerNorm, softmax, cross-entropy and AdamW compute in fp32.
+ *
+ * Zero-filling is deferred: `alloc` only marks a buffer `zeroPending`, and the zeros are written when
+ * something could observe them (the buffer is read, accumulated into, or written in part). A kernel
+ * that overwrites its whole output drops the pending fill instead, which is what nearly every output
+ * of a training step gets: the contract's zero-filled allocations without a memset per activation.
+ * Likewise a large GEMM output with a misaligned row length (the logits over GPT-2's 50257 tokens) is
+ * computed into an aligned `twin` (cuBLAS runs several times faster there); cross-entropy reads the
+ * twin directly, and anything else that reads the buffer first gets the twin copied into it.
+ *
+ * `SSD_CUDA_MATMUL=tf32|f32|fast16bf|own` picks another GEMM mode (own: the built-in kernel, no cuBLAS
+ * needed); `SSD_CUDA_ATTN=simt` the plain fp32 attention kernels.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
@@ -24,6 +34,42 @@ export type MatmulMode = 'bf16' | 'tf32' | 'f32' | 'fast16bf' | 'own';
 /** Elements from which misaligned GEMM operands are padded (a copy pays off only on large matrices). */
 const PAD_MIN = 1 << 22;
 const COMPUTE: Record<Exclude<MatmulMode, 'own'>, number> = { bf16: 0, tf32: 1, f32: 2, fast16bf: 3 };
+/** Head sizes of the tensor-core attention kernels (native/cuda/attention.cu `tc_head`); others run SIMT. */
+const TC_HEAD_SIZES = new Set([16, 32, 64, 128]);
+
+/**
+ * Layout of a padded bf16 shadow: the f32 buffer viewed as (size / cols, cols) is copied into `rows`
+ * rows of `ld` elements (ld >= cols, even), zeros in the padding columns and in the rows past the data.
+ */
+interface PadLayout {
+  cols: number;
+  ld: number;
+  rows: number;
+}
+
+/** Elements of a shadow that begin with the plain copy (no column padding), or 0 when it is padded. */
+function contiguousElems(l: PadLayout | null, size: number): number {
+  if (l === null) return size;
+  return l.ld === l.cols ? l.rows * l.ld : 0;
+}
+/** Whether a shadow laid out as `have` (null: plain copy) holds what a request for `want` needs. */
+function serves(have: PadLayout | null, want: PadLayout | null, size: number): boolean {
+  if (want === null) return contiguousElems(have, size) >= size;
+  if (want.ld === want.cols) return contiguousElems(have, size) >= want.rows * want.ld;
+  return have !== null && have.cols === want.cols && have.ld === want.ld && have.rows >= want.rows;
+}
+function sameLayout(x: PadLayout | null, y: PadLayout | null): boolean {
+  return x === y || (x !== null && y !== null && x.cols === y.cols && x.ld === y.ld && x.rows === y.rows);
+}
+const ceil8 = (x: number) => Math.ceil(x / 8) * 8;
+
+/** An aligned copy of a (rows, cols) f32 buffer's content, rows `ld` apart, standing in for the buffer. */
+interface Twin {
+  ptr: number;
+  rows: number;
+  cols: number;
+  ld: number;
+}
 
 class CudaBuf implements Buf {
   ptr: number;
@@ -32,8 +78,12 @@ class CudaBuf implements Buf {
   version = 0;
   shadow = 0;
   shadowVersion = -1;
-  /** Leading dimension of a padded shadow (0: plain copy). */
-  shadowLd = 0;
+  /** Layout of the shadow (null: a plain copy of all elements). */
+  shadowLayout: PadLayout | null = null;
+  /** Allocated but never written: reads as zeros once `settle` fills it (see the file comment). */
+  zeroPending = false;
+  /** When set, the buffer's content lives here instead (see the file comment). */
+  twin: Twin | null = null;
   constructor(readonly dtype: DType, readonly size: number, ptr: number) {
     this.ptr = ptr;
   }
@@ -44,6 +94,20 @@ function isInt(x: number): boolean {
 }
 function need(op: string, cond: boolean, msg: () => string): void {
   if (!cond) throw new Error(`cuda.${op}: ${msg()}`);
+}
+
+/**
+ * True if the strides (per axis of `shape`) visit every element of a dense block of shape.product
+ * elements exactly once: a permutation of contiguous strides (size-1 axes ignored).
+ */
+function coversDense(shape: number[], strides: number[]): boolean {
+  const axes = shape.map((n, a) => [n, strides[a]!] as const).filter(([n]) => n > 1).sort((x, y) => x[1] - y[1]);
+  let expect = 1;
+  for (const [n, st] of axes) {
+    if (st !== expect) return false;
+    expect *= n;
+  }
+  return true;
 }
 
 const f32buf = new Float32Array(1);
@@ -112,52 +176,101 @@ export class CudaBackend implements Backend {
     if (b.freed) throw new Error(`cuda.${op}: ${what} was freed (${b.dtype}, size ${b.size})`);
     return b;
   }
-  /** Pointer of an f32 input. */
-  private r(op: string, b: Buf, what: string, minSize = 0, dtype: DType = 'f32'): number {
+  /** A buffer of the given dtype and at least minSize elements. */
+  private typed(op: string, b: Buf, what: string, minSize: number, dtype: DType): CudaBuf {
     const c = this.buf(op, b, what);
     if (c.dtype !== dtype) throw new Error(`cuda.${op}: ${what} must be ${dtype}, got ${c.dtype}`);
     if (c.size < minSize) throw new Error(`cuda.${op}: ${what} has ${c.size} elements, needs ${minSize}`);
+    return c;
+  }
+  /** Brings the buffer's memory up to date before anything observes it: its twin or deferred zeros. */
+  private settle(b: CudaBuf): void {
+    const t = b.twin;
+    if (t) {
+      b.twin = null;
+      this.nat.copy2d(t.ptr, t.ld * 4, b.ptr, t.cols * 4, t.cols * 4, t.rows);
+      this.nat.free(t.ptr);
+    }
+    if (!b.zeroPending) return;
+    b.zeroPending = false;
+    this.nat.zero(b.ptr, b.size * DTYPE_BYTES[b.dtype]);
+  }
+  /** The buffer is about to be overwritten in full: deferred zeros and a twin are dropped. */
+  private overwritten(b: CudaBuf): void {
+    b.zeroPending = false;
+    if (b.twin) {
+      this.nat.free(b.twin.ptr);
+      b.twin = null;
+    }
+  }
+  /** Pointer of an input. */
+  private r(op: string, b: Buf, what: string, minSize = 0, dtype: DType = 'f32'): number {
+    const c = this.typed(op, b, what, minSize, dtype);
+    this.settle(c);
     return c.ptr;
   }
-  /** Pointer of an output (written or accumulated): bumps its version. */
+  /** Pointer of an output that is accumulated into or written in part: bumps its version. */
   private w(op: string, b: Buf, what: string, minSize = 0, dtype: DType = 'f32'): number {
     const p = this.r(op, b, what, minSize, dtype);
     (b as CudaBuf).version++;
     return p;
   }
+  /**
+   * Pointer of an output whose elements [0, extent) the kernel overwrites without reading them: when
+   * that is the whole buffer, its deferred zero-fill is dropped. Take the inputs (`r`) first, so an
+   * output that aliases an input is settled before the fill is dropped.
+   */
+  private o(op: string, b: Buf, what: string, extent: number, dtype: DType = 'f32'): number {
+    const c = this.typed(op, b, what, extent, dtype);
+    if (c.size === extent) this.overwritten(c);
+    else this.settle(c);
+    c.version++;
+    return c.ptr;
+  }
+  /**
+   * Runs a kernel that validates indices on the host before writing its outputs (claimed with `o`):
+   * when it throws, the outputs get their deferred zeros back, as if the call had not happened.
+   */
+  private validated(outs: Buf[], call: () => void): void {
+    for (const b of outs) if (b instanceof CudaBuf && b.twin) this.settle(b);
+    const pending = outs.filter((b) => b instanceof CudaBuf && b.zeroPending) as CudaBuf[];
+    try {
+      call();
+    } catch (e) {
+      for (const b of pending) { b.zeroPending = true; this.settle(b); }
+      throw e;
+    }
+  }
   private dims(op: string, v: Record<string, number>): void {
     for (const [k, x] of Object.entries(v)) need(op, isInt(x), () => `${k} must be a non-negative integer, got ${x}`);
   }
-  /** bf16 copy of an f32 buffer, cast again only after the buffer was written. */
-  private shadow(b: CudaBuf): number {
+  /**
+   * bf16 copy of an f32 buffer, cast again only after the buffer was written (a bf16 buffer is its own
+   * copy). With `want`, the copy is laid out padded (see PadLayout) for cuBLAS, whose kernels for
+   * leading dimensions or reduction lengths that are not multiples of 8 are several times slower
+   * (GPT-2's vocabulary of 50257 makes the output layer's operands such). A cached copy serves every
+   * request it contains: a row-padded copy also serves plain reads.
+   */
+  private shadow(b: CudaBuf, want: PadLayout | null = null): number {
+    this.settle(b);
     if (b.dtype === 'bf16') return b.ptr;
-    if (b.shadowVersion === b.version && b.shadow !== 0 && b.shadowLd === 0) return b.shadow;
-    if (b.shadow !== 0 && b.shadowLd !== 0) { this.nat.free(b.shadow); b.shadow = 0; }
-    if (b.shadow === 0) b.shadow = this.nat.malloc(Math.max(1, b.size) * 2);
-    b.shadowLd = 0;
-    this.nat.cast(0, b.ptr, b.shadow, b.size);
+    if (b.shadow !== 0 && b.shadowVersion === b.version && serves(b.shadowLayout, want, b.size)) return b.shadow;
+    // A plain read recasts into a row-padded layout it had (the tied embedding alternates between both).
+    const old = b.shadowLayout, pad = want ?? (old !== null && contiguousElems(old, b.size) >= b.size ? old : null);
+    if (b.shadow !== 0 && !sameLayout(old, pad)) { this.nat.free(b.shadow); b.shadow = 0; }
+    if (b.shadow === 0) b.shadow = this.nat.malloc(pad ? pad.rows * pad.ld * 2 : Math.max(1, b.size) * 2);
+    if (pad) this.nat.castPad(b.ptr, b.shadow, b.size / pad.cols, pad.cols, pad.rows, pad.ld);
+    else this.nat.cast(0, b.ptr, b.shadow, b.size);
+    b.shadowLayout = pad;
     b.shadowVersion = b.version;
     return b.shadow;
   }
-  /**
-   * bf16 copy of a (size / ld, ld) f32 matrix with its rows padded to a multiple of 8 elements, for
-   * cuBLAS, whose kernels for leading dimensions that are not 16-byte multiples are several times
-   * slower (GPT-2's vocabulary of 50257 makes the output layer's operands such).
-   */
-  private paddedShadow(b: CudaBuf, ld: number): { ptr: number; ld: number } {
-    const ldp = Math.ceil(ld / 8) * 8, rows = b.size / ld;
-    if (b.shadowVersion === b.version && b.shadow !== 0 && b.shadowLd === ldp) return { ptr: b.shadow, ld: ldp };
-    if (b.shadow !== 0) this.nat.free(b.shadow);
-    b.shadow = this.nat.malloc(rows * ldp * 2);
-    b.shadowLd = ldp;
-    this.nat.castPad(b.ptr, b.shadow, rows, ld, ldp);
-    b.shadowVersion = b.version;
-    return { ptr: b.shadow, ld: ldp };
-  }
-  /** Operand pointer and leading dimension for a bf16 GEMM (padded when large and misaligned). */
-  private operand(b: CudaBuf, ld: number, batch: number): { ptr: number; ld: number } {
-    if (b.dtype === 'f32' && batch === 1 && ld % 8 !== 0 && b.size >= PAD_MIN && b.size % ld === 0) return this.paddedShadow(b, ld);
-    return { ptr: this.shadow(b), ld };
+  /** Pointer and row stride of a (rows, cols) f32 input: its twin when it has one, else the buffer. */
+  private rowsIn(op: string, b: Buf, what: string, rows: number, cols: number): { ptr: number; ld: number } {
+    const c = this.typed(op, b, what, rows * cols, 'f32');
+    if (c.twin && c.twin.rows === rows && c.twin.cols === cols) return { ptr: c.twin.ptr, ld: c.twin.ld };
+    this.settle(c);
+    return { ptr: c.ptr, ld: cols };
   }
 
   // ------------------------------------------------------------ memory
@@ -165,16 +278,17 @@ export class CudaBackend implements Backend {
     need('alloc', isInt(size), () => `bad size ${size}`);
     need('alloc', dtype in DTYPE_BYTES, () => `bad dtype ${dtype}`);
     const bytes = size * DTYPE_BYTES[dtype];
-    const p = this.nat.malloc(Math.max(bytes, 1));
-    this.nat.zero(p, bytes);
+    const b = new CudaBuf(dtype, size, this.nat.malloc(Math.max(bytes, 1)));
+    b.zeroPending = bytes > 0;
     this.live++;
     this.liveBytes += bytes;
-    return new CudaBuf(dtype, size, p);
+    return b;
   }
   free(buf: Buf): void {
     if (!(buf instanceof CudaBuf)) throw new Error('cuda.free: not a cuda buffer');
     if (buf.freed) throw new Error(`cuda.free: buffer freed twice (${buf.dtype}, size ${buf.size})`);
     buf.freed = true;
+    this.overwritten(buf);
     this.nat.free(buf.ptr);
     if (buf.shadow) this.nat.free(buf.shadow);
     buf.shadow = 0;
@@ -185,6 +299,7 @@ export class CudaBackend implements Backend {
     const b = this.buf('upload', buf, 'buffer');
     need('upload', data.length === b.size, () => `${data.length} values for a buffer of ${b.size}`);
     b.version++;
+    this.overwritten(b);
     if (b.size === 0) return;
     if (b.dtype === 'bf16') {
       this.nat.h2dBf16(b.ptr, data instanceof Float32Array ? data : Float32Array.from(data));
@@ -198,6 +313,7 @@ export class CudaBackend implements Backend {
   }
   download(buf: Buf): HostArray {
     const b = this.buf('download', buf, 'buffer');
+    this.settle(b);
     if (b.dtype === 'i32') {
       const out = new Int32Array(b.size);
       if (b.size) this.nat.d2h(b.ptr, out, b.size * 4);
@@ -229,6 +345,7 @@ export class CudaBackend implements Backend {
   fill(out: Buf, value: number): void {
     const b = this.buf('fill', out, 'out');
     b.version++;
+    this.overwritten(b);
     if (b.dtype === 'bf16') this.nat.fill16(b.ptr, b.size, bf16Bits(value));
     else if (b.dtype === 'i32') this.nat.fill32(b.ptr, b.size, value | 0);
     else this.nat.fill32(b.ptr, b.size, f32Bits(value));
@@ -236,7 +353,9 @@ export class CudaBackend implements Backend {
   cast(x: Buf, out: Buf): void {
     const s = this.buf('cast', x, 'x'), d = this.buf('cast', out, 'out');
     need('cast', s.size === d.size, () => `sizes ${s.size} and ${d.size} differ`);
+    this.settle(s);
     d.version++;
+    this.overwritten(d);
     if (s.dtype === d.dtype) this.nat.copyBytes(s.ptr, d.ptr, s.size * DTYPE_BYTES[s.dtype]);
     else if (s.dtype === 'f32' && d.dtype === 'bf16') this.nat.cast(0, s.ptr, d.ptr, s.size);
     else if (s.dtype === 'bf16' && d.dtype === 'f32') this.nat.cast(1, s.ptr, d.ptr, s.size);
@@ -264,6 +383,9 @@ export class CudaBackend implements Backend {
     const [slo, shi] = range(srcOffset, srcStrides), [dlo, dhi] = range(dstOffset, dstStrides);
     need(op, slo >= 0 && shi < s.size, () => `source range [${slo}, ${shi}] outside a buffer of ${s.size}`);
     need(op, dlo >= 0 && dhi < d.size, () => `destination range [${dlo}, ${dhi}] outside a buffer of ${d.size}`);
+    this.settle(s);
+    if (!accumulate && dstOffset === 0 && total === d.size && coversDense(shape, dstStrides)) this.overwritten(d);
+    else this.settle(d);
     d.version++;
     const [sh, [ss, ds]] = collapse(shape, srcStrides, dstStrides);
     if (!accumulate && sh.length === 1 && ss![0] === 1 && ds![0] === 1) {
@@ -281,19 +403,19 @@ export class CudaBackend implements Backend {
     need('unary', code !== undefined, () => `unknown op ${op}`);
     const n = this.buf('unary', x, 'x').size;
     need('unary', this.buf('unary', out, 'out').size === n, () => `${op}: sizes differ`);
-    this.nat.unary(code, this.r('unary', x, 'x'), this.w('unary', out, 'out'), n);
+    this.nat.unary(code, this.r('unary', x, 'x'), this.o('unary', out, 'out', n), n);
   }
   unaryBackward(op: UnaryOp, x: Buf, gy: Buf, gx: Buf): void {
     const code = UNARY_CODE[op], o = 'unaryBackward';
     need(o, code !== undefined, () => `unknown op ${op}`);
     const n = this.buf(o, x, 'x').size;
     need(o, this.buf(o, gy, 'gy').size === n && this.buf(o, gx, 'gx').size === n, () => `${op}: sizes differ`);
-    this.nat.unaryBackward(code, this.r(o, x, 'x'), this.r(o, gy, 'gy'), this.w(o, gx, 'gx'), n);
+    this.nat.unaryBackward(code, this.r(o, x, 'x'), this.r(o, gy, 'gy'), this.o(o, gx, 'gx', n), n);
   }
   affine(x: Buf, out: Buf, scale: number, shift: number): void {
     const n = this.buf('affine', x, 'x').size;
     need('affine', this.buf('affine', out, 'out').size === n, () => 'sizes differ');
-    this.nat.affine(this.r('affine', x, 'x'), this.w('affine', out, 'out'), n, scale, shift);
+    this.nat.affine(this.r('affine', x, 'x'), this.o('affine', out, 'out', n), n, scale, shift);
   }
   binary(op: BinaryOp, a: Buf, aStrides: number[], b: Buf, bStrides: number[], out: Buf, shape: number[]): void {
     const code = BINARY_CODE[op];
@@ -302,7 +424,7 @@ export class CudaBackend implements Backend {
       () => `${op}: ranks differ: shape [${shape}], aStrides [${aStrides}], bStrides [${bStrides}]`);
     let total = 1;
     for (const s of shape) { need('binary', isInt(s), () => `${op}: bad shape [${shape}]`); total *= s; }
-    const A = this.r('binary', a, 'a'), B = this.r('binary', b, 'b'), O = this.w('binary', out, 'out', total);
+    const A = this.r('binary', a, 'a'), B = this.r('binary', b, 'b'), O = this.o('binary', out, 'out', total);
     if (total === 0) return;
     // Output strides are contiguous.
     const os: number[] = new Array(shape.length);
@@ -313,7 +435,7 @@ export class CudaBackend implements Backend {
   }
   reduceSum(x: Buf, out: Buf, outer: number, mid: number, inner: number): void {
     this.dims('reduceSum', { outer, mid, inner });
-    const X = this.r('reduceSum', x, 'x', outer * mid * inner), O = this.w('reduceSum', out, 'out', outer * inner);
+    const X = this.r('reduceSum', x, 'x', outer * mid * inner), O = this.o('reduceSum', out, 'out', outer * inner);
     this.nat.reduceSum(X, O, outer, mid, inner);
   }
   sumSquares(x: Buf): number {
@@ -328,14 +450,19 @@ export class CudaBackend implements Backend {
     const A = this.buf(op, a, 'a'), B = this.buf(op, b, 'b');
     this.r(op, a, 'a');
     this.r(op, b, 'b');
-    const C = this.w(op, c, 'c');
-    if (batch === 0 || m === 0 || n === 0) return;
+    if (batch === 0 || m === 0 || n === 0) {
+      this.w(op, c, 'c');
+      return;
+    }
     need(op, batch === 1 || g.strideC >= m * n, () => `strideC ${g.strideC} < m*n = ${m * n}`);
     const needA = (batch - 1) * g.strideA + m * k, needB = (batch - 1) * g.strideB + k * n;
     const needC = (batch - 1) * g.strideC + m * n;
     need(op, A.size >= needA, () => `a has ${A.size} elements, needs ${needA} (batch ${batch}, m ${m}, k ${k})`);
     need(op, B.size >= needB, () => `b has ${B.size} elements, needs ${needB} (batch ${batch}, k ${k}, n ${n})`);
     need(op, this.buf(op, c, 'c').size >= needC, () => `c has ${c.size} elements, needs ${needC} (batch ${batch}, m ${m}, n ${n})`);
+    // beta = 0 and the C_b packed back to back over the whole buffer: C is overwritten, never read.
+    const whole = g.beta === 0 && (batch === 1 || g.strideC === m * n) && needC === c.size;
+    const C = whole ? this.o(op, c, 'c', needC) : this.w(op, c, 'c');
     const lda = g.transA ? m : k, ldb = g.transB ? k : n;
     if (this.matmulMode === 'own') {
       const p = new Int32Array(9 * batch);
@@ -349,10 +476,28 @@ export class CudaBackend implements Backend {
         g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>]);
       return;
     }
-    const oa = this.operand(A, lda, batch), ob = this.operand(B, ldb, batch);
-    // (A misaligned f32 output is written in place: padding it and copying back measured slower on H200.)
-    this.nat.gemm(oa.ptr, 1, oa.ld, g.strideA, ob.ptr, 1, ob.ld, g.strideB, C, n, g.strideC, batch, m, n, k, g.transA,
-      g.transB, g.alpha, g.beta, 0);
+    // Large single products get misaligned sizes padded to multiples of 8 (zeros in the operands):
+    // the reduction length k (zero columns of one operand meet zero rows of the other), the output
+    // width n when C is overwritten whole (C is then computed into a twin), and the leading dimension
+    // of any large operand.
+    const single = batch === 1 && A.size === m * k && B.size === k * n;
+    const kk = single && k % 8 !== 0 && A.size + B.size >= PAD_MIN ? ceil8(k) : k;
+    const nn = single && whole && n % 8 !== 0 && m * n >= PAD_MIN ? ceil8(n) : n;
+    const layout = (x: CudaBuf, rows: number, cols: number, rowsTo: number, colsTo: number): PadLayout | null => {
+      const big = batch === 1 && x.size === rows * cols && x.size >= PAD_MIN;
+      return rowsTo > rows || colsTo > cols || (big && cols % 8 !== 0) ? { cols, ld: ceil8(cols), rows: rowsTo } : null;
+    };
+    const la = g.transA ? layout(A, k, m, kk, m) : layout(A, m, k, m, kk);
+    const lb = g.transB ? layout(B, n, k, nn, kk) : layout(B, k, n, kk, nn);
+    const pa = this.shadow(A, la), pb = this.shadow(B, lb);
+    let out = C, ldc = n;
+    if (nn > n) {
+      ldc = nn;
+      out = this.nat.malloc(m * nn * 4);
+      (c as CudaBuf).twin = { ptr: out, rows: m, cols: n, ld: nn };
+    }
+    this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch, m, nn, kk,
+      g.transA, g.transB, g.alpha, g.beta, 0);
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
     if (g.rows) { groupedMatmulByCopies(this, a, b, c, g); return; } // no fused gather/scatter kernel yet
@@ -399,23 +544,27 @@ export class CudaBackend implements Backend {
   }
 
   // ------------------------------------------------------------ NN kernels
+  /** Whether attention with head size D runs on the tensor-core kernels (reading bf16 shadows). */
+  private tensorCoreAttention(D: number): boolean {
+    return this.attnImpl === 0 && TC_HEAD_SIZES.has(D);
+  }
   softmax(x: Buf, out: Buf, rows: number, cols: number): void {
     this.dims('softmax', { rows, cols });
     const n = rows * cols;
-    this.nat.softmax(this.r('softmax', x, 'x', n), this.w('softmax', out, 'out', n), rows, cols);
+    this.nat.softmax(this.r('softmax', x, 'x', n), this.o('softmax', out, 'out', n), rows, cols);
   }
   softmaxBackward(y: Buf, gy: Buf, gx: Buf, rows: number, cols: number): void {
     const op = 'softmaxBackward';
     this.dims(op, { rows, cols });
     const n = rows * cols;
-    this.nat.softmaxBackward(this.r(op, y, 'y', n), this.r(op, gy, 'gy', n), this.w(op, gx, 'gx', n), rows, cols);
+    this.nat.softmaxBackward(this.r(op, y, 'y', n), this.r(op, gy, 'gy', n), this.o(op, gx, 'gx', n), rows, cols);
   }
   layerNorm(x: Buf, gamma: Buf, beta: Buf, y: Buf, mean: Buf, rstd: Buf, rows: number, cols: number, eps: number): void {
     const op = 'layerNorm';
     this.dims(op, { rows, cols });
     const n = rows * cols;
     this.nat.layerNorm(this.r(op, x, 'x', n), this.r(op, gamma, 'gamma', cols), this.r(op, beta, 'beta', cols),
-      this.w(op, y, 'y', n), this.w(op, mean, 'mean', rows), this.w(op, rstd, 'rstd', rows), rows, cols, eps);
+      this.o(op, y, 'y', n), this.o(op, mean, 'mean', rows), this.o(op, rstd, 'rstd', rows), rows, cols, eps);
   }
   layerNormBackward(x: Buf, gamma: Buf, mean: Buf, rstd: Buf, gy: Buf, gx: Buf, ggamma: Buf, gbeta: Buf,
     rows: number, cols: number): void {
@@ -423,14 +572,14 @@ export class CudaBackend implements Backend {
     this.dims(op, { rows, cols });
     const n = rows * cols;
     this.nat.layerNormBackward(this.r(op, x, 'x', n), this.r(op, gamma, 'gamma', cols), this.r(op, mean, 'mean', rows),
-      this.r(op, rstd, 'rstd', rows), this.r(op, gy, 'gy', n), this.w(op, gx, 'gx', n), this.w(op, ggamma, 'ggamma', cols),
+      this.r(op, rstd, 'rstd', rows), this.r(op, gy, 'gy', n), this.o(op, gx, 'gx', n), this.w(op, ggamma, 'ggamma', cols),
       this.w(op, gbeta, 'gbeta', cols), rows, cols);
   }
   embedding(table: Buf, ids: Buf, out: Buf, n: number, vocab: number, dim: number): void {
     const op = 'embedding';
     this.dims(op, { n, vocab, dim });
-    this.nat.gatherRows(this.r(op, table, 'table', vocab * dim), this.r(op, ids, 'ids', n, 'i32'),
-      this.w(op, out, 'out', n * dim), n, vocab, dim, op);
+    this.validated([out], () => this.nat.gatherRows(this.r(op, table, 'table', vocab * dim), this.r(op, ids, 'ids', n, 'i32'),
+      this.o(op, out, 'out', n * dim), n, vocab, dim, op));
   }
   embeddingBackward(gy: Buf, ids: Buf, gtable: Buf, n: number, vocab: number, dim: number): void {
     const op = 'embeddingBackward';
@@ -441,16 +590,21 @@ export class CudaBackend implements Backend {
   attention(qkv: Buf, out: Buf, lse: Buf, B: number, T: number, H: number, D: number, causal: boolean, scale: number): void {
     const op = 'attention';
     this.dims(op, { B, T, H, D });
-    this.nat.attention(this.r(op, qkv, 'qkv', B * T * 3 * H * D), this.w(op, out, 'out', B * T * H * D),
-      this.w(op, lse, 'lse', B * H * T), B, T, H, D, causal, scale, this.attnImpl);
+    const tc = this.tensorCoreAttention(D);
+    const q = this.r(op, qkv, 'qkv', B * T * 3 * H * D), q16 = tc ? this.shadow(qkv as CudaBuf) : 0;
+    this.nat.attention(q, q16, this.o(op, out, 'out', B * T * H * D), this.o(op, lse, 'lse', B * H * T), B, T, H, D, causal,
+      scale, tc ? 0 : 1);
   }
   attentionBackward(qkv: Buf, out: Buf, lse: Buf, gout: Buf, gqkv: Buf, B: number, T: number, H: number, D: number,
     causal: boolean, scale: number): void {
     const op = 'attentionBackward';
     this.dims(op, { B, T, H, D });
     const nq = B * T * 3 * H * D, no = B * T * H * D;
-    this.nat.attentionBackward(this.r(op, qkv, 'qkv', nq), this.r(op, out, 'out', no), this.r(op, lse, 'lse', B * H * T),
-      this.r(op, gout, 'gout', no), this.w(op, gqkv, 'gqkv', nq), B, T, H, D, causal, scale, this.attnImpl);
+    const tc = this.tensorCoreAttention(D);
+    const q = this.r(op, qkv, 'qkv', nq), q16 = tc ? this.shadow(qkv as CudaBuf) : 0;
+    const go = this.r(op, gout, 'gout', no), go16 = tc ? this.shadow(gout as CudaBuf) : 0;
+    this.nat.attentionBackward(q, q16, this.r(op, out, 'out', no), this.r(op, lse, 'lse', B * H * T), go, go16,
+      this.o(op, gqkv, 'gqkv', nq), B, T, H, D, causal, scale, tc ? 0 : 1);
   }
   attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Int32Array, B: number, T: number, H: number,
     D: number, Tmax: number, scale: number): void {
@@ -459,32 +613,34 @@ export class CudaBackend implements Backend {
     checkCachePositions(pos, B, T, Tmax);
     const nc = B * H * Tmax * D;
     this.nat.attentionCached(this.r(op, qkv, 'qkv', B * T * 3 * H * D), this.w(op, kCache, 'kCache', nc),
-      this.w(op, vCache, 'vCache', nc), this.w(op, out, 'out', B * T * H * D), Int32Array.from(pos), B, T, H, D, Tmax, scale);
+      this.w(op, vCache, 'vCache', nc), this.o(op, out, 'out', B * T * H * D), Int32Array.from(pos), B, T, H, D, Tmax, scale);
   }
   dropout(x: Buf, out: Buf, p: number, seed: number): void {
     const n = this.buf('dropout', x, 'x').size;
     need('dropout', this.buf('dropout', out, 'out').size === n, () => 'sizes differ');
     need('dropout', p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
-    this.nat.dropout(this.r('dropout', x, 'x'), this.w('dropout', out, 'out'), n, p, seed >>> 0);
+    this.nat.dropout(this.r('dropout', x, 'x'), this.o('dropout', out, 'out', n), n, p, seed >>> 0);
   }
   dropoutBackward(gy: Buf, gx: Buf, p: number, seed: number): void {
     const op = 'dropoutBackward';
     const n = this.buf(op, gy, 'gy').size;
     need(op, this.buf(op, gx, 'gx').size === n, () => 'sizes differ');
     need(op, p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
-    this.nat.dropout(this.r(op, gy, 'gy'), this.w(op, gx, 'gx'), n, p, seed >>> 0);
+    this.nat.dropout(this.r(op, gy, 'gy'), this.o(op, gx, 'gx', n), n, p, seed >>> 0);
   }
   crossEntropy(logits: Buf, targets: Buf, losses: Buf, lse: Buf, N: number, V: number): void {
     const op = 'crossEntropy';
     this.dims(op, { N, V });
-    this.nat.crossEntropy(this.r(op, logits, 'logits', N * V), this.r(op, targets, 'targets', N, 'i32'),
-      this.w(op, losses, 'losses', N), this.w(op, lse, 'lse', N), N, V);
+    const x = this.rowsIn(op, logits, 'logits', N, V);
+    this.validated([losses, lse], () => this.nat.crossEntropy(x.ptr, x.ld, this.r(op, targets, 'targets', N, 'i32'),
+      this.o(op, losses, 'losses', N), this.o(op, lse, 'lse', N), N, V));
   }
   crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number): void {
     const op = 'crossEntropyBackward';
     this.dims(op, { N, V });
-    this.nat.crossEntropyBackward(this.r(op, logits, 'logits', N * V), this.r(op, targets, 'targets', N, 'i32'),
-      this.r(op, lse, 'lse', N), this.r(op, gloss, 'gloss', N), this.w(op, glogits, 'glogits', N * V), N, V);
+    const x = this.rowsIn(op, logits, 'logits', N, V);
+    this.validated([glogits], () => this.nat.crossEntropyBackward(x.ptr, x.ld, this.r(op, targets, 'targets', N, 'i32'),
+      this.r(op, lse, 'lse', N), this.r(op, gloss, 'gloss', N), this.o(op, glogits, 'glogits', N * V), N, V));
   }
   adamw(p: Buf, g: Buf, m: Buf, v: Buf, a: AdamWArgs): void {
     const op = 'adamw';
@@ -501,13 +657,14 @@ export class CudaBackend implements Backend {
     const op = 'topk';
     this.dims(op, { rows, cols, k });
     need(op, k <= cols, () => `k ${k} > cols ${cols}`);
-    this.nat.topk(this.r(op, x, 'x', rows * cols), this.w(op, values, 'values', rows * k),
-      this.w(op, indices, 'indices', rows * k, 'i32'), rows, cols, k);
+    this.nat.topk(this.r(op, x, 'x', rows * cols), this.o(op, values, 'values', rows * k),
+      this.o(op, indices, 'indices', rows * k, 'i32'), rows, cols, k);
   }
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     const op = 'gatherRows';
     this.dims(op, { m, n, d });
-    this.nat.gatherRows(this.r(op, x, 'x', n * d), this.r(op, idx, 'idx', m, 'i32'), this.w(op, out, 'out', m * d), m, n, d, op);
+    this.validated([out], () => this.nat.gatherRows(this.r(op, x, 'x', n * d), this.r(op, idx, 'idx', m, 'i32'),
+      this.o(op, out, 'out', m * d), m, n, d, op));
   }
   scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     const op = 'scatterAddRows';
@@ -518,7 +675,7 @@ export class CudaBackend implements Backend {
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void {
     const op = 'rowDot';
     this.dims(op, { rows, cols });
-    this.nat.rowDot(this.r(op, a, 'a', rows * cols), this.r(op, b, 'b', rows * cols), this.w(op, out, 'out', rows), rows, cols);
+    this.nat.rowDot(this.r(op, a, 'a', rows * cols), this.r(op, b, 'b', rows * cols), this.o(op, out, 'out', rows), rows, cols);
   }
 }
 
