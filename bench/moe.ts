@@ -1,6 +1,6 @@
 /**
  * `npm run bench:moe`: the MoE FFN against the dense FFN, forward + backward, on one backend, side by
- * side in one run, at d_model 768, d_ff 3072, 8192 tokens, n_expert 32/64/96 and active ratios
+ * side in one run, at d_model 768, d_ff 3072, 8192 tokens, n_expert 32/48/64/96 and active ratios
  * 1/8, 1/4, 1/2, 1; then the time to MoEfy 12 such layers (balanced k-means by auction).
  * Usage: node dist/bench/moe.js [--backend cpu] [--quick] [--json out.json]
  */
@@ -49,7 +49,7 @@ const dense = step(() => ffnDense(x, p, 'relu'));
 console.log(`dense FFN: ${dense.toFixed(1)} ms`);
 const rows: Record<string, unknown>[] = [];
 const wIn = p.w_in.toArray() as Float32Array;
-for (const E of quick ? [32] : [32, 64, 96]) {
+for (const E of quick ? [32] : [32, 48, 64, 96]) { // 48: the default expert size of 64 neurons
   const router = T.tensor(centroidRouter(wIn, dff, dm, E), [dm, E]).keep();
   router.requiresGrad = true;
   for (const ratio of [1 / 8, 1 / 4, 1 / 2, 1]) {

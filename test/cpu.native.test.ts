@@ -356,7 +356,7 @@ describe('cpu backend: memory and errors', () => {
     assert.throws(() => cpu.download(b), /freed/);
   });
   it('out-of-range ids / targets / indices throw, naming the kernel and the value', () => {
-    const t = put(cpu, new Float32Array(12)), o = cpu.alloc('f32', 12);
+    const t = put(cpu, new Float32Array(12)), o = cpu.alloc('f32', 16);
     const ids = put(cpu, [0, 5, 1], 'i32'), tg = put(cpu, [0, -2], 'i32'), l = cpu.alloc('f32', 2);
     assert.throws(() => cpu.embedding(t, ids, o, 3, 3, 4), /embedding: index 5 is outside \[0, 3\) \(at position 1\)/);
     assert.throws(() => cpu.embeddingBackward(o, ids, t, 3, 3, 4), /embeddingBackward: index 5 is outside/);
@@ -364,6 +364,13 @@ describe('cpu backend: memory and errors', () => {
     assert.throws(() => cpu.gatherRows(t, ids, o, 3, 3, 4), /gatherRows: index 5 is outside/);
     assert.throws(() => cpu.scatterAddRows(o, ids, t, 3, 3, 4), /scatterAddRows: index 5 is outside/);
     assert.throws(() => cpu.softmax(t, o, 4, 4), /cpu.softmax: x has 12 elements, needs 16/);
+    // Row-indexed grouped products: an index entry outside the buffer, too few entries, beta ≠ 1 with a scatter.
+    const g = (rows: { a?: Buf; c?: Buf }, beta = 0, m = 3) => cpu.groupedMatmul(t, t, o,
+      { problems: Int32Array.from([m, 2, 2, 0, 4, 0, 4, 0, 4]), transA: false, transB: true, alpha: 1, beta, rows });
+    assert.throws(() => g({ a: ids }), /groupedMatmul: group 0: A: index entry 1 = 5 is outside the buffer/);
+    assert.throws(() => g({ a: ids }, 0, 4), /group 0: A: needs index entries up to 4, the index has 3/);
+    assert.throws(() => g({ c: tg }, 1, 2), /group 0: C: index entry 1 = -2 is outside the buffer/);
+    assert.throws(() => g({ c: ids }), /a scattered C \(rows.c\) accumulates, beta must be 1/);
     for (const x of [t, o, ids, tg, l]) cpu.free(x);
   });
   it('bf16: upload/cast round to nearest even, NaN and inf preserved', () => {
