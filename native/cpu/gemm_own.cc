@@ -193,12 +193,13 @@ SSD_AVX512 static void pack_b_avx512(bool transB, const float* B, int64_t ldb, i
   }
 }
 
-// R x NR micro-kernel (R <= MR rows computed). Ap: kc x MR packed (row stride MR), Bp: kc x NR
-// packed (64-byte aligned). Writes rows [0, m) (m <= R) and columns [0, n) of the tile at C:
-// C = alpha*acc + beta*C, or alpha*acc when beta_zero (C not read). The arithmetic per element is
-// the same for every R, so the variant used for an edge tile never changes results.
-template <int R>
-SSD_AVX512 static void kernel_avx512(int64_t kc, const float* __restrict Ap, const float* __restrict Bp,
+// R x NR micro-kernel (R <= MR rows computed). A: kc x MR packed (row stride MR) or, with RowMajorA,
+// op(A)'s R rows read in place (A[i * lda + k]); Bp: kc x NR packed (64-byte aligned). Writes rows
+// [0, m) (m <= R) and columns [0, n) of the tile at C: C = alpha*acc + beta*C, or alpha*acc when
+// beta_zero (C not read). The arithmetic per element is the same for every R and both A layouts, so
+// the variant used for a tile never changes results.
+template <int R, bool RowMajorA>
+SSD_AVX512 static void kernel_avx512(int64_t kc, const float* __restrict Ap, int64_t lda, const float* __restrict Bp,
                                      float* C, int64_t ldc, int64_t m, int64_t n, float alpha, float beta,
                                      bool beta_zero) {
   // Prefetch the C tile (read for beta != 0, written in any case) while the FMAs run.
@@ -218,11 +219,11 @@ SSD_AVX512 static void kernel_avx512(int64_t kc, const float* __restrict Ap, con
     for (int v = 0; v < NV; ++v) b[v] = _mm512_load_ps(Bp + 16 * v);
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      const __m512 a = _mm512_set1_ps(Ap[i]);
+      const __m512 a = _mm512_set1_ps(RowMajorA ? Ap[i * lda + k] : Ap[i]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
     }
-    Ap += MR;
+    if (!RowMajorA) Ap += MR;
     Bp += NR;
   }
 
@@ -259,27 +260,42 @@ static inline int64_t k_block(int64_t K) {
   return std::min<int64_t>(kc, KC);
 }
 
-using KernelFn = void (*)(int64_t, const float*, const float*, float*, int64_t, int64_t, int64_t, float, float,
-                         bool);
+using KernelFn = void (*)(int64_t, const float*, int64_t, const float*, float*, int64_t, int64_t, int64_t, float,
+                         float, bool);
 
 template <int... Rs>
 struct KernelTable {
-  static constexpr KernelFn fns[sizeof...(Rs)] = {&kernel_avx512<Rs>...};
+  static constexpr KernelFn packed[sizeof...(Rs)] = {&kernel_avx512<Rs, false>...};
+  static constexpr KernelFn row_major[sizeof...(Rs)] = {&kernel_avx512<Rs, true>...};
 };
 template <int... Rs>
-constexpr KernelFn KernelTable<Rs...>::fns[sizeof...(Rs)];
+constexpr KernelFn KernelTable<Rs...>::packed[sizeof...(Rs)];
+template <int... Rs>
+constexpr KernelFn KernelTable<Rs...>::row_major[sizeof...(Rs)];
 
 template <int... I>
 static constexpr auto make_table(std::integer_sequence<int, I...>) {
   return KernelTable<(I + 1)...>{};
 }
-// kernels[r - 1] computes r rows (r = 1 .. MR).
+// packed[r - 1] / row_major[r - 1] compute r rows (r = 1 .. MR).
 using Kernels = decltype(make_table(std::make_integer_sequence<int, MR>{}));
 
-static inline void run_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t m,
-                              int64_t n, float alpha, float beta, bool beta_zero) {
-  Kernels::fns[m - 1](kc, Ap, Bp, C, ldc, m, n, alpha, beta, beta_zero);
+// The A operand of a micro-kernel call: a packed micro-panel (lda unused), or rows of A in place.
+struct APanel {
+  const float* p;
+  int64_t lda;
+  bool row_major;
+};
+
+static inline void run_kernel(int64_t kc, APanel a, const float* Bp, float* C, int64_t ldc, int64_t m, int64_t n,
+                              float alpha, float beta, bool beta_zero) {
+  (a.row_major ? Kernels::row_major : Kernels::packed)[m - 1](kc, a.p, a.lda, Bp, C, ldc, m, n, alpha, beta, beta_zero);
 }
+
+// Skinny products (few columns: MoE expert products, n = expert size) read A in place instead of
+// packing it: each packed A element would serve only n / NR micro-kernel calls, so packing (a 16x16
+// transpose per block) cost a quarter of the time at n = 64. Same arithmetic, so same bits.
+constexpr int64_t kRowMajorAMaxN = 2 * NR;
 
 // Full blocked GEMM on the sub-matrix C[m0:m1, n0:n1] (single thread).
 SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, int64_t m1, int64_t n0,
@@ -290,7 +306,8 @@ SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, i
   const int64_t kc_max = std::min<int64_t>(kcb, K);
   const int64_t nc_max = std::min<int64_t>(NC, ((n1 - n0 + NR - 1) / NR) * NR);
   const int64_t mc_max = std::min<int64_t>(MC, ((m1 - m0 + MR - 1) / MR) * MR);
-  float* ap = buf_a().get(size_t(kc_max * mc_max));
+  const bool row_major_a = !transA && n1 - n0 <= kRowMajorAMaxN;
+  float* ap = row_major_a ? nullptr : buf_a().get(size_t(kc_max * mc_max));
 
   if (m1 - m0 <= MC) {
     // One MC block: pack A once per K block and pack each B micro-panel right before its use
@@ -302,13 +319,14 @@ SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, i
       const bool first = (pc == 0);
       const bool bz = first && beta == 0.0f;
       const float be = first ? beta : 1.0f;
-      pack_a_avx512(transA, A, lda, m0, mc, pc, kc, ap);
+      if (!row_major_a) pack_a_avx512(transA, A, lda, m0, mc, pc, kc, ap);
       for (int64_t jr = n0; jr < n1; jr += NR) {
         const int64_t nr = std::min<int64_t>(NR, n1 - jr);
         pack_b_avx512(transB, B, ldb, pc, kc, jr, nr, bp);
         for (int64_t ir = 0; ir < mc; ir += MR) {
           const int64_t mr = std::min<int64_t>(MR, mc - ir);
-          run_kernel(kc, ap + ir * kc, bp, C + (m0 + ir) * ldc + jr, ldc, mr, nr, alpha, be, bz);
+          const APanel a = row_major_a ? APanel{A + (m0 + ir) * lda + pc, lda, true} : APanel{ap + ir * kc, 0, false};
+          run_kernel(kc, a, bp, C + (m0 + ir) * ldc + jr, ldc, mr, nr, alpha, be, bz);
         }
       }
     }
@@ -327,13 +345,14 @@ SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, i
       pack_b_avx512(transB, B, ldb, pc, kc, jc, nc, bp);
       for (int64_t ic = m0; ic < m1; ic += MC) {
         const int64_t mc = std::min<int64_t>(MC, m1 - ic);
-        pack_a_avx512(transA, A, lda, ic, mc, pc, kc, ap);
+        if (!row_major_a) pack_a_avx512(transA, A, lda, ic, mc, pc, kc, ap);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t nr = std::min<int64_t>(NR, nc - jr);
           const float* bpanel = bp + jr * kc;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
-            run_kernel(kc, ap + ir * kc, bpanel, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, alpha, be, bz);
+            const APanel a = row_major_a ? APanel{A + (ic + ir) * lda + pc, lda, true} : APanel{ap + ir * kc, 0, false};
+            run_kernel(kc, a, bpanel, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, alpha, be, bz);
           }
         }
       }
