@@ -307,10 +307,18 @@ Napi::Value MatmulFn(const Napi::CallbackInfo& info) {
     sgemm(ta, tb, m, n, k, alpha, A.p + b * sA, lda, Bm.p + b * sB, ldb, beta, C.p + b * sC, n);
   return Undef(info);
 }
-// Optional i32 index argument (null or undefined: absent).
-View<int32_t> opt_index(const Napi::CallbackInfo& info, size_t i, const char* fn) {
-  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return {nullptr, 0};
-  return arr<int32_t>(info, i, fn);
+// Optional i32 index argument (null or undefined: absent). An empty array is present, with no entries
+// (its data pointer may be null, so presence is a separate flag).
+struct Index {
+  View<int32_t> v{nullptr, 0};
+  bool present = false;
+};
+Index opt_index(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return {};
+  static int32_t no_entries = 0;
+  Index r{arr<int32_t>(info, i, fn), true};
+  if (!r.v.p) r.v.p = &no_entries;
+  return r;
 }
 
 Napi::Value GroupedMatmulFn(const Napi::CallbackInfo& info) {
@@ -321,27 +329,31 @@ Napi::Value GroupedMatmulFn(const Napi::CallbackInfo& info) {
   auto P = arr<int32_t>(info, 3, fn);
   bool ta = flag(info, 4), tb = flag(info, 5);
   float alpha = (float)num(info, 6, fn), beta = (float)num(info, 7, fn);
-  auto RA = opt_index(info, 8, fn), RB = opt_index(info, 9, fn), RC = opt_index(info, 10, fn);
+  const Index RA = opt_index(info, 8, fn), RB = opt_index(info, 9, fn), RC = opt_index(info, 10, fn);
   if (P.n % 9 != 0) throw ArgError("groupedMatmul: problems length must be a multiple of 9");
-  if (RC.p && beta != 1.f) throw ArgError("groupedMatmul: a scattered C (rows.c) accumulates, beta must be 1");
+  if (RC.present && beta != 1.f) throw ArgError("groupedMatmul: a scattered C (rows.c) accumulates, beta must be 1");
   const int64_t G = P.n / 9;
-  // Validate every group before running any: a stored block (rows × cols from element `off`, leading
-  // dimension ld) lies inside its buffer, directly or through every index entry it uses.
-  auto check = [&](const std::string& tag, const char* what, int64_t rows, int64_t cols, int64_t off, int64_t ld,
-                   int64_t size, const View<int32_t>& idx) {
+  // Validate every group before running any (the rules of GroupedMatmulArgs, as the ref backend applies
+  // them): a stored block (rows × cols from element `off`, leading dimension ld) lies inside its buffer;
+  // through an index, the groups that use the operand share one ld, the block's columns fit in it, and
+  // its index positions exist. Then every entry of each index must be a whole row of its buffer.
+  int64_t shared_ld[3] = {-1, -1, -1};  // A, B, C
+  auto check = [&](const std::string& tag, int which, int64_t rows, int64_t cols, int64_t off, int64_t ld, int64_t size,
+                   const Index& idx) {
+    const char* what = which == 0 ? "A" : which == 1 ? "B" : "C";
     if (ld < cols) throw ArgError(tag + what + ": leading dimension < columns");
-    if (!idx.p) {
+    if (!idx.present) {
       if (off + (rows - 1) * ld + cols > size) throw ArgError(tag + what + " out of range");
       return;
     }
+    if (shared_ld[which] >= 0 && shared_ld[which] != ld)
+      throw ArgError(tag + "indexed " + what + " needs one leading dimension for all groups (" +
+                     std::to_string(shared_ld[which]) + " and " + std::to_string(ld) + ")");
+    shared_ld[which] = ld;
     const int64_t r0 = off / ld, c0 = off % ld;
     if (c0 + cols > ld) throw ArgError(tag + what + ": columns run past the leading dimension");
-    if (r0 + rows > idx.n) throw ArgError(tag + what + ": needs index entries up to " + std::to_string(r0 + rows) +
-                                          ", the index has " + std::to_string(idx.n));
-    for (int64_t r = r0; r < r0 + rows; ++r)
-      if (idx.p[r] < 0 || (int64_t)idx.p[r] * ld + c0 + cols > size)
-        throw ArgError(tag + what + ": index entry " + std::to_string(r) + " = " + std::to_string(idx.p[r]) +
-                       " is outside the buffer");
+    if (r0 + rows > idx.v.n) throw ArgError(tag + what + ": needs index entries up to " + std::to_string(r0 + rows) +
+                                            ", the index has " + std::to_string(idx.v.n));
   };
   for (int64_t g = 0; g < G; ++g) {
     const int32_t* p = P.p + 9 * g;
@@ -349,12 +361,23 @@ Napi::Value GroupedMatmulFn(const Napi::CallbackInfo& info) {
     std::string tag = "groupedMatmul: group " + std::to_string(g) + ": ";
     if (m < 0 || n < 0 || k < 0 || oa < 0 || ob < 0 || oc < 0) throw ArgError(tag + "negative size or offset");
     if (m == 0 || n == 0) continue;
-    check(tag, "C", m, n, oc, ldc, C.n, RC);
+    check(tag, 2, m, n, oc, ldc, C.n, RC);
     if (k == 0) continue;
-    check(tag, "A", ta ? k : m, ta ? m : k, oa, lda, A.n, RA);
-    check(tag, "B", tb ? n : k, tb ? k : n, ob, ldb, Bm.n, RB);
+    check(tag, 0, ta ? k : m, ta ? m : k, oa, lda, A.n, RA);
+    check(tag, 1, tb ? n : k, tb ? k : n, ob, ldb, Bm.n, RB);
   }
-  sgemm_grouped(ta, tb, P.p, G, A.p, Bm.p, C.p, alpha, beta, GemmRows{RA.p, RB.p, RC.p});
+  const struct { const Index& idx; int64_t size; const char* what; } indexed[3] = {{RA, A.n, "A"}, {RB, Bm.n, "B"}, {RC, C.n, "C"}};
+  for (int w = 0; w < 3; ++w) {
+    if (!indexed[w].idx.present || shared_ld[w] < 0) continue;
+    const int64_t rows_in_buffer = indexed[w].size / shared_ld[w];
+    for (int64_t r = 0; r < indexed[w].idx.v.n; ++r)
+      if (indexed[w].idx.v.p[r] < 0 || indexed[w].idx.v.p[r] >= rows_in_buffer)
+        throw ArgError(std::string("groupedMatmul: rows.") + (char)('a' + w) + " entry " + std::to_string(r) + " = " +
+                       std::to_string(indexed[w].idx.v.p[r]) + " is outside the " + std::to_string(rows_in_buffer) +
+                       " rows of " + indexed[w].what);
+  }
+  sgemm_grouped(ta, tb, P.p, G, A.p, Bm.p, C.p, alpha, beta,
+                GemmRows{RA.present ? RA.v.p : nullptr, RB.present ? RB.v.p : nullptr, RC.present ? RC.v.p : nullptr});
   return Undef(info);
 }
 

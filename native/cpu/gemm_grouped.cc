@@ -2,13 +2,14 @@
 // into the products' input and the scatter-add into their output (MegaBlocks-style; SSD method page
 // §4.5). Without the fusion an MoE FFN at top-k materialises k copies of its (N, d_model) input, output
 // and their gradients; here only blocks of at most kChunk gathered rows exist at a time, in
-// thread-local buffers that stay in cache, and products are added back through the index.
+// per-task buffers that stay in cache, and products are added back through the index.
 //
 // Per group, an indexed dimension is cut into fixed chunks of kChunk (M when A's rows (no transA) or
 // C's rows are indexed; K when A is indexed with transA or B without transB; N when B is indexed with
-// transB); each chunk gathers its blocks and runs one single-threaded product. Chunk boundaries never
-// depend on the thread count, and a scattered row is added in group order, rows in increasing order,
-// by one thread, so results are bit-identical for any thread count.
+// transB); each chunk gathers its blocks and runs one single-threaded product. M and K chunk boundaries
+// never depend on the thread count (N chunks start where a thread's columns start, but output columns
+// are computed independently), and a scattered element is added in group order, rows in increasing
+// order, by the one thread that owns its C column, so results are bit-identical for any thread count.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -21,7 +22,8 @@
 namespace ssd {
 namespace {
 
-constexpr int64_t kChunk = 336;  // gathered rows per block: the own kernel's MC (one A block per chunk)
+constexpr int64_t kChunk = 336;  // gathered rows per block: 24 of the own kernel's 14-row micro-tiles (its default MC)
+constexpr int64_t kColBlock = 32;  // columns per parallel task: the own kernel's default micro-tile width
 
 struct Group {
   int64_t m, n, k, offA, lda, offB, ldb, offC, ldc;
@@ -38,8 +40,9 @@ struct Operand {
   }
 };
 
+// ld == 0 only for operands a group never reads (k == 0).
 Operand operand(const float* base, int64_t off, int64_t ld, const int32_t* rows) {
-  return {base, ld, rows, off / ld, off % ld};
+  return ld > 0 ? Operand{base, ld, rows, off / ld, off % ld} : Operand{base, 0, rows, 0, 0};
 }
 
 // Copies stored rows [r0, r1) × columns [c0, c1) of `op` into buf (ld c1 - c0); returns buf.
@@ -116,6 +119,7 @@ void run_small(bool transA, bool transB, const std::vector<Group>& groups, const
                float alpha, float beta, const GemmRows& rows) {
   int64_t packedA = 0, packedC = 0;
   for (const Group& g : groups) {
+    if (g.m == 0 || g.n == 0) continue;
     if (rows.a) packedA += g.m * g.k;
     if (rows.c) packedC += g.m * g.n;
   }
@@ -157,12 +161,12 @@ void sgemm_grouped(bool transA, bool transB, const int32_t* problems, int64_t G,
                    float* C, float alpha, float beta, const GemmRows& rows) {
   std::vector<Group> groups((size_t)G);
   std::vector<double> upto((size_t)G + 1, 0.0);  // cumulative FLOPs
-  int64_t maxN = 0;
+  int64_t maxCol = 0;  // one past the last C column any group writes
   bool small = cpu_has_avx512() && !(rows.a && transA) && !rows.b;
   for (int64_t g = 0; g < G; ++g) {
     const int32_t* p = problems + 9 * g;
     groups[(size_t)g] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
-    maxN = std::max<int64_t>(maxN, p[1]);
+    maxCol = std::max<int64_t>(maxCol, (p[8] > 0 ? p[7] % p[8] : 0) + p[1]);
     upto[(size_t)g + 1] = upto[(size_t)g] + (double)p[0] * p[1] * std::max(p[2], 1);
     small = small && p[0] <= kSmallM;
   }
@@ -175,12 +179,16 @@ void sgemm_grouped(bool transA, bool transB, const int32_t* problems, int64_t G,
   }
   const int threads = pool().size();
   if (rows.c || (int64_t)G < 2 * threads) {
-    // Threads own ranges of 32-column blocks (the kernel's NR) of every group's output: a scattered
-    // row may be shared by groups, so no two threads may write the same row.
-    parallel_for((maxN + 31) / 32, 1, [&](int64_t b0, int64_t b1) {
+    // Threads own ranges of blocks of C's columns (absolute columns of its rows, so groups that start
+    // at different columns still never share an element between threads): a scattered row may be
+    // hit by several groups.
+    parallel_for((maxCol + kColBlock - 1) / kColBlock, 1, [&](int64_t b0, int64_t b1) {
       Buffers buf;
-      for (const Group& g : groups)
-        run_group(transA, transB, g, std::min(g.n, b0 * 32), std::min(g.n, b1 * 32), A, B, C, alpha, beta, rows, buf);
+      for (const Group& g : groups) {
+        const int64_t col0 = g.ldc > 0 ? g.offC % g.ldc : 0;
+        const auto clamp = [&](int64_t c) { return std::min(g.n, std::max<int64_t>(0, c - col0)); };
+        run_group(transA, transB, g, clamp(b0 * kColBlock), clamp(b1 * kColBlock), A, B, C, alpha, beta, rows, buf);
+      }
     });
     return;
   }

@@ -27,7 +27,7 @@ bool spin_until(F done) {
   const auto budget = spin_budget();
   if (budget.count() == 0) return false;
   const auto end = std::chrono::steady_clock::now() + budget;
-  for (int i = 1;; ++i) {
+  for (uint64_t i = 1;; ++i) {
     if (done()) return true;
     if ((i & 63) == 0) {
       if (std::chrono::steady_clock::now() > end) return done();
@@ -122,7 +122,7 @@ void ThreadPool::loop(int t, uint64_t seen) {
   t_in_parallel = true;
   for (;;) {
     bool mine;
-    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
+    spin_until([&] { return quit_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lk(mu_);
       cv_.wait(lk, [&] { return quit_ || generation_.load() != seen; });

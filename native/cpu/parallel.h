@@ -54,7 +54,7 @@ class ThreadPool {
   int64_t total_ = 0, chunks_ = 0;
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};  // written under mu_, read by spinning threads without it
-  bool quit_ = false;
+  std::atomic<bool> quit_{false};  // written under mu_, read by spinning workers without it
   std::exception_ptr error_;
 };
 

@@ -73,7 +73,7 @@ export interface MatmulArgs {
  * transA), and B_g at offB_g with ldb_g (stored (k_g, n_g), or (n_g, k_g) when transB).
  * `problems` holds 9 ints per group: [m, n, k, offA, lda, offB, ldb, offC, ldc]. Groups with m, n or
  * k = 0 are allowed (k = 0 with beta = 0 writes zeros). Output regions of different groups must not
- * overlap (unless C is scattered through `rows.c`).
+ * overlap (with `rows.c`: in the virtual C; several of its rows may still map to one row of C).
  */
 export interface GroupedMatmulArgs {
   problems: Int32Array;
@@ -86,9 +86,10 @@ export interface GroupedMatmulArgs {
    * With `rows.a`, A is read as the virtual matrix whose stored row j is A's row rows.a[j]: a group's
    * offA then addresses that virtual matrix (stored row offA / lda, column offA % lda). Likewise B
    * through `rows.b`. With `rows.c`, each output row j of the virtual C is ADDED to C's row rows.c[j]
-   * (beta must be 1; several rows may hit one row of C; added in group order, rows ascending). An
-   * indexed operand's groups all use the same leading dimension, which is also its row length in
-   * the real buffer. Throws on an index outside the buffer.
+   * (beta must be 1; several rows may hit one row of C; added in group order, rows ascending). The
+   * groups that use an indexed operand (C: m, n > 0; A, B: also k > 0) share one leading dimension,
+   * which is also its row length in the real buffer (whose whole rows, floor(size / ld), are the valid
+   * indices). Throws when any entry of an index is outside those rows.
    */
   rows?: { a?: Buf; b?: Buf; c?: Buf };
 }

@@ -7,11 +7,18 @@
  */
 import type { Backend, Buf, GroupedMatmulArgs } from './contract.js';
 
-/** The leading dimension shared by the groups of one operand (entry `at` of each 9-int problem). */
+/**
+ * The leading dimension shared by the groups that use one operand (entry `at` of each 9-int problem;
+ * a group uses C when m, n > 0, and A and B when also k > 0), or 0 when no group uses it.
+ */
 function sharedLd(p: Int32Array, at: number, what: string): number {
-  const ld = p[at]!;
-  for (let q = at; q < p.length; q += 9) {
-    if (p[q] !== ld) throw new Error(`groupedMatmul: indexed ${what} needs one leading dimension for all groups (${ld} and ${p[q]})`);
+  let ld = 0;
+  for (let q = 0; q < p.length; q += 9) {
+    if (p[q] === 0 || p[q + 1] === 0 || (at !== 8 && p[q + 2] === 0)) continue;
+    if (ld > 0 && p[q + at] !== ld) {
+      throw new Error(`groupedMatmul: group ${q / 9}: indexed ${what} needs one leading dimension for all groups (${ld} and ${p[q + at]})`);
+    }
+    ld = p[q + at]!;
   }
   return ld;
 }
@@ -23,12 +30,12 @@ function sharedLd(p: Int32Array, at: number, what: string): number {
 export function groupedMatmulByCopies(be: Backend, a: Buf, b: Buf, c: Buf, args: GroupedMatmulArgs): void {
   const { rows, ...plain } = args;
   const p = args.problems;
+  if (rows?.c && args.beta !== 1) throw new Error(`groupedMatmul: a scattered C (rows.c) accumulates, beta must be 1 (got ${args.beta})`);
   if (!rows || p.length === 0) { be.groupedMatmul(a, b, c, plain); return; }
-  if (rows.c && args.beta !== 1) throw new Error(`groupedMatmul: a scattered C (rows.c) accumulates, beta must be 1 (got ${args.beta})`);
   const temps: Buf[] = [];
   const gathered = (x: Buf, idx: Buf | undefined, at: number, what: string): Buf => {
-    if (!idx) return x;
-    const ld = sharedLd(p, at, what);
+    const ld = idx ? sharedLd(p, at, what) : 0;
+    if (!idx || ld === 0) return x;
     const copy = be.alloc('f32', idx.size * ld); // (idx.size, ld): virtual row j = x's row idx[j]
     temps.push(copy);
     be.gatherRows(x, idx, copy, idx.size, Math.floor(x.size / ld), ld);
@@ -38,6 +45,7 @@ export function groupedMatmulByCopies(be: Backend, a: Buf, b: Buf, c: Buf, args:
     const A = gathered(a, rows.a, 4, 'A'), B = gathered(b, rows.b, 6, 'B');
     if (!rows.c) { be.groupedMatmul(A, B, c, plain); return; }
     const ldc = sharedLd(p, 8, 'C');
+    if (ldc === 0) { be.groupedMatmul(A, B, c, plain); return; }
     const C = be.alloc('f32', rows.c.size * ldc); // (rows.c.size, ldc), zero-filled
     temps.push(C);
     be.groupedMatmul(A, B, C, { ...plain, beta: 0 });
