@@ -73,6 +73,9 @@ export function scatterAddRows(src: Tensor, idx: Tensor, n: number): Tensor {
 export function routerGate(h: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
   const b = backendOf('routerGate', h, s, rowSlot);
   expectRank('routerGate', h, 2, 'h');
+  expectRank('routerGate', s, 2, 's');
+  expectDtype('routerGate', h, 'f32', 'h');
+  expectDtype('routerGate', s, 'f32', 's');
   expectDtype('routerGate', rowSlot, 'i32', 'rowSlot');
   const [M, d] = h.shape as [number, number];
   if (rowSlot.size !== M) throw new Error(`routerGate: ${M} rows but ${rowSlot.size} slots`);
