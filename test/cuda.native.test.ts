@@ -1,10 +1,10 @@
 /**
  * Tests specific to the cuda backend (skipped without a device): sizes that take the tiled / tensor-core
- * paths (GEMM, grouped GEMM with many groups, flash attention at D 32/64/128, KV-cache attention,
- * LayerNorm, cross-entropy over a GPT-2 vocabulary, reductions) compared with the cpu backend;
- * determinism (same bits twice); exact ops (top-k with ties and NaN, dropout masks, embedding
- * gradients); errors (bad ids, out of memory); memory accounting; and the loss curve of a short
- * training run on cpu and cuda.
+ * paths (GEMM, grouped GEMM with many groups and with row indices, a MoE layer forward and backward,
+ * flash attention at D 32/64/128, KV-cache attention, LayerNorm, cross-entropy over a GPT-2
+ * vocabulary, reductions) compared with the cpu backend; determinism (same bits twice); exact ops
+ * (top-k with ties and NaN, dropout masks, embedding gradients); errors (bad ids and row indices, out
+ * of memory); memory accounting; and the loss curve of a short training run on cpu and cuda.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -13,6 +13,7 @@ import { createCpuBackend } from '../src/backend/cpu/index.js';
 import { createCudaBackend, cudaUnavailableReason, type CudaBackend } from '../src/backend/cuda/index.js';
 import { GPT } from '../src/nn/gpt.js';
 import { makeConfig } from '../src/nn/config.js';
+import { moeFFN } from '../src/nn/moe.js';
 import * as T from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optim.js';
 import { ints, put, randn, relErr, rng } from './helpers.js';
@@ -20,6 +21,62 @@ import { ints, put, randn, relErr, rng } from './helpers.js';
 const why = cudaUnavailableReason();
 
 type Run = (b: Backend) => ArrayLike<number>[];
+
+/**
+ * Row-indexed grouped products (the cpu suite's cases, at inner sizes k and n): the MoE forward
+ * (gathered A; C scattered with repeated rows onto a non-zero C), both weight-gradient shapes
+ * (K-gathered A with transA, K-gathered B), an N-gathered B with transB at column offset 10 (ragged),
+ * and decode-sized groups gathered and scattered onto part of C's columns.
+ */
+function groupedRows(b: Backend, k: number, n: number): ArrayLike<number>[] {
+  const r = rng(31), T = 500, R = 900, E = 3, offsets = [0, 400, 400, 900];
+  const idx = put(b, ints(r, R, 0, T), 'i32');
+  const x = put(b, randn(r, T * k)), h = put(b, randn(r, R * n)), wIn = put(b, randn(r, E * n * k));
+  const c1 = b.alloc('f32', R * n), c2 = put(b, randn(r, T * k)), c3 = b.alloc('f32', E * k * n), c4 = b.alloc('f32', E * n * k);
+  const c5 = b.alloc('f32', 2 * 7 * 50), idx5 = put(b, ints(r, 100, 0, T), 'i32');
+  const c6 = put(b, randn(r, T * k)), idx6 = put(b, ints(r, 11, 0, T), 'i32');
+  const groups = (f: (e: number, m: number, o: number) => number[]) =>
+    Int32Array.from(Array.from({ length: E }, (_, e) => f(e, offsets[e + 1]! - offsets[e]!, offsets[e]!)).flat());
+  const args = (problems: Int32Array, transA: boolean, transB: boolean, beta: number, rows: { a?: Buf; b?: Buf; c?: Buf }) =>
+    ({ problems, transA, transB, alpha: 1, beta, rows });
+  b.groupedMatmul(x, wIn, c1, args(groups((e, m, o) => [m, n, k, o * k, k, e * n * k, k, o * n, n]), false, true, 0, { a: idx }));
+  b.groupedMatmul(h, wIn, c2, args(groups((e, m, o) => [m, k, n, o * n, n, e * n * k, k, o * k, k]), false, false, 1, { c: idx }));
+  b.groupedMatmul(x, h, c3, args(groups((e, m, o) => [k, n, m, o * k, k, o * n, n, e * k * n, n]), true, false, 0, { a: idx }));
+  b.groupedMatmul(h, x, c4, args(groups((e, m, o) => [n, k, m, o * n, n, o * k, k, e * n * k, k]), true, false, 0, { b: idx }));
+  const p5 = Int32Array.from([7, 50, 40, 0, n, 10, k, 0, 50, 7, 50, 40, 7 * n, n, 50 * k + 10, k, 350, 50]);
+  b.groupedMatmul(h, x, c5, args(p5, false, true, 0, { b: idx5 }));
+  const p6 = Int32Array.from([1, n, k, 0, k, 0, k, 0, k, 8, n, k, 1 * k, k, n * k, k, 1 * k, k, 2, n, k, 9 * k, k, 2 * n * k, k, 9 * k, k]);
+  b.groupedMatmul(x, wIn, c6, args(p6, false, true, 1, { a: idx6, c: idx6 }));
+  const res = [c1, c2, c3, c4, c5, c6].map((c) => b.download(c));
+  for (const buf of [idx, x, h, wIn, c1, c2, c3, c4, c5, idx5, c6, idx6]) b.free(buf);
+  return res;
+}
+
+/**
+ * A MoE FFN layer (8 experts of 32, top-2) forward and backward on `be`: the output and the gradients
+ * of x, W_in, b_in, W_out, b_out and the router. x, the router, W_in and b_in are small multiples of
+ * powers of two, so the router scores and the expert pre-activations are exact in bf16: both backends
+ * pick the same experts and the same ReLU mask, and only bf16 rounding of the rest differs.
+ */
+function moeLayer(be: Backend): ArrayLike<number>[] {
+  const r = rng(5), N = 300, dm = 64, E = 8, s = 32;
+  const q = (n: number, lo: number, hi: number) => Array.from(ints(r, n, lo, hi));
+  return T.tidy(() => {
+    const leaf = (data: ArrayLike<number>, shape: number[]) => {
+      const t = T.tensor(data, shape, { backend: be });
+      t.requiresGrad = true;
+      return t;
+    };
+    const x = leaf(q(N * dm, -8, 9).map((v) => v / 4), [N, dm]), router = leaf(q(dm * E, -3, 4), [dm, E]);
+    const p = {
+      w_in: leaf(q(E * s * dm, -8, 9).map((v) => v / 32), [E * s, dm]), b_in: leaf(q(E * s, -8, 9).map((v) => v / 16), [E * s]),
+      w_out: leaf(randn(r, dm * E * s, 0.2), [dm, E * s]), b_out: leaf(randn(r, dm, 0.1), [dm]),
+    };
+    const { y } = moeFFN(x, p, router, { nExpert: E, topK: 2, activation: 'relu' });
+    T.backward(T.sum(T.mul(y, T.tensor(randn(r, N * dm), [N, dm], { backend: be }))));
+    return [y, x, p.w_in, p.b_in, p.w_out, p.b_out, router].map((t, i) => (i === 0 ? t : t.grad!).toArray());
+  });
+}
 
 if (why) {
   describe('cuda backend', () => {
@@ -29,18 +86,18 @@ if (why) {
   const cuda = createCudaBackend() as CudaBackend;
   const cpu = createCpuBackend();
 
-  function close(name: string, run: Run, tol: number): void {
+  function close(name: string, run: Run, tol: number, on: Backend = cuda): void {
     it(`${name}: matches cpu (rel. err <= ${tol})`, () => {
-      const want = run(cpu), got = run(cuda);
+      const want = run(cpu), got = run(on);
       got.forEach((g, k) => {
         const e = relErr(g, want[k]!);
         assert.ok(e <= tol, `output ${k}: relative error ${e.toExponential(2)} > ${tol}`);
       });
     });
   }
-  function sameTwice(name: string, run: Run): void {
+  function sameTwice(name: string, run: Run, on: Backend = cuda): void {
     it(`${name}: same bits twice`, () => {
-      const a = run(cuda), b = run(cuda);
+      const a = run(on), b = run(on);
       a.forEach((x, k) => assert.deepEqual(Array.from(x), Array.from(b[k]!), `output ${k} differs between runs`));
     });
   }
@@ -127,6 +184,25 @@ if (why) {
         return [out];
       }, 1e-2);
     }
+
+    // The built-in kernel for every grouped product (auto sends these 3 groups to cuBLAS on gathered copies).
+    const fused = createCudaBackend({ grouped: 'own' });
+    for (const [k, n] of [[300, 40], [128, 64]] as const) {
+      const run: Run = (be) => groupedRows(be, k, n);
+      close(`groupedMatmul with row indices, fused (k ${k}, n ${n}${k % 8 ? ': element loads' : ''})`, run, 1e-2, fused);
+      if (k % 8 === 0) sameTwice('groupedMatmul with row indices, fused', run, fused);
+    }
+    close('MoE FFN layer forward + backward (E 8, top-2, N 300)', moeLayer, 3e-2);
+    sameTwice('MoE FFN layer forward + backward', moeLayer);
+    it('groupedMatmul: row indices outside A, or a scattered C with beta != 1, throw', () => {
+      const A = put(fused, randn(r, 40)), B = put(fused, randn(r, 16)), C = fused.alloc('f32', 12), I = put(fused, [0, 12, 2], 'i32');
+      const problems = Int32Array.from([3, 4, 4, 0, 4, 0, 4, 0, 4]);
+      assert.throws(() => fused.groupedMatmul(A, B, C, { problems, transA: false, transB: false, alpha: 1, beta: 0, rows: { a: I } }),
+        /groupedMatmul \(rows\.a\): index 12 is outside \[0, 10\)/);
+      assert.throws(() => fused.groupedMatmul(A, B, C, { problems, transA: false, transB: false, alpha: 1, beta: 0, rows: { c: I } }),
+        /beta must be 1/);
+      for (const x of [A, B, C, I]) fused.free(x);
+    });
 
     for (const [B, Tn, H, D, causal] of [[2, 200, 3, 64, true], [1, 130, 2, 64, false], [2, 77, 2, 32, true],
       [1, 150, 2, 128, true], [1, 40, 2, 24, true]] as const) {
@@ -221,29 +297,33 @@ if (why) {
       sameTwice('embeddingBackward', run);
     }
 
-    it('topk with ties and NaN equals cpu exactly', () => {
-      const rows = 50, cols = 1000, k = 7;
-      const x = Float32Array.from({ length: rows * cols }, () => Math.round(r() * 20) / 4);
-      x[3] = NaN; x[1500] = NaN; x[2000] = Infinity;
-      const res = [cpu, cuda].map((be) => {
-        const X = put(be, x), Vv = be.alloc('f32', rows * k), I = be.alloc('i32', rows * k);
-        be.topk(X, Vv, I, rows, cols, k);
-        return [Array.from(be.download(Vv)), Array.from(be.download(I))];
+    for (const cols of [1000, 3000]) {
+      it(`topk with ties and NaN equals cpu exactly (${cols} columns: ${cols <= 1024 ? 'a warp' : 'a block'} per row)`, () => {
+        const rows = 50, k = 7;
+        const x = Float32Array.from({ length: rows * cols }, () => Math.round(r() * 20) / 4);
+        x[3] = NaN; x[1500] = NaN; x[2000] = Infinity;
+        const res = [cpu, cuda].map((be) => {
+          const X = put(be, x), Vv = be.alloc('f32', rows * k), I = be.alloc('i32', rows * k);
+          be.topk(X, Vv, I, rows, cols, k);
+          return [Array.from(be.download(Vv)), Array.from(be.download(I))];
+        });
+        assert.deepEqual(res[1], res[0]);
       });
-      assert.deepEqual(res[1], res[0]);
-    });
+    }
 
-    it('dropout mask and scatterAddRows equal cpu exactly', () => {
-      const x = randn(r, 100_003), idx = ints(r, 3000, 0, 50), src = randn(r, 3000 * 33);
+    it('dropout mask and scatterAddRows (onto zeros, rows of 33; onto data, rows of 64) equal cpu exactly', () => {
+      const x = randn(r, 100_003), idx = ints(r, 3000, 0, 50), src = randn(r, 3000 * 64), d0 = randn(r, 50 * 64);
       const res = [cpu, cuda].map((be) => {
         const X = put(be, x), O = be.alloc('f32', x.length);
         be.dropout(X, O, 0.3, 12345);
-        const S = put(be, src), I = put(be, idx, 'i32'), D = be.alloc('f32', 50 * 33);
+        const S = put(be, src), I = put(be, idx, 'i32'), D = be.alloc('f32', 50 * 33), D2 = put(be, d0);
         be.scatterAddRows(S, I, D, 3000, 50, 33);
-        return [Array.from(be.download(O)).map((v) => v === 0), Array.from(be.download(D))];
+        be.scatterAddRows(S, I, D2, 3000, 50, 64);
+        return [Array.from(be.download(O)).map((v) => v === 0), Array.from(be.download(D)), Array.from(be.download(D2))];
       });
       assert.deepEqual(res[1]![0], res[0]![0]);
       assert.ok(relErr(res[1]![1] as number[], res[0]![1] as number[]) < 1e-6);
+      assert.ok(relErr(res[1]![2] as number[], res[0]![2] as number[]) < 1e-6);
     });
 
     it('errors: bad ids, bad targets, out of memory', () => {

@@ -3,6 +3,7 @@
 // (src/backend/cuda/index.ts); errors from CUDA, cuBLAS and index checks become JavaScript errors.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -107,12 +108,19 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
 Napi::Value EmptyCache(const Napi::CallbackInfo& info) { empty_cache(); return U(info); }
 Napi::Value Sync(const Napi::CallbackInfo& info) { synchronize(); return U(info); }
 
-// h2d(dst, typedArray, bytes) / d2h(src, typedArray, bytes)
+// h2d(dst, typedArray, bytes) / h2dAsync(dst, typedArray, bytes) / d2h(src, typedArray, bytes)
 Napi::Value H2D(const Napi::CallbackInfo& info) {
   HostView h = host(info, 1);
   size_t b = (size_t)i64(info, 2);
   if (b > h.bytes) throw ArgError("upload: host array too small");
   h2d(ptr(info, 0), h.p, b);
+  return U(info);
+}
+Napi::Value H2DAsync(const Napi::CallbackInfo& info) {
+  HostView h = host(info, 1);
+  size_t b = (size_t)i64(info, 2);
+  if (b > h.bytes) throw ArgError("upload: host array too small");
+  h2d_async(ptr(info, 0), h.p, b);
   return U(info);
 }
 Napi::Value D2H(const Napi::CallbackInfo& info) {
@@ -221,11 +229,12 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
        flag(info, 15), flag(info, 16), (float)num(info, 17), (float)num(info, 18), (int)i64(info, 19));
   return U(info);
 }
-// groupedGemm(A, B, C, problems Int32Array, tA, tB, alpha, beta)
+// groupedGemm(A16, rowsA, B16, rowsB, C, problems Int32Array, tA, tB, alpha, beta); rows 0: not indexed
 Napi::Value GroupedGemm(const Napi::CallbackInfo& info) {
-  HostView h = host(info, 3);
-  grouped_gemm(fp(info, 0), fp(info, 1), fp(info, 2), (const int32_t*)h.p, (int64_t)(h.bytes / 36), flag(info, 4),
-               flag(info, 5), (float)num(info, 6), (float)num(info, 7));
+  HostView h = host(info, 5);
+  grouped_gemm((const uint16_t*)ptr(info, 0), ip(info, 1), (const uint16_t*)ptr(info, 2), ip(info, 3), fp(info, 4),
+               (const int32_t*)h.p, (int64_t)(h.bytes / 36), flag(info, 6), flag(info, 7), (float)num(info, 8),
+               (float)num(info, 9));
   return U(info);
 }
 
@@ -245,16 +254,43 @@ Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
                       fp(info, 7), i64(info, 8), i64(info, 9));
   return U(info);
 }
-// gatherRows(x, idx, out, m, n, d, opName)
+// gatherRows(x, idx, out, m, d, opName)
 Napi::Value GatherRows(const Napi::CallbackInfo& info) {
-  std::string op = info[6].As<Napi::String>().Utf8Value();
-  gather_rows(fp(info, 0), ip(info, 1), fp(info, 2), i64(info, 3), i64(info, 4), i64(info, 5), op.c_str());
+  std::string op = info[5].As<Napi::String>().Utf8Value();
+  gather_rows(fp(info, 0), ip(info, 1), fp(info, 2), i64(info, 3), i64(info, 4), op.c_str());
   return U(info);
 }
-Napi::Value ScatterAddRows(const Napi::CallbackInfo& info) {
-  std::string op = info[6].As<Napi::String>().Utf8Value();
-  scatter_add_rows(fp(info, 0), ip(info, 1), fp(info, 2), i64(info, 3), i64(info, 4), i64(info, 5), op.c_str());
+// segmentSum(src, plan, n, m, chunks, out, d, init, opName)
+Napi::Value SegmentSum(const Napi::CallbackInfo& info) {
+  std::string op = info[8].As<Napi::String>().Utf8Value();
+  segment_sum(fp(info, 0), ip(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), fp(info, 5), i64(info, 6),
+              flag(info, 7), op.c_str());
   return U(info);
+}
+// scatterPlan(idx Int32Array, n) -> { ptr, chunks }: the plan of all entries of idx as targets in [0, n).
+Napi::Value ScatterPlan(const Napi::CallbackInfo& info) {
+  HostView h = host(info, 0);
+  int32_t* plan = nullptr;
+  int64_t chunks = scatter_plan((const int32_t*)h.p, (int64_t)(h.bytes / 4), i64(info, 1), &plan);
+  auto o = Napi::Object::New(info.Env());
+  o.Set("ptr", (double)(uintptr_t)plan);
+  o.Set("chunks", (double)chunks);
+  return o;
+}
+// intRange(Int32Array) -> [min, max] (the array is not empty).
+Napi::Value IntRange(const Napi::CallbackInfo& info) {
+  HostView h = host(info, 0);
+  const int32_t* a = (const int32_t*)h.p;
+  const size_t n = h.bytes / 4;
+  int32_t lo = n ? a[0] : 0, hi = n ? a[0] : -1;
+  for (size_t i = 1; i < n; ++i) {
+    lo = std::min(lo, a[i]);
+    hi = std::max(hi, a[i]);
+  }
+  auto r = Napi::Array::New(info.Env(), 2);
+  r.Set(0u, lo);
+  r.Set(1u, hi);
+  return r;
 }
 // crossEntropy(logits, ld, targets, losses, lse, N, V)
 Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
@@ -309,6 +345,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("emptyCache", EmptyCache);
   FN("sync", Sync);
   FN("h2d", H2D);
+  FN("h2dAsync", H2DAsync);
   FN("d2h", D2H);
   FN("h2dBf16", H2DBf16);
   FN("d2hBf16", D2HBf16);
@@ -334,7 +371,9 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("layerNorm", LayerNorm);
   FN("layerNormBackward", LayerNormBackward);
   FN("gatherRows", GatherRows);
-  FN("scatterAddRows", ScatterAddRows);
+  FN("segmentSum", SegmentSum);
+  FN("scatterPlan", ScatterPlan);
+  FN("intRange", IntRange);
   FN("crossEntropy", CrossEntropy);
   FN("crossEntropyBackward", CrossEntropyBackward);
   FN("topk", TopK);

@@ -7,52 +7,17 @@
 // one product is repacked in registers as the bf16 A operand of the next (P·V, dS·K, ...). The backward
 // pass recomputes P from the saved logsumexp in two deterministic kernels (dK/dV per key tile, dQ per
 // query tile: no atomics, same bits every run). A plain fp32 SIMT path covers every other head size.
-#include <cuda_bf16.h>
-
-#include "common.cuh"
+#include "mma.cuh"
 
 namespace ssdc {
 
 namespace {
-using bf16 = __nv_bfloat16;
 constexpr int TILE = 64;           // rows of every query / key tile (4 warps x 16)
 constexpr int kWarps = TILE / 16;  // warps per block
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ int64_t qkv_at(int b, int t, int which, int h, int d, int T, int H, int D) {
   return ((((int64_t)b * T + t) * 3 + which) * H + h) * (int64_t)D + d;
-}
-
-// ---------------------------------------------------------------- PTX wrappers (sm_80+)
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-// 16-byte global -> shared copy; with valid = false the destination is zero-filled and nothing is read.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
-}
-// c (16x8 f32) += a (16x16 bf16, row) · b (16x8 bf16, col).
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
 }
 
 // ---------------------------------------------------------------- warp-level tile products
@@ -430,13 +395,6 @@ __global__ void __launch_bounds__(kWarps * 32) k_bwd_q(const bf16* __restrict__ 
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) *reinterpret_cast<float2*>(dst + j * 8) = make_float2(dq[j][2 * i], dq[j][2 * i + 1]);
   }
-}
-
-// Raises a kernel's dynamic shared-memory limit once (above the default 48 KiB).
-template <class K> void allow_smem(K kernel, size_t bytes, bool& done, const char* what) {
-  if (done) return;
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes), what);
-  done = true;
 }
 
 template <int D>

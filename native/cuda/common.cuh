@@ -14,9 +14,6 @@ namespace ssdc {
 struct CudaError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-struct IndexError : std::out_of_range {
-  using std::out_of_range::out_of_range;
-};
 
 inline void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw CudaError(std::string("cuda: ") + what + ": " + cudaGetErrorString(e));
@@ -42,6 +39,19 @@ struct Scratch {
 // Synchronous host <-> device copies through the stream.
 void h2d(void* dst, const void* src, size_t bytes);
 void d2h(void* dst, const void* src, size_t bytes);
+// Asynchronous upload: `src` is copied to pinned staging memory at once (the caller may reuse it), the
+// device copy is queued on the stream. Uploads larger than a staging slot fall back to h2d.
+void h2d_async(void* dst, const void* src, size_t bytes);
+// Sources per chunk of a scatter plan: a target with more sources is summed in two levels.
+constexpr int64_t kPlanChunk = 32;
+// The scatter plan of targets idx[0 .. m) in [0, n) (validated by the caller), built on the host and
+// uploaded asynchronously into a new device block (*plan, freed with dev_free): offsets[t] (n + 1),
+// then the positions i with idx[i] = t for each t in ascending order (a stable counting sort), the
+// order segment_sum adds them in. When a target has more than kPlanChunk sources, the sources are
+// also cut into chunks of at most kPlanChunk within each target: then follow the first chunk of each
+// target (n + 1) and the source range of each chunk (chunks + 1). Returns the number of chunks, or 0
+// when the plan is not chunked.
+int64_t scatter_plan(const int32_t* idx, int64_t m, int64_t n, int32_t** plan);
 
 inline unsigned grid_for(int64_t n, int threads, int64_t cap = 65535LL * 32) {
   int64_t g = (n + threads - 1) / threads;
@@ -91,8 +101,14 @@ void layer_norm(const float* x, const float* g, const float* b, float* y, float*
                 int64_t cols, float eps);
 void layer_norm_backward(const float* x, const float* g, const float* mean, const float* rstd, const float* gy,
                          float* gx, float* gg, float* gb, int64_t rows, int64_t cols);
-void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op);
-void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op);
+// out (m, d) = rows idx[i] of x (indices validated by the caller).
+void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t d, const char* op);
+// Deterministic scatter-add by a plan of m sources over n targets with `chunks` chunks (scatter_plan):
+// out[t] (+)= Σ src[j] over the sources j of target t, in plan order (in chunks of kPlanChunk, then the
+// chunk sums in order, when the plan is chunked); src (·, d), out (n, d). init: out starts from zeros
+// (every row written) instead of its content.
+void segment_sum(const float* src, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, float* out, int64_t d,
+                 bool init, const char* op);
 // logits rows are `ld` floats apart (ld >= V; an aligned twin of the logits buffer); glogits (N, V).
 void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
                    int64_t V);
@@ -108,9 +124,11 @@ bool cublas_ready();
 void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
           int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
           float beta, int compute);
-// Grouped GEMM over f32 operands with the built-in bf16 tensor-core kernel; problems: 9 ints per group.
-void grouped_gemm(const float* A, const float* B, float* C, const int32_t* problems, int64_t groups, bool tA, bool tB,
-                  float alpha, float beta);
+// Grouped GEMM with the built-in tensor-core kernel on bf16 operands (fp32 C); problems: 9 ints per
+// group (GroupedMatmulArgs). rowsA / rowsB (or null): row indices of A / B, device i32, validated by
+// the caller (the virtual-matrix addressing of GroupedMatmulArgs.rows).
+void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, const int32_t* rowsB, float* C,
+                  const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta);
 
 // attention.cu. impl 0: tensor cores (D in {16, 32, 64, 128}), reading the bf16 copies q16 of qkv and
 // go16 of gout; impl 1: plain fp32 SIMT kernels on qkv / gout (the bf16 pointers unused, may be null).

@@ -1,14 +1,14 @@
 // GEMMs: cuBLAS (loaded with dlopen at run time; no cuBLAS headers or link-time dependency) for
-// matmul, and a built-in grouped bf16 tensor-core kernel (WMMA, fp32 accumulation) for the MoE expert
-// segments, where a loop of cuBLAS calls over many small experts is launch-bound.
-#include <cuda_bf16.h>
+// matmul, and a built-in grouped bf16 tensor-core kernel (mma.sync, fp32 accumulation) for the MoE
+// expert segments, where a loop of cuBLAS calls over many small experts is launch-bound and leaves
+// most of the GPU idle (an expert of 96 neurons is one column of output tiles).
 #include <dlfcn.h>
-#include <mma.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
-#include "common.cuh"
+#include "mma.cuh"
 
 namespace ssdc {
 
@@ -138,11 +138,25 @@ void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int 
 }
 
 // ---------------------------------------------------------------- grouped bf16 tensor-core kernel
+// One launch covers every group (expert): the grid is the concatenation of the groups' output tiles,
+// and a block finds its group by binary search over the groups' first tiles. Operands are bf16 (the
+// TypeScript side passes the bf16 copies it keeps of f32 buffers); a row-indexed operand (the MoE
+// token gather) reads each stored row of a tile through its index, so no gathered copy is ever made.
+// Tiles stream into shared memory through a cp.async pipeline (16-byte chunks, or element loads where
+// rows are not 16-byte aligned), ldmatrix feeds register-level mma.sync m16n8k16, and the fp32
+// accumulators go straight to C. Each thread copies the same chunk positions of every stage, so it
+// looks its rows up once where they do not move along K (the token rows of the MoE forward), and one
+// stage ahead where they do (the token rows of a weight gradient): the index loads then overlap the
+// products instead of stalling the copies. Three block shapes of 8 warps (128x128, 128x96, 96x128)
+// fit the MoE's expert width (96) and model width (768) without padded rows or columns; the launcher
+// takes the one with the least padded work.
 namespace {
-using namespace nvcuda;
-constexpr int BM = 64, BN = 64, BK = 32, LDA_S = BK + 8, LDB_S = BN + 8, LDC_S = BN + 4;
 
 constexpr int kMaxGroups = 96;
+// Pipeline: stages of BK = 32 along K (64 measured no faster at the MoE shapes and slower for the
+// gathered forward product).
+constexpr int BK = 32, STAGES = 4;
+
 // Problems travel as a kernel parameter (no copy, no synchronisation): 9 ints per group, then the
 // first tile of each group.
 struct GroupArgs {
@@ -150,95 +164,284 @@ struct GroupArgs {
   int32_t tile_start[kMaxGroups];
 };
 
-__global__ void __launch_bounds__(128) k_grouped(const float* __restrict__ A, const float* __restrict__ B,
-                                                 float* __restrict__ C, const __grid_constant__ GroupArgs ga, int groups,
-                                                 bool tA, bool tB, float alpha, float beta) {
-  const int32_t* prob = ga.prob;
-  const int32_t* tile_start = ga.tile_start;
-  __shared__ __align__(32) __nv_bfloat16 As[BM * LDA_S];
-  __shared__ __align__(32) __nv_bfloat16 Bs[BK * LDB_S];
-  __shared__ __align__(32) float Cs[BM * LDC_S];
-  // Which group: the last g with tile_start[g] <= blockIdx.x.
+// A group's operand: stored row r at base + (rows ? rows[r] : r) · ld.
+struct View {
+  const bf16* base;
+  const int32_t* rows;
+  int64_t ld;
+};
+// The view of an operand at element offset `off`; an indexed operand's offset addresses the virtual
+// matrix of its indexed rows (row off / ld, column off % ld).
+__device__ __forceinline__ View view_of(const bf16* p, const int32_t* rows, int64_t off, int64_t ld) {
+  if (rows) return {p + off % ld, rows + off / ld, ld};
+  return {p + off, nullptr, ld};
+}
+
+// Eight elements of a stored row from column col (those at or past cols_end, or all when row < 0,
+// read as zero) into shared memory: the path for rows that are not 16-byte aligned, kept out of line
+// so that the pipelined loop stays small.
+__device__ __noinline__ void load_ragged(bf16* dst, View v, int row, int col, int cols_end) {
+  alignas(16) bf16 tmp[8];
+  const bf16* src = v.base + (int64_t)row * v.ld + col;
+#pragma unroll
+  for (int q = 0; q < 8; ++q) tmp[q] = row >= 0 && col + q < cols_end ? src[q] : __float2bfloat16(0.f);
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(tmp);
+}
+
+// One operand's tile copies by one thread: stored rows [r0, r0 + R) x columns [c0, c0 + W) go to a
+// shared tile with rows of W + 8 bf16 (the pad spreads the 8 rows of an ldmatrix over distinct banks),
+// in 16-byte chunks; this thread copies chunks tid, tid + NT, ... and keeps their stored rows (after
+// the index; -1 past rows_end) in registers.
+template <int R, int W, int NT>
+struct TileCopy {
+  static constexpr int CPR = W / 8, CHUNKS = R * CPR, SLOTS = (CHUNKS + NT - 1) / NT;
+  int row[SLOTS];
+
+  __device__ __forceinline__ void locate(const View& v, int r0, int rows_end) {
+#pragma unroll
+    for (int i = 0; i < SLOTS; ++i) {
+      const int e = (int)threadIdx.x + i * NT, r = r0 + e / CPR;
+      row[i] = (CHUNKS % NT == 0 || e < CHUNKS) && r < rows_end ? (v.rows ? __ldg(v.rows + r) : r) : -1;
+    }
+  }
+  // Columns at or past cols_end read as zero. vec: cp.async chunks (rows 16-byte aligned, cols_end a
+  // multiple of 8), else element loads.
+  __device__ __forceinline__ void issue(bf16* dst, const View& v, int c0, int cols_end, bool vec) const {
+#pragma unroll
+    for (int i = 0; i < SLOTS; ++i) {
+      const int e = (int)threadIdx.x + i * NT;
+      if (CHUNKS % NT != 0 && e >= CHUNKS) break;
+      const int c = (e % CPR) * 8, col = c0 + c;
+      bf16* d = dst + (e / CPR) * (W + 8) + c;
+      if (vec) {
+        const bool ok = row[i] >= 0 && col < cols_end;
+        cp_async16(d, ok ? v.base + (int64_t)row[i] * v.ld + col : v.base, ok);
+      } else {
+        load_ragged(d, v, row[i], col, cols_end);
+      }
+    }
+  }
+};
+
+// Shared tiles per stage: A as (BM, BK) rows, or (BK, BM) when transA; B as (BK, BN), or (BN, BK) when
+// transB; each row padded by 8.
+template <int BM, int BN, bool TA, bool TB> struct Smem {
+  static constexpr int LDA = (TA ? BM : BK) + 8, LDB = (TB ? BK : BN) + 8;
+  static constexpr int SA = (TA ? BK : BM) * LDA, SB = (TB ? BN : BK) * LDB;
+  static constexpr size_t bytes = (size_t)STAGES * (SA + SB) * sizeof(bf16);
+};
+
+// WM x WN warps, each computing TM x TN mma tiles (16 x 8): a block tile of BM = 16·WM·TM rows and
+// BN = 8·WN·TN columns.
+template <int WM, int WN, int TM, int TN, bool TA, bool TB>
+__global__ void __launch_bounds__(WM * WN * 32, 2)
+    k_grouped(const bf16* __restrict__ A, const int32_t* __restrict__ rowsA, const bf16* __restrict__ B,
+              const int32_t* __restrict__ rowsB, float* __restrict__ C, const __grid_constant__ GroupArgs ga,
+              int groups, bool vecA, bool vecB, bool vecC, float alpha, float beta) {
+  constexpr int BM = WM * TM * 16, BN = WN * TN * 8, NT = WM * WN * 32;
+  using S = Smem<BM, BN, TA, TB>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* As = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Bs = As + STAGES * S::SA;
+
+  // Which group: the last g with tile_start[g] <= blockIdx.x (empty groups share the next one's start).
   int lo = 0, hi = groups - 1;
   const int bid = blockIdx.x;
   while (lo < hi) {
-    int mid = (lo + hi + 1) >> 1;
-    if (tile_start[mid] <= bid) lo = mid;
+    const int mid = (lo + hi + 1) >> 1;
+    if (ga.tile_start[mid] <= bid) lo = mid;
     else hi = mid - 1;
   }
-  const int32_t* p = prob + 9 * lo;
+  const int32_t* p = ga.prob + 9 * lo;
   const int m = p[0], n = p[1], K = p[2];
-  const int64_t offA = p[3], lda = p[4], offB = p[5], ldb = p[6], offC = p[7], ldc = p[8];
-  const int local = bid - tile_start[lo];
-  const int tiles_n = (n + BN - 1) / BN;
+  const View va = view_of(A, rowsA, p[3], p[4]), vb = view_of(B, rowsB, p[5], p[6]);
+  const int64_t offC = p[7], ldc = p[8];
+  const int local = bid - ga.tile_start[lo], tiles_n = (n + BN - 1) / BN;
   const int m0 = (local / tiles_n) * BM, n0 = (local % tiles_n) * BN;
-  const int tid = threadIdx.x, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wm0 = (warp / WN) * TM * 16, wn0 = (warp % WN) * TN * 8;
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+  // Stored rows run along M (A) / N (B), fixed for the block, or along K (transA / not transB).
+  TileCopy<TA ? BK : BM, TA ? BM : BK, NT> ca;
+  TileCopy<TB ? BN : BK, TB ? BK : BN, NT> cb;
+  if constexpr (!TA) ca.locate(va, m0, m);
+  if constexpr (TB) cb.locate(vb, n0, n);
+  auto locate_k = [&](int kt) {
+    if constexpr (TA) ca.locate(va, kt * BK, K);
+    if constexpr (!TB) cb.locate(vb, kt * BK, K);
+  };
+  auto issue = [&](int st, int kt) {
+    const int k0 = kt * BK;
+    if constexpr (TA) ca.issue(As + st * S::SA, va, m0, m, vecA);
+    else ca.issue(As + st * S::SA, va, k0, K, vecA);
+    if constexpr (TB) cb.issue(Bs + st * S::SB, vb, k0, K, vecB);
+    else cb.issue(Bs + st * S::SB, vb, n0, n, vecB);
+  };
 
-  for (int k0 = 0; k0 < K; k0 += BK) {
-    for (int e = tid; e < BM * BK; e += 128) {
-      int r, c;
-      if (tA) { r = e % BM; c = e / BM; } else { r = e / BK; c = e % BK; }
-      int gr = m0 + r, gc = k0 + c;
-      float v = 0.f;
-      if (gr < m && gc < K) v = tA ? A[offA + (int64_t)gc * lda + gr] : A[offA + (int64_t)gr * lda + gc];
-      As[r * LDA_S + c] = __float2bfloat16_rn(v);
+  const int KT = (K + BK - 1) / BK;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < KT) {
+      locate_k(s);
+      issue(s, s);
     }
-    for (int e = tid; e < BK * BN; e += 128) {
-      int r, c;  // r: k index, c: n index
-      if (tB) { r = e % BK; c = e / BK; } else { r = e / BN; c = e % BN; }
-      int gk = k0 + r, gn = n0 + c;
-      float v = 0.f;
-      if (gk < K && gn < n) v = tB ? B[offB + (int64_t)gn * ldb + gk] : B[offB + (int64_t)gk * ldb + gn];
-      Bs[r * LDB_S + c] = __float2bfloat16_rn(v);
-    }
-    __syncthreads();
+    cp_async_commit();
+  }
+  if (STAGES - 1 < KT) locate_k(STAGES - 1);
+
+  float acc[TM][TN][4];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<STAGES - 2>();  // stage kt has landed (this thread's copies) ...
+    __syncthreads();              // ... for every thread, and stage kt - 1 is free again
+    if (kt + STAGES - 1 < KT) issue((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+    cp_async_commit();
+    const bf16* as = As + (kt % STAGES) * S::SA;
+    const bf16* bs = Bs + (kt % STAGES) * S::SB;
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb[2];
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * LDA_S + kk, LDA_S);
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + kk * LDB_S + wn * 32 + j * 16, LDB_S);
-      for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+      // Fragments (PTX ISA mma.m16n8k16): A 16x16 row-major as four 8x8 matrices (rows 0-7 / 8-15 x
+      // k 0-7 / 8-15), B 16x8 "col" (k pairs per column); a tile stored the other way round is read
+      // with the transposing ldmatrix.
+      uint32_t a[TM][4], b[TN][2];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+        const int r0 = wm0 + i * 16;
+        if constexpr (TA) ldsm_x4_t(a[i], as + (kk + (lane & 7) + ((lane >> 4) << 3)) * S::LDA + r0 + ((lane >> 3) & 1) * 8);
+        else ldsm_x4(a[i], as + (r0 + (lane & 15)) * S::LDA + kk + (lane >> 4) * 8);
+      }
+#pragma unroll
+      for (int j = 0; j < TN; j += 2) {
+        const int c0 = wn0 + j * 8;
+        uint32_t r[4];
+        if constexpr (TB) ldsm_x4(r, bs + (c0 + (lane >> 4) * 8 + (lane & 7)) * S::LDB + kk + ((lane >> 3) & 1) * 8);
+        else ldsm_x4_t(r, bs + (kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::LDB + c0 + (lane >> 4) * 8);
+        b[j][0] = r[0];
+        b[j][1] = r[1];
+        b[j + 1][0] = r[2];
+        b[j + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) mma(acc[i][j], a[i], b[j][0], b[j][1]);
     }
-    __syncthreads();
+    // Rows of the stage issued next iteration: their index loads overlap this stage's products.
+    if (kt + STAGES < KT) locate_k(kt + STAGES);
   }
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC_S + wn * 32 + j * 16, acc[i][j], LDC_S, wmma::mem_row_major);
-  __syncthreads();
-  for (int e = tid; e < BM * BN; e += 128) {
-    int r = e / BN, c = e % BN, gr = m0 + r, gc = n0 + c;
-    if (gr < m && gc < n) {
-      float* out = C + offC + (int64_t)gr * ldc + gc;
-      float v = alpha * Cs[r * LDC_S + c];
-      *out = beta == 0.f ? v : v + beta * *out;
+  cp_async_wait<0>();
+
+  // Accumulator layout: lane = 4·g + c holds rows g and g + 8 of each 16x8 tile, columns 2c and 2c + 1.
+  const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = m0 + wm0 + i * 16 + g + 8 * h;
+      if (row >= m) continue;
+      float* out = C + offC + (int64_t)row * ldc;
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        const int col = n0 + wn0 + j * 8 + 2 * c;
+        const float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
+        if (vecC && col + 1 < n) {
+          float2* q = reinterpret_cast<float2*>(out + col);
+          if (beta == 0.f) {
+            *q = make_float2(v0, v1);
+          } else {
+            const float2 o = *q;
+            *q = make_float2(v0 + beta * o.x, v1 + beta * o.y);
+          }
+        } else {
+          if (col < n) out[col] = beta == 0.f ? v0 : v0 + beta * out[col];
+          if (col + 1 < n) out[col + 1] = beta == 0.f ? v1 : v1 + beta * out[col + 1];
+        }
+      }
     }
   }
 }
-}  // namespace
 
-void grouped_gemm(const float* A, const float* B, float* C, const int32_t* problems, int64_t groups, bool tA, bool tB,
-                  float alpha, float beta) {
+struct GroupedCall {
+  const bf16* A;
+  const int32_t* rowsA;
+  const bf16* B;
+  const int32_t* rowsB;
+  float* C;
+  bool vecA, vecB, vecC;
+  float alpha, beta;
+};
+
+// Launches the groups of `problems` (9 ints each) with block tiles of one shape, kMaxGroups at a time.
+template <int WM, int WN, int TM, int TN, bool TA, bool TB>
+void launch_shape(const GroupedCall& q, const int32_t* problems, int64_t groups) {
+  constexpr int BM = WM * TM * 16, BN = WN * TN * 8;
+  constexpr size_t smem = Smem<BM, BN, TA, TB>::bytes;
+  auto kernel = k_grouped<WM, WN, TM, TN, TA, TB>;
+  static bool init = false;
+  if (!init) {
+    // Two blocks per multiprocessor need most of its shared memory: ask for the largest carveout.
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared),
+          "groupedMatmul (carveout)");
+    allow_smem(kernel, smem, init, "groupedMatmul (smem)");
+  }
   for (int64_t g0 = 0; g0 < groups; g0 += kMaxGroups) {
-    int ng = (int)std::min<int64_t>(kMaxGroups, groups - g0);
+    const int ng = (int)std::min<int64_t>(kMaxGroups, groups - g0);
     GroupArgs ga;
     int64_t tiles = 0;
     for (int g = 0; g < ng; ++g) {
       const int32_t* p = problems + 9 * (g0 + g);
-      for (int q = 0; q < 9; ++q) ga.prob[9 * g + q] = p[q];
+      std::copy(p, p + 9, ga.prob + 9 * g);
       ga.tile_start[g] = (int32_t)tiles;
       tiles += (int64_t)((p[0] + BM - 1) / BM) * ((p[1] + BN - 1) / BN);
     }
     if (tiles == 0) continue;
     if (tiles > 0x7fffffff) throw CudaError("groupedMatmul: too many tiles");
-    k_grouped<<<(unsigned)tiles, 128, 0, stream()>>>(A, B, C, ga, ng, tA, tB, alpha, beta);
+    kernel<<<(unsigned)tiles, WM * WN * 32, smem, stream()>>>(q.A, q.rowsA, q.B, q.rowsB, q.C, ga, ng, q.vecA, q.vecB,
+                                                             q.vecC, q.alpha, q.beta);
     check_launch("groupedMatmul");
   }
+}
+template <int WM, int WN, int TM, int TN>
+void launch_shape(const GroupedCall& q, const int32_t* problems, int64_t groups, bool tA, bool tB) {
+  if (tA && tB) launch_shape<WM, WN, TM, TN, true, true>(q, problems, groups);
+  else if (tA) launch_shape<WM, WN, TM, TN, true, false>(q, problems, groups);
+  else if (tB) launch_shape<WM, WN, TM, TN, false, true>(q, problems, groups);
+  else launch_shape<WM, WN, TM, TN, false, false>(q, problems, groups);
+}
+
+// The block shapes (rows x columns), in order of preference on equal padded work.
+constexpr int kShapes[3][2] = {{128, 128}, {128, 96}, {96, 128}};
+
+bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+}  // namespace
+
+void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, const int32_t* rowsB, float* C,
+                  const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta) {
+  GroupedCall q{reinterpret_cast<const bf16*>(A), rowsA, reinterpret_cast<const bf16*>(B), rowsB, C,
+                aligned16(A), aligned16(B), ((uintptr_t)C & 7) == 0, alpha, beta};
+  int64_t padded[3] = {0, 0, 0};
+  for (int64_t g = 0; g < groups; ++g) {
+    const int32_t* p = problems + 9 * g;
+    const int64_t m = p[0], n = p[1], k = p[2];
+    if (m == 0 || n == 0) continue;
+    // 16-byte chunks need every row start and the contiguous extent (k, or m / n when transposed)
+    // at multiples of 8 elements; float2 stores need even C offsets.
+    q.vecA = q.vecA && p[3] % 8 == 0 && p[4] % 8 == 0 && (tA ? m : k) % 8 == 0;
+    q.vecB = q.vecB && p[5] % 8 == 0 && p[6] % 8 == 0 && (tB ? k : n) % 8 == 0;
+    q.vecC = q.vecC && p[7] % 2 == 0 && p[8] % 2 == 0;
+    for (int s = 0; s < 3; ++s) {
+      const int64_t bm = kShapes[s][0], bn = kShapes[s][1];
+      padded[s] += (m + bm - 1) / bm * bm * ((n + bn - 1) / bn * bn);
+    }
+  }
+  const int best = (int)(std::min_element(padded, padded + 3) - padded);
+  if (best == 0) launch_shape<2, 4, 4, 4>(q, problems, groups, tA, tB);
+  else if (best == 1) launch_shape<4, 2, 2, 6>(q, problems, groups, tA, tB);
+  else launch_shape<2, 4, 3, 4>(q, problems, groups, tA, tB);
 }
 
 }  // namespace ssdc

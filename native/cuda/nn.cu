@@ -1,10 +1,11 @@
-// NN kernels: softmax, LayerNorm, row gather / deterministic scatter-add (embedding), softmax
-// cross-entropy, top-k. Statistics and reductions in fp32 (fixed-order tree reductions, so results
-// are deterministic); index operands are validated on the host before any kernel runs.
+// NN kernels: softmax, LayerNorm, row gather / deterministic segmented row sums (scatter-add,
+// embedding gradient, MoE token combine), softmax cross-entropy, top-k. Statistics and reductions in
+// fp32 (fixed-order tree reductions, so results are deterministic). Index operands are validated by
+// the TypeScript side (src/backend/cuda/index.ts) before any of these kernels runs.
 #include <cfloat>
 #include <cmath>
 #include <string>
-#include <vector>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -12,6 +13,8 @@ namespace ssdc {
 
 namespace {
 constexpr int kT = 256;
+// Rows up to this many columns take the warp-per-row top-k; longer ones a block per row.
+constexpr int64_t kWarpTopkCols = 1024;
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -150,19 +153,46 @@ __global__ void k_gather(const float* __restrict__ x, const int32_t* __restrict_
     o[i] = x[(int64_t)idx[r] * d + j];
   }
 }
-// One block per (target row segment, column chunk); sources added in ascending order.
-__global__ void k_scatter_sorted(const float* __restrict__ src, const int32_t* __restrict__ meta, int64_t nseg,
-                                 int64_t m, float* __restrict__ out, int64_t d) {
-  const int32_t* order = meta;               // m
-  const int32_t* seg = meta + m;             // nseg + 1
-  const int32_t* target = meta + m + nseg + 1;  // nseg
-  for (int64_t s = blockIdx.y; s < nseg; s += gridDim.y) {
-    int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (j >= d) continue;
-    int64_t t = target[s];
-    float acc = out[t * d + j];
-    for (int32_t r = seg[s]; r < seg[s + 1]; ++r) acc += src[(int64_t)order[r] * d + j];
-    out[t * d + j] = acc;
+// out[t] = (init ? 0 : out[t]) + Σ src[list[p]] over p in [bounds[t], bounds[t + 1]), in order of p
+// (list null: src[p]). One thread per (row t, column chunk of V floats); the loads of 4 rows are
+// issued before their in-order adds. The scatter plans (see scatter_plan) run it once (list = the
+// sources by target), or for long segments twice: chunks of kPlanChunk sources into partial sums,
+// then each target's partials in chunk order.
+template <int V>
+__global__ void k_segment_sum(const float* __restrict__ src, const int32_t* __restrict__ list,
+                              const int32_t* __restrict__ bounds, int64_t n, float* __restrict__ out, int64_t d,
+                              bool init) {
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
+  const int64_t chunks = d / V;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n * chunks; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = i / chunks, c = i - t * chunks;
+    const int32_t beg = bounds[t], end = bounds[t + 1];
+    if (beg == end && !init) continue;
+    Vec* o = reinterpret_cast<Vec*>(out + t * d) + c;
+    float acc[V];
+    if (init) {
+      for (int q = 0; q < V; ++q) acc[q] = 0.f;
+    } else {
+      const Vec v = *o;
+      for (int q = 0; q < V; ++q) acc[q] = reinterpret_cast<const float*>(&v)[q];
+    }
+    auto row = [&](int32_t p) { return reinterpret_cast<const Vec*>(src + (int64_t)(list ? list[p] : p) * d)[c]; };
+    int32_t p = beg;
+    for (; p + 4 <= end; p += 4) {
+      Vec v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = row(p + u);
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        for (int q = 0; q < V; ++q) acc[q] += reinterpret_cast<const float*>(&v[u])[q];
+    }
+    for (; p < end; ++p) {
+      const Vec v = row(p);
+      for (int q = 0; q < V; ++q) acc[q] += reinterpret_cast<const float*>(&v)[q];
+    }
+    Vec r;
+    for (int q = 0; q < V; ++q) reinterpret_cast<float*>(&r)[q] = acc[q];
+    *o = r;
   }
 }
 
@@ -206,21 +236,17 @@ __global__ void k_ce_bwd(const float* __restrict__ x, int64_t ldx, const int32_t
   }
 }
 
-// out[r] = Σ_c a[r, c]·b[r, c], accumulated in f64 (fixed-order tree).
+// out[r] = Σ_c a[r, c]·b[r, c], accumulated in f64: one warp per row (the MoE router gradient has a
+// row per expert activation and few columns), lanes over columns, then a fixed xor-shuffle tree.
 __global__ void k_rowdot(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out, int64_t rows,
                          int64_t cols) {
-  __shared__ double sh[kT];
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
     double acc = 0;
-    for (int64_t j = threadIdx.x; j < cols; j += kT) acc += (double)a[r * cols + j] * (double)b[r * cols + j];
-    sh[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = kT / 2; s > 0; s >>= 1) {
-      if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) out[r] = (float)sh[0];
-    __syncthreads();
+    for (int64_t j = lane; j < cols; j += 32) acc += (double)a[r * cols + j] * (double)b[r * cols + j];
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) out[r] = (float)acc;
   }
 }
 
@@ -266,22 +292,42 @@ __global__ void k_topk(const float* __restrict__ x, float* __restrict__ vals, in
   }
 }
 
-unsigned rows_grid(int64_t rows) { return (unsigned)std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 20)); }
-
-std::vector<int32_t> fetch_checked(const int32_t* idx, int64_t m, int64_t lo, int64_t n, const char* op) {
-  std::vector<int32_t> h((size_t)m);
-  d2h(h.data(), idx, m * sizeof(int32_t));
-  for (int64_t i = 0; i < m; ++i) {
-    if (h[i] < lo || h[i] >= n) {
-      if (lo < 0) {
-        throw IndexError(std::string(op) + ": target " + std::to_string(h[i]) + " is outside [-1, " + std::to_string(n) +
-                         ") (vocabulary size " + std::to_string(n) + ")");
+// One warp per row for short rows (the MoE router's expert scores): the same k rounds as k_topk, each
+// a warp argmax by xor shuffles (the order `better` is total, so every lane ends with the same pick).
+__global__ void k_topk_warp(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx,
+                            int64_t rows, int64_t cols, int64_t k) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const float* xr = x + r * cols;
+    float thk = INFINITY;
+    int thi = -1;
+    for (int64_t q = 0; q < k; ++q) {
+      float bk = -INFINITY;
+      int bi = INT_MAX;
+      for (int64_t j = lane; j < cols; j += 32) {
+        const float v = xr[j];
+        const float kv = isnan(v) ? -INFINITY : v;
+        if (thi >= 0 && !better(thk, thi, kv, (int)j)) continue;
+        if (bi == INT_MAX || better(kv, (int)j, bk, bi)) { bk = kv; bi = (int)j; }
       }
-      throw IndexError(std::string(op) + ": index " + std::to_string(h[i]) + " is outside [0, " + std::to_string(n) + ")");
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ok = __shfl_xor_sync(0xffffffffu, bk, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (oi != INT_MAX && (bi == INT_MAX || better(ok, oi, bk, bi))) { bk = ok; bi = oi; }
+      }
+      thk = bk;
+      thi = bi;
+      if (lane == 0) {
+        vals[r * k + q] = xr[thi];
+        idx[r * k + q] = thi;
+      }
     }
   }
-  return h;
 }
+
+unsigned rows_grid(int64_t rows) { return (unsigned)std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 20)); }
+
 }  // namespace
 
 void softmax(const float* x, float* out, int64_t rows, int64_t cols) {
@@ -316,70 +362,60 @@ void layer_norm_backward(const float* x, const float* g, const float* mean, cons
   check_launch("layerNormBackward");
 }
 
-void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op) {
-  if (m == 0) return;
-  fetch_checked(idx, m, 0, n, op);
-  if (d == 0) return;
+void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t d, const char* op) {
+  if (m == 0 || d == 0) return;
   k_gather<<<grid_for(m * d, kT), kT, 0, stream()>>>(x, idx, out, m, d);
   check_launch(op);
 }
 
-void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d, const char* op) {
-  if (m == 0) return;
-  std::vector<int32_t> h = fetch_checked(idx, m, 0, n, op);
-  if (d == 0) return;
-  // Stable counting sort of the sources by target row.
-  std::vector<int32_t> cnt((size_t)n + 1, 0);
-  for (int64_t i = 0; i < m; ++i) cnt[h[i] + 1]++;
-  for (int64_t t = 0; t < n; ++t) cnt[t + 1] += cnt[t];
-  std::vector<int32_t> order((size_t)m);
-  {
-    std::vector<int32_t> pos(cnt.begin(), cnt.end() - 1);
-    for (int64_t i = 0; i < m; ++i) order[pos[h[i]]++] = (int32_t)i;
+namespace {
+void segment_sum_launch(const float* src, const int32_t* list, const int32_t* bounds, int64_t n, float* out, int64_t d,
+                        bool init, const char* op) {
+  if (d % 4 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)out & 15) == 0) {
+    k_segment_sum<4><<<grid_for(n * d / 4, kT), kT, 0, stream()>>>(src, list, bounds, n, out, d, init);
+  } else {
+    k_segment_sum<1><<<grid_for(n * d, kT), kT, 0, stream()>>>(src, list, bounds, n, out, d, init);
   }
-  std::vector<int32_t> seg, target;
-  for (int64_t t = 0; t < n; ++t) {
-    if (cnt[t + 1] > cnt[t]) {
-      seg.push_back(cnt[t]);
-      target.push_back((int32_t)t);
-    }
-  }
-  int64_t nseg = (int64_t)target.size();
-  seg.push_back((int32_t)m);
-  std::vector<int32_t> meta;
-  meta.reserve(m + 2 * nseg + 1);
-  meta.insert(meta.end(), order.begin(), order.end());
-  meta.insert(meta.end(), seg.begin(), seg.end());
-  meta.insert(meta.end(), target.begin(), target.end());
-  Scratch dm(meta.size() * sizeof(int32_t));
-  h2d(dm.p, meta.data(), meta.size() * sizeof(int32_t));
-  dim3 g((unsigned)((d + 127) / 128), (unsigned)std::min<int64_t>(nseg, 65535));
-  k_scatter_sorted<<<g, 128, 0, stream()>>>(src, dm.as<int32_t>(), nseg, m, out, d);
   check_launch(op);
+}
+}  // namespace
+
+void segment_sum(const float* src, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, float* out, int64_t d,
+                 bool init, const char* op) {
+  if (n == 0 || d == 0) return;
+  const int32_t* sources = plan + n + 1;
+  if (chunks == 0) {
+    segment_sum_launch(src, sources, plan, n, out, d, init, op);
+    return;
+  }
+  const int32_t* target_chunks = sources + m;
+  const int32_t* chunk_bounds = target_chunks + n + 1;
+  Scratch partial((size_t)chunks * d * sizeof(float));
+  segment_sum_launch(src, sources, chunk_bounds, chunks, partial.as<float>(), d, true, op);
+  segment_sum_launch(partial.as<float>(), nullptr, target_chunks, n, out, d, init, op);
 }
 
 void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
                    int64_t V) {
   if (N == 0) return;
-  fetch_checked(targets, N, -1, V, "crossEntropy");
   k_ce<<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, losses, lse, N, V);
   check_launch("crossEntropy");
 }
 void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targets, const float* lse, const float* gloss,
                             float* glogits, int64_t N, int64_t V) {
   if (N == 0) return;
-  fetch_checked(targets, N, -1, V, "crossEntropy");
   k_ce_bwd<<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, lse, gloss, glogits, N, V);
   check_launch("crossEntropyBackward");
 }
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {
   if (rows == 0) return;
-  k_rowdot<<<rows_grid(rows), kT, 0, stream()>>>(a, b, out, rows, cols);
+  k_rowdot<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(a, b, out, rows, cols);
   check_launch("rowDot");
 }
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k) {
   if (rows == 0 || k == 0) return;
-  k_topk<<<rows_grid(rows), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
+  if (cols <= kWarpTopkCols) k_topk_warp<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
+  else k_topk<<<rows_grid(rows), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
   check_launch("topk");
 }
 

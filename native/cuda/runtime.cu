@@ -1,6 +1,8 @@
-// Stream, caching device allocator and host <-> device copies.
+// Stream, caching device allocator, host <-> device copies (asynchronous uploads through pinned
+// staging slots) and the host-built scatter plans of index buffers.
+#include <algorithm>
 #include <cstdio>
-#include <mutex>
+#include <cstring>
 #include <unordered_map>
 
 #include "common.cuh"
@@ -20,6 +22,37 @@ struct Alloc {
   int64_t live_blocks = 0;
 };
 Alloc g_alloc;
+
+// Pinned staging for asynchronous uploads: kSlots slots of kSlotBytes, taken round robin (allocated on
+// first use); a slot is written again only once the copy that last read it has completed (its event),
+// which in practice has long happened: the slots cycle over many uploads.
+constexpr size_t kSlotBytes = 4u << 20;
+constexpr int kSlots = 16;
+struct Staging {
+  void* host[kSlots] = {};
+  cudaEvent_t done[kSlots] = {};
+  int next = 0;
+};
+Staging g_staging;
+
+// The next slot's host memory, free to be written; its number goes to `slot`.
+void* staging_take(int* slot) {
+  const int s = g_staging.next;
+  g_staging.next = (s + 1) % kSlots;
+  if (!g_staging.host[s]) {
+    check(cudaHostAlloc(&g_staging.host[s], kSlotBytes, cudaHostAllocDefault), "upload (pinned staging memory)");
+    check(cudaEventCreateWithFlags(&g_staging.done[s], cudaEventDisableTiming), "upload (event)");
+  } else {
+    check(cudaEventSynchronize(g_staging.done[s]), "upload (staging slot)");
+  }
+  *slot = s;
+  return g_staging.host[s];
+}
+// Queues the copy of a slot's first `bytes` to dst and marks the slot busy until it has run.
+void staging_send(int slot, void* dst, size_t bytes) {
+  check(cudaMemcpyAsync(dst, g_staging.host[slot], bytes, cudaMemcpyHostToDevice, g_stream), "upload");
+  check(cudaEventRecord(g_staging.done[slot], g_stream), "upload (event)");
+}
 
 size_t round_size(size_t b) {
   if (b <= 512) return 512;
@@ -134,6 +167,54 @@ void d2h(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream), "download");
   check(cudaStreamSynchronize(g_stream), "download (synchronize)");
 }
+void h2d_async(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  if (bytes > kSlotBytes) {
+    h2d(dst, src, bytes);
+    return;
+  }
+  int slot;
+  std::memcpy(staging_take(&slot), src, bytes);
+  staging_send(slot, dst, bytes);
+}
+
+int64_t scatter_plan(const int32_t* idx, int64_t m, int64_t n, int32_t** plan) {
+  // Targets and sources first (a stable counting sort), then the chunks when some target needs them.
+  std::vector<int32_t> h((size_t)(n + 1 + m));
+  int32_t* off = h.data();
+  int32_t* src = off + n + 1;
+  for (int64_t i = 0; i < m; ++i) off[idx[i] + 1]++;
+  int64_t longest = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    longest = std::max<int64_t>(longest, off[t + 1]);
+    off[t + 1] += off[t];
+  }
+  {
+    std::vector<int32_t> pos(off, off + n);
+    for (int64_t i = 0; i < m; ++i) src[pos[idx[i]]++] = (int32_t)i;
+  }
+  int64_t chunks = 0;
+  if (longest > kPlanChunk) {
+    h.resize((size_t)(n + 1 + m + n + 1));
+    off = h.data();
+    int32_t* first = off + n + 1 + m;
+    for (int64_t t = 0; t < n; ++t) {
+      first[t] = (int32_t)chunks;
+      chunks += (off[t + 1] - off[t] + kPlanChunk - 1) / kPlanChunk;
+    }
+    first[n] = (int32_t)chunks;
+    h.reserve(h.size() + chunks + 1);
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t b = h[t]; b < h[t + 1]; b += kPlanChunk) h.push_back((int32_t)b);
+    }
+    h.push_back((int32_t)m);
+  }
+  const size_t bytes = h.size() * sizeof(int32_t);
+  *plan = static_cast<int32_t*>(dev_alloc(bytes));
+  h2d_async(*plan, h.data(), bytes);
+  return chunks;
+}
+
 void synchronize() { check(cudaStreamSynchronize(g_stream), "synchronize"); }
 
 }  // namespace ssdc

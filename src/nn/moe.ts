@@ -43,19 +43,25 @@ export interface Routing {
   rowExpert: Int32Array;
 }
 
-/** Groups the (N, k) expert choices by expert with a stable counting sort (token order within an expert). */
+/**
+ * Groups the (N, k) expert choices by expert with a stable counting sort (token order within an expert).
+ * Runs on the host between the download of the top-k experts and the expert products, so it is kept
+ * to integer typed-array loops (no division per row).
+ */
 export function groupByExpert(experts: Int32Array, N: number, k: number, E: number): Routing {
   const load = new Int32Array(E);
   for (let i = 0; i < N * k; i++) load[experts[i]!]!++;
   const offsets = new Array<number>(E + 1).fill(0);
   for (let e = 0; e < E; e++) offsets[e + 1] = offsets[e]! + load[e]!;
-  const next = offsets.slice(0, E);
+  const next = Int32Array.from(offsets.slice(0, E));
   const rowToken = new Int32Array(N * k), rowSlot = new Int32Array(N * k), rowExpert = new Int32Array(N * k);
-  for (let i = 0; i < N * k; i++) {
-    const e = experts[i]!, r = next[e]!++;
-    rowToken[r] = Math.floor(i / k);
-    rowSlot[r] = i;
-    rowExpert[r] = e;
+  for (let n = 0, i = 0; n < N; n++) {
+    for (let j = 0; j < k; j++, i++) {
+      const e = experts[i]!, r = next[e]!++;
+      rowToken[r] = n;
+      rowSlot[r] = i;
+      rowExpert[r] = e;
+    }
   }
   return { experts, load, offsets, rowToken, rowSlot, rowExpert };
 }

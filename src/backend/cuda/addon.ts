@@ -22,6 +22,8 @@ export interface CudaAddon {
   emptyCache(): void;
   sync(): void;
   h2d(dst: Ptr, src: HostArr, bytes: number): void;
+  /** Queues the upload (src is copied to pinned staging memory at once); large uploads run synchronously. */
+  h2dAsync(dst: Ptr, src: HostArr, bytes: number): void;
   d2h(src: Ptr, dst: HostArr, bytes: number): void;
   h2dBf16(dst: Ptr, src: Float32Array): void;
   d2hBf16(src: Ptr, dst: Float32Array): void;
@@ -51,14 +53,33 @@ export interface CudaAddon {
   gemm(a: Ptr, aType: number, lda: number, sA: number, b: Ptr, bType: number, ldb: number, sB: number, c: Ptr, ldc: number,
     sC: number, batch: number, m: number, n: number, k: number, tA: boolean, tB: boolean, alpha: number, beta: number,
     compute: number): void;
-  groupedGemm(a: Ptr, b: Ptr, c: Ptr, problems: Int32Array, tA: boolean, tB: boolean, alpha: number, beta: number): void;
+  /**
+   * Built-in grouped GEMM on bf16 operands a16, b16 (fp32 c); rowsA / rowsB: i32 row indices of A / B
+   * (GroupedMatmulArgs.rows, validated by the caller), or 0.
+   */
+  groupedGemm(a16: Ptr, rowsA: Ptr, b16: Ptr, rowsB: Ptr, c: Ptr, problems: Int32Array, tA: boolean, tB: boolean,
+    alpha: number, beta: number): void;
 
   softmax(x: Ptr, out: Ptr, rows: number, cols: number): void;
   softmaxBackward(y: Ptr, gy: Ptr, gx: Ptr, rows: number, cols: number): void;
   layerNorm(x: Ptr, g: Ptr, b: Ptr, y: Ptr, mean: Ptr, rstd: Ptr, rows: number, cols: number, eps: number): void;
   layerNormBackward(x: Ptr, g: Ptr, mean: Ptr, rstd: Ptr, gy: Ptr, gx: Ptr, gg: Ptr, gb: Ptr, rows: number, cols: number): void;
-  gatherRows(x: Ptr, idx: Ptr, out: Ptr, m: number, n: number, d: number, op: string): void;
-  scatterAddRows(src: Ptr, idx: Ptr, out: Ptr, m: number, n: number, d: number, op: string): void;
+  /** out (m, d) = rows idx[i] of x (indices validated by the caller). */
+  gatherRows(x: Ptr, idx: Ptr, out: Ptr, m: number, d: number, op: string): void;
+  /**
+   * out[t] (+)= Σ src[j] over the sources j of target t in plan order (a plan of m sources with `chunks`
+   * chunks, from scatterPlan); src (·, d), out (n, d); init: out starts from zeros (every row written)
+   * instead of its content.
+   */
+  segmentSum(src: Ptr, plan: Ptr, n: number, m: number, chunks: number, out: Ptr, d: number, init: boolean, op: string): void;
+  /**
+   * The scatter plan of targets idx (each in [0, n), validated by the caller), uploaded asynchronously
+   * to a new device block (free with `free`): per target its sources in ascending order, cut into
+   * chunks of at most 32 when some target has more (chunks 0: not chunked).
+   */
+  scatterPlan(idx: Int32Array, n: number): { ptr: Ptr; chunks: number };
+  /** [smallest, largest] entry of a non-empty array. */
+  intRange(a: Int32Array): [number, number];
   /** logits rows are `ld` floats apart. */
   crossEntropy(logits: Ptr, ld: number, targets: Ptr, losses: Ptr, lse: Ptr, N: number, V: number): void;
   /** logits rows are `ld` floats apart; glogits (N, V). */

@@ -18,8 +18,22 @@
  * computed into an aligned `twin` (cuBLAS runs several times faster there); cross-entropy reads the
  * twin directly, and anything else that reads the buffer first gets the twin copied into it.
  *
+ * Index buffers (i32) keep a host copy of their content while it is current (taken on upload and on
+ * download; any device write makes it stale). Index validation (gathers, embeddings, cross-entropy
+ * targets, the row indices of grouped GEMMs) and the scatter plans read it instead of synchronising
+ * with the device. A scatter plan is a target -> sources table built on the host and uploaded
+ * asynchronously: scatter-adds then sum each target's rows in a fixed order (deterministic, no
+ * atomics). The MoE routing is uploaded from the host (src/nn/moe.ts), so a MoE layer synchronises
+ * once: when its top-k experts are downloaded for grouping.
+ *
+ * The MoE products (`groupedMatmul` with `rows`) run in the built-in grouped kernel, which reads the
+ * token rows through their indices while it loads its tiles; a scattered C is computed into a scratch
+ * of product rows and then added to C's rows by the scatter plan (deterministic segmented sum).
+ *
  * `SSD_CUDA_MATMUL=tf32|f32|fast16bf|own` picks another GEMM mode (own: the built-in kernel, no cuBLAS
- * needed); `SSD_CUDA_ATTN=simt` the plain fp32 attention kernels.
+ * needed); `SSD_CUDA_GROUPED=auto|cublas|own` the grouped GEMM (auto: cuBLAS per group for at most 4
+ * groups without row indices, else the built-in kernel); `SSD_CUDA_ATTN=simt` the plain fp32 attention
+ * kernels.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
@@ -33,6 +47,9 @@ const KIND: Record<DType, number> = { f32: 0, bf16: 1, i32: 2 };
 export type MatmulMode = 'bf16' | 'tf32' | 'f32' | 'fast16bf' | 'own';
 /** Elements from which misaligned GEMM operands are padded (a copy pays off only on large matrices). */
 const PAD_MIN = 1 << 22;
+/** Largest i32 buffer (elements) that keeps a host copy of its content. */
+const HOST_COPY_MAX = 1 << 24;
+export type GroupedRoute = 'auto' | 'cublas' | 'own';
 const COMPUTE: Record<Exclude<MatmulMode, 'own'>, number> = { bf16: 0, tf32: 1, f32: 2, fast16bf: 3 };
 /** Head sizes of the tensor-core attention kernels (native/cuda/attention.cu `tc_head`); others run SIMT. */
 const TC_HEAD_SIZES = new Set([16, 32, 64, 128]);
@@ -71,6 +88,16 @@ interface Twin {
   ld: number;
 }
 
+/** A scatter plan on the device (see the file comment and native scatter_plan). */
+interface ScatterPlan {
+  ptr: number;
+  /** Chunks of its long segments (0: none). */
+  chunks: number;
+  version: number;
+  count: number;
+  n: number;
+}
+
 class CudaBuf implements Buf {
   ptr: number;
   freed = false;
@@ -84,6 +111,13 @@ class CudaBuf implements Buf {
   zeroPending = false;
   /** When set, the buffer's content lives here instead (see the file comment). */
   twin: Twin | null = null;
+  /** An i32 buffer's content on the host, current while `hostVersion === version` (see the file comment). */
+  host: Int32Array | null = null;
+  hostVersion = -1;
+  /** Smallest and largest entry of `host` (computed on first use). */
+  hostRange: [number, number] | null = null;
+  /** Device scatter plan of the first `count` entries as targets in [0, n), for content `version`. */
+  plan: ScatterPlan | null = null;
   constructor(readonly dtype: DType, readonly size: number, ptr: number) {
     this.ptr = ptr;
   }
@@ -108,6 +142,30 @@ function coversDense(shape: number[], strides: number[]): boolean {
     expect *= n;
   }
   return true;
+}
+
+/**
+ * True if the groups' C regions (problem entries m, n, offC, ldc) tile a buffer of `size` elements
+ * exactly: every non-empty group writes whole rows of one width ld, and their row ranges cover
+ * [0, size / ld) without gaps or overlaps. C is then overwritten whole.
+ */
+function tilesRows(p: Int32Array, size: number): boolean {
+  const ld = p[8]!;
+  if (!(ld > 0) || size % ld !== 0) return false;
+  const spans: [number, number][] = [];
+  for (let q = 0; q < p.length; q += 9) {
+    const m = p[q]!, n = p[q + 1]!, off = p[q + 7]!;
+    if (m === 0 || n === 0) continue;
+    if (p[q + 8] !== ld || n !== ld || off % ld !== 0) return false;
+    spans.push([off / ld, off / ld + m]);
+  }
+  spans.sort((x, y) => x[0] - y[0]);
+  let end = 0;
+  for (const [from, to] of spans) {
+    if (from !== end) return false;
+    end = to;
+  }
+  return end === size / ld;
 }
 
 const f32buf = new Float32Array(1);
@@ -146,6 +204,8 @@ function collapse(shape: number[], ...strides: number[][]): [number[], number[][
 
 export interface CudaBackendOptions {
   matmul?: MatmulMode;
+  /** Grouped GEMM route (default SSD_CUDA_GROUPED, else 'auto'; see the file comment). */
+  grouped?: GroupedRoute;
   /** 'tc' (tensor cores where the head size allows) or 'simt'. */
   attention?: 'tc' | 'simt';
 }
@@ -155,6 +215,7 @@ export class CudaBackend implements Backend {
   readonly device: string;
   readonly gemmLibrary: string;
   readonly matmulMode: MatmulMode;
+  readonly groupedRoute: GroupedRoute;
   private readonly attnImpl: number;
   private live = 0;
   private liveBytes = 0;
@@ -165,6 +226,10 @@ export class CudaBackend implements Backend {
     this.matmulMode = opts.matmul ?? envMode ?? 'bf16';
     if (!['bf16', 'tf32', 'f32', 'fast16bf', 'own'].includes(this.matmulMode)) {
       throw new Error(`cuda: unknown SSD_CUDA_MATMUL '${this.matmulMode}' (bf16, tf32, f32, fast16bf, own)`);
+    }
+    this.groupedRoute = opts.grouped ?? (process.env['SSD_CUDA_GROUPED'] as GroupedRoute | undefined) ?? 'auto';
+    if (!['auto', 'cublas', 'own'].includes(this.groupedRoute)) {
+      throw new Error(`cuda: unknown SSD_CUDA_GROUPED '${this.groupedRoute}' (auto, cublas, own)`);
     }
     this.gemmLibrary = this.matmulMode === 'own' ? 'built-in grouped kernel' : nat.loadCublas(cublasCandidates());
     this.attnImpl = (opts.attention ?? process.env['SSD_CUDA_ATTN']) === 'simt' ? 1 : 0;
@@ -227,20 +292,6 @@ export class CudaBackend implements Backend {
     c.version++;
     return c.ptr;
   }
-  /**
-   * Runs a kernel that validates indices on the host before writing its outputs (claimed with `o`):
-   * when it throws, the outputs get their deferred zeros back, as if the call had not happened.
-   */
-  private validated(outs: Buf[], call: () => void): void {
-    for (const b of outs) if (b instanceof CudaBuf && b.twin) this.settle(b);
-    const pending = outs.filter((b) => b instanceof CudaBuf && b.zeroPending) as CudaBuf[];
-    try {
-      call();
-    } catch (e) {
-      for (const b of pending) { b.zeroPending = true; this.settle(b); }
-      throw e;
-    }
-  }
   private dims(op: string, v: Record<string, number>): void {
     for (const [k, x] of Object.entries(v)) need(op, isInt(x), () => `${k} must be a non-negative integer, got ${x}`);
   }
@@ -273,6 +324,64 @@ export class CudaBackend implements Backend {
     return { ptr: c.ptr, ld: cols };
   }
 
+  /** Keeps `host` as the host copy of an i32 buffer's current content (small enough buffers only). */
+  private keepHost(b: CudaBuf, host: Int32Array): void {
+    if (host.length > HOST_COPY_MAX) return;
+    b.host = host;
+    b.hostVersion = b.version;
+    b.hostRange = null;
+  }
+  /** An i32 buffer's content on the host: its host copy when current, else downloaded (a synchronisation). */
+  private hostInts(b: CudaBuf): Int32Array {
+    if (b.host && b.hostVersion === b.version) return b.host;
+    const out = this.download(b) as Int32Array;
+    return b.host && b.hostVersion === b.version ? b.host : out;
+  }
+  /**
+   * Throws a RangeError unless entries [0, count) of an i32 buffer lie in [lo, hi) (lo = −1: targets
+   * of cross-entropy); the message names the first offending entry.
+   */
+  private checkIndices(op: string, b: CudaBuf, count: number, lo: number, hi: number): void {
+    if (count === 0) return;
+    const h = this.hostInts(b);
+    if (h === b.host && b.hostRange === null) b.hostRange = this.nat.intRange(h);
+    if (h === b.host && b.hostRange![0] >= lo && b.hostRange![1] < hi) return;
+    for (let i = 0; i < count; i++) {
+      const v = h[i]!;
+      if (v >= lo && v < hi) continue;
+      throw new RangeError(lo < 0
+        ? `${op}: target ${v} is outside [-1, ${hi}) (vocabulary size ${hi})`
+        : `${op}: index ${v} is outside [${lo}, ${hi})`);
+    }
+  }
+  /**
+   * Device scatter plan (see the file comment) of entries [0, count) of an i32 buffer as targets in
+   * [0, n), validated; cached on the buffer while its content is unchanged (the MoE token index serves
+   * the forward scatter and the backward one).
+   */
+  private scatterPlan(op: string, b: CudaBuf, count: number, n: number): ScatterPlan {
+    const p = b.plan;
+    if (p && p.version === b.version && p.count === count && p.n === n) return p;
+    this.checkIndices(op, b, count, 0, n);
+    const h = this.hostInts(b);
+    if (p) this.nat.free(p.ptr);
+    b.plan = { ...this.nat.scatterPlan(h.subarray(0, count), n), version: b.version, count, n };
+    return b.plan;
+  }
+  /**
+   * out[idx[i]] += src row i for i < count (out (n, d), src rows d apart at device address `src`), in
+   * ascending i per row of out (rows with more than 32 sources: in chunks of 32, then the chunk sums in
+   * order; a fixed blocking, so still deterministic). An output still awaiting its zero-fill is
+   * written instead (no memset).
+   */
+  private scatterAdd(op: string, src: number, idx: Buf, count: number, out: Buf, n: number, d: number): void {
+    const plan = this.scatterPlan(op, this.typed(op, idx, 'idx', count, 'i32'), count, n);
+    const O = this.typed(op, out, 'out', n * d, 'f32');
+    const init = O.zeroPending && O.twin === null && O.size === n * d;
+    this.nat.segmentSum(src, plan.ptr, n, count, plan.chunks, init ? this.o(op, out, 'out', n * d) : this.w(op, out, 'out', n * d),
+      d, init, op);
+  }
+
   // ------------------------------------------------------------ memory
   alloc(dtype: DType, size: number): Buf {
     need('alloc', isInt(size), () => `bad size ${size}`);
@@ -292,6 +401,9 @@ export class CudaBackend implements Backend {
     this.nat.free(buf.ptr);
     if (buf.shadow) this.nat.free(buf.shadow);
     buf.shadow = 0;
+    if (buf.plan) this.nat.free(buf.plan.ptr);
+    buf.plan = null;
+    buf.host = null;
     this.live--;
     this.liveBytes -= buf.size * DTYPE_BYTES[buf.dtype];
   }
@@ -305,18 +417,22 @@ export class CudaBackend implements Backend {
       this.nat.h2dBf16(b.ptr, data instanceof Float32Array ? data : Float32Array.from(data));
     } else if (b.dtype === 'f32') {
       const a = data instanceof Float32Array ? data : Float32Array.from(data);
-      this.nat.h2d(b.ptr, a, b.size * 4);
+      this.nat.h2dAsync(b.ptr, a, b.size * 4);
     } else {
-      const a = data instanceof Int32Array ? data : Int32Array.from(data);
-      this.nat.h2d(b.ptr, a, b.size * 4);
+      const a = new Int32Array(b.size); // a copy of the caller's data: it becomes the host copy
+      a.set(data);
+      this.nat.h2dAsync(b.ptr, a, b.size * 4);
+      this.keepHost(b, a);
     }
   }
   download(buf: Buf): HostArray {
     const b = this.buf('download', buf, 'buffer');
     this.settle(b);
     if (b.dtype === 'i32') {
+      if (b.host && b.hostVersion === b.version) return new Int32Array(b.host);
       const out = new Int32Array(b.size);
       if (b.size) this.nat.d2h(b.ptr, out, b.size * 4);
+      this.keepHost(b, new Int32Array(out));
       return out;
     }
     const out = new Float32Array(b.size);
@@ -467,7 +583,7 @@ export class CudaBackend implements Backend {
     if (this.matmulMode === 'own') {
       const p = new Int32Array(9 * batch);
       for (let t = 0; t < batch; t++) p.set([m, n, k, t * g.strideA, lda, t * g.strideB, ldb, t * g.strideC, n], 9 * t);
-      this.nat.groupedGemm(A.ptr, B.ptr, C, p, g.transA, g.transB, g.alpha, g.beta);
+      this.nat.groupedGemm(this.shadow(A), 0, this.shadow(B), 0, C, p, g.transA, g.transB, g.alpha, g.beta);
       return;
     }
     const bf = this.matmulMode === 'bf16';
@@ -499,48 +615,85 @@ export class CudaBackend implements Backend {
     this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch, m, nn, kk,
       g.transA, g.transB, g.alpha, g.beta, 0);
   }
+  /** Whether a grouped product of `groups` groups runs as one cuBLAS GEMM per group (see the file comment). */
+  private groupedByCublas(groups: number): boolean {
+    if (this.matmulMode === 'own' || this.groupedRoute === 'own') return false;
+    return this.groupedRoute === 'cublas' || groups <= 4;
+  }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
-    if (g.rows) { groupedMatmulByCopies(this, a, b, c, g); return; } // no fused gather/scatter kernel yet
     const op = 'groupedMatmul';
-    const A = this.buf(op, a, 'a'), B = this.buf(op, b, 'b');
-    this.r(op, a, 'a');
-    this.r(op, b, 'b');
-    const Cs = this.buf(op, c, 'c').size;
-    const C = this.w(op, c, 'c');
     const p = g.problems;
     need(op, p instanceof Int32Array, () => 'problems must be an Int32Array');
     need(op, p.length % 9 === 0, () => `problems length ${p.length} is not a multiple of 9`);
-    const groups = p.length / 9;
-    let bigWork = true;
-    for (let q = 0; q < groups; q++) {
-      const [m, n, k, oA, lA, oB, lB, oC, lC] = Array.from(p.subarray(9 * q, 9 * q + 9)) as number[];
-      for (const v of [m, n, k, oA, lA, oB, lB, oC, lC]) need(op, v! >= 0, () => `group ${q}: negative entry in [${p.subarray(9 * q, 9 * q + 9)}]`);
-      const ext = (rows: number, cols: number, off: number, ld: number, size: number, what: string) => {
-        if (rows === 0 || cols === 0) return;
-        need(op, ld >= cols, () => `group ${q}: leading dimension ${ld} of ${what} < ${cols}`);
-        const last = off + (rows - 1) * ld + cols - 1;
-        need(op, last < size, () => `group ${q}: ${what} needs ${last + 1} elements, has ${size}`);
-      };
-      ext(g.transA ? k! : m!, g.transA ? m! : k!, oA!, lA!, A.size, 'a');
-      ext(g.transB ? n! : k!, g.transB ? k! : n!, oB!, lB!, B.size, 'b');
-      ext(m!, n!, oC!, lC!, Cs, 'c');
-      if (m! * n! * k! < (1 << 26)) bigWork = false;
+    const groups = p.length / 9, rows = g.rows ?? {};
+    const indexed = !!(rows.a || rows.b || rows.c);
+    // cuBLAS cannot read rows through indices: the generic path gathers copies for it.
+    if (indexed && this.groupedByCublas(groups)) { groupedMatmulByCopies(this, a, b, c, g); return; }
+    const A = this.buf(op, a, 'a'), B = this.buf(op, b, 'b'), Cb = this.buf(op, c, 'c');
+    need(op, !rows.c || g.beta === 1, () => `a scattered C (rows.c) accumulates, beta must be 1 (got ${g.beta})`);
+    /** An indexed operand's index buffer, validated against the rows of `real` (entry `at`: its shared ld). */
+    const index = (idx: Buf | undefined, at: number, what: string, real: CudaBuf): CudaBuf | null => {
+      if (!idx) return null;
+      const I = this.typed(op, idx, `rows.${what}`, 0, 'i32');
+      const ld = p[at] ?? 0;
+      for (let q = at; q < p.length; q += 9) {
+        need(op, p[q] === ld, () => `indexed ${what} needs one leading dimension for all groups (${ld} and ${p[q]})`);
+      }
+      if (what !== 'c') this.checkIndices(`${op} (rows.${what})`, I, I.size, 0, Math.floor(real.size / ld));
+      return I;
+    };
+    const Ia = index(rows.a, 4, 'a', A), Ib = index(rows.b, 6, 'b', B), Ic = index(rows.c, 8, 'c', Cb);
+    // An indexed operand's groups address the virtual matrix of its indexed rows.
+    const sizeA = Ia ? Ia.size * p[4]! : A.size, sizeB = Ib ? Ib.size * p[6]! : B.size, sizeC = Ic ? Ic.size * p[8]! : Cb.size;
+    /** Checks that rows x cols at `off` with leading dimension ld fit `size` elements (problem entries at q + o). */
+    const ext = (q: number, rs: number, cs: number, o: number, size: number, what: string) => {
+      if (rs === 0 || cs === 0) return;
+      const off = p[q + o]!, ld = p[q + o + 1]!;
+      need(op, ld >= cs, () => `group ${q / 9}: leading dimension ${ld} of ${what} < ${cs}`);
+      const last = off + (rs - 1) * ld + cs - 1;
+      need(op, last < size, () => `group ${q / 9}: ${what} needs ${last + 1} elements, has ${size}`);
+    };
+    for (let q = 0; q < p.length; q += 9) {
+      for (let i = q; i < q + 9; i++) need(op, p[i]! >= 0, () => `group ${q / 9}: negative entry in [${p.subarray(q, q + 9)}]`);
+      const m = p[q]!, n = p[q + 1]!, k = p[q + 2]!;
+      ext(q, g.transA ? k : m, g.transA ? m : k, 3, sizeA, 'a');
+      ext(q, g.transB ? n : k, g.transB ? k : n, 5, sizeB, 'b');
+      ext(q, m, n, 7, sizeC, 'c');
     }
-    if (groups === 0) return;
-    const route = process.env['SSD_CUDA_GROUPED'] ?? 'auto';
-    const useCublas = this.matmulMode !== 'own' && (route === 'cublas' || (route === 'auto' && (groups <= 4 || bigWork)));
-    if (!useCublas) {
-      this.nat.groupedGemm(A.ptr, B.ptr, C, p, g.transA, g.transB, g.alpha, g.beta);
+    if (groups === 0) {
+      this.r(op, a, 'a');
+      this.r(op, b, 'b');
+      this.w(op, c, 'c');
       return;
     }
-    const bf = this.matmulMode === 'bf16';
-    const pa = bf ? this.shadow(A) : A.ptr, pb = bf ? this.shadow(B) : B.ptr, eb = bf ? 2 : 4;
-    for (let q = 0; q < groups; q++) {
-      const [m, n, k, oA, lA, oB, lB, oC, lC] = Array.from(p.subarray(9 * q, 9 * q + 9)) as number[];
-      if (m === 0 || n === 0) continue;
-      this.nat.gemm(pa + oA! * eb, bf ? 1 : 0, lA!, 0, pb + oB! * eb, bf ? 1 : 0, lB!, 0, C + oC! * 4, lC!, 0, 1, m!, n!, k!,
-        g.transA, g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>]);
+    if (this.groupedByCublas(groups)) {
+      const bf = this.matmulMode === 'bf16';
+      const pa = bf ? this.shadow(A) : this.r(op, a, 'a'), pb = bf ? this.shadow(B) : this.r(op, b, 'b'), eb = bf ? 2 : 4;
+      const C = g.beta === 0 && tilesRows(p, Cb.size) ? this.o(op, c, 'c', Cb.size) : this.w(op, c, 'c');
+      for (let q = 0; q < p.length; q += 9) {
+        const m = p[q]!, n = p[q + 1]!;
+        if (m === 0 || n === 0) continue;
+        this.nat.gemm(pa + p[q + 3]! * eb, bf ? 1 : 0, p[q + 4]!, 0, pb + p[q + 5]! * eb, bf ? 1 : 0, p[q + 6]!, 0, C + p[q + 7]! * 4,
+          p[q + 8]!, 0, 1, m, n, p[q + 2]!, g.transA, g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>]);
+      }
+      return;
     }
+    // The built-in kernel on the bf16 copies, row indices read in place.
+    const pa = this.shadow(A), pb = this.shadow(B);
+    const ra = Ia ? this.r(op, Ia, 'rows.a', 0, 'i32') : 0, rb = Ib ? this.r(op, Ib, 'rows.b', 0, 'i32') : 0;
+    if (!Ic) {
+      const C = g.beta === 0 && tilesRows(p, Cb.size) ? this.o(op, c, 'c', Cb.size) : this.w(op, c, 'c');
+      this.nat.groupedGemm(pa, ra, pb, rb, C, p, g.transA, g.transB, g.alpha, g.beta);
+      return;
+    }
+    // Scattered C: the product rows go to a scratch (the virtual C), then each row of C receives its
+    // product rows in ascending order (a scatter plan), deterministically and without atomics.
+    const ldc = p[8]!, scratchBytes = sizeC * 4;
+    const scratch = this.nat.malloc(Math.max(scratchBytes, 1));
+    if (!tilesRows(p, sizeC)) this.nat.zero(scratch, scratchBytes);
+    this.nat.groupedGemm(pa, ra, pb, rb, scratch, p, g.transA, g.transB, g.alpha, 0);
+    this.scatterAdd(op, scratch, Ic, Ic.size, c, ldc > 0 ? Math.floor(Cb.size / ldc) : 0, ldc);
+    this.nat.free(scratch);
   }
 
   // ------------------------------------------------------------ NN kernels
@@ -576,16 +729,13 @@ export class CudaBackend implements Backend {
       this.w(op, gbeta, 'gbeta', cols), rows, cols);
   }
   embedding(table: Buf, ids: Buf, out: Buf, n: number, vocab: number, dim: number): void {
-    const op = 'embedding';
-    this.dims(op, { n, vocab, dim });
-    this.validated([out], () => this.nat.gatherRows(this.r(op, table, 'table', vocab * dim), this.r(op, ids, 'ids', n, 'i32'),
-      this.o(op, out, 'out', n * dim), n, vocab, dim, op));
+    this.dims('embedding', { n, vocab, dim });
+    this.gather('embedding', table, ids, out, n, vocab, dim);
   }
   embeddingBackward(gy: Buf, ids: Buf, gtable: Buf, n: number, vocab: number, dim: number): void {
     const op = 'embeddingBackward';
     this.dims(op, { n, vocab, dim });
-    this.nat.scatterAddRows(this.r(op, gy, 'gy', n * dim), this.r(op, ids, 'ids', n, 'i32'),
-      this.w(op, gtable, 'gtable', vocab * dim), n, vocab, dim, op);
+    this.scatterAdd(op, this.r(op, gy, 'gy', n * dim), ids, n, gtable, vocab, dim);
   }
   attention(qkv: Buf, out: Buf, lse: Buf, B: number, T: number, H: number, D: number, causal: boolean, scale: number): void {
     const op = 'attention';
@@ -631,16 +781,18 @@ export class CudaBackend implements Backend {
   crossEntropy(logits: Buf, targets: Buf, losses: Buf, lse: Buf, N: number, V: number): void {
     const op = 'crossEntropy';
     this.dims(op, { N, V });
+    this.checkIndices(op, this.typed(op, targets, 'targets', N, 'i32'), N, -1, V);
     const x = this.rowsIn(op, logits, 'logits', N, V);
-    this.validated([losses, lse], () => this.nat.crossEntropy(x.ptr, x.ld, this.r(op, targets, 'targets', N, 'i32'),
-      this.o(op, losses, 'losses', N), this.o(op, lse, 'lse', N), N, V));
+    this.nat.crossEntropy(x.ptr, x.ld, this.r(op, targets, 'targets', N, 'i32'), this.o(op, losses, 'losses', N),
+      this.o(op, lse, 'lse', N), N, V);
   }
   crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number): void {
     const op = 'crossEntropyBackward';
     this.dims(op, { N, V });
+    this.checkIndices('crossEntropy', this.typed(op, targets, 'targets', N, 'i32'), N, -1, V);
     const x = this.rowsIn(op, logits, 'logits', N, V);
-    this.validated([glogits], () => this.nat.crossEntropyBackward(x.ptr, x.ld, this.r(op, targets, 'targets', N, 'i32'),
-      this.r(op, lse, 'lse', N), this.r(op, gloss, 'gloss', N), this.o(op, glogits, 'glogits', N * V), N, V));
+    this.nat.crossEntropyBackward(x.ptr, x.ld, this.r(op, targets, 'targets', N, 'i32'), this.r(op, lse, 'lse', N),
+      this.r(op, gloss, 'gloss', N), this.o(op, glogits, 'glogits', N * V), N, V);
   }
   adamw(p: Buf, g: Buf, m: Buf, v: Buf, a: AdamWArgs): void {
     const op = 'adamw';
@@ -661,16 +813,18 @@ export class CudaBackend implements Backend {
       this.o(op, indices, 'indices', rows * k, 'i32'), rows, cols, k);
   }
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
-    const op = 'gatherRows';
-    this.dims(op, { m, n, d });
-    this.validated([out], () => this.nat.gatherRows(this.r(op, x, 'x', n * d), this.r(op, idx, 'idx', m, 'i32'),
-      this.o(op, out, 'out', m * d), m, n, d, op));
+    this.dims('gatherRows', { m, n, d });
+    this.gather('gatherRows', x, idx, out, m, n, d);
+  }
+  /** out (m, d) = rows idx[i] of x (n, d), indices validated first (gatherRows, embedding). */
+  private gather(op: string, x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
+    this.checkIndices(op, this.typed(op, idx, 'idx', m, 'i32'), m, 0, n);
+    this.nat.gatherRows(this.r(op, x, 'x', n * d), this.r(op, idx, 'idx', m, 'i32'), this.o(op, out, 'out', m * d), m, d, op);
   }
   scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     const op = 'scatterAddRows';
     this.dims(op, { m, n, d });
-    this.nat.scatterAddRows(this.r(op, src, 'src', m * d), this.r(op, idx, 'idx', m, 'i32'), this.w(op, out, 'out', n * d),
-      m, n, d, op);
+    this.scatterAdd(op, this.r(op, src, 'src', m * d), idx, m, out, n, d);
   }
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void {
     const op = 'rowDot';
