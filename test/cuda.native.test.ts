@@ -16,41 +16,12 @@ import { makeConfig } from '../src/nn/config.js';
 import { moeFFN } from '../src/nn/moe.js';
 import * as T from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optim.js';
+import { groupedRowsRun } from './grouped-rows.cases.js';
 import { ints, put, randn, relErr, rng } from './helpers.js';
 
 const why = cudaUnavailableReason();
 
 type Run = (b: Backend) => ArrayLike<number>[];
-
-/**
- * Row-indexed grouped products (the cpu suite's cases, at inner sizes k and n): the MoE forward
- * (gathered A; C scattered with repeated rows onto a non-zero C), both weight-gradient shapes
- * (K-gathered A with transA, K-gathered B), an N-gathered B with transB at column offset 10 (ragged),
- * and decode-sized groups gathered and scattered onto part of C's columns.
- */
-function groupedRows(b: Backend, k: number, n: number): ArrayLike<number>[] {
-  const r = rng(31), T = 500, R = 900, E = 3, offsets = [0, 400, 400, 900];
-  const idx = put(b, ints(r, R, 0, T), 'i32');
-  const x = put(b, randn(r, T * k)), h = put(b, randn(r, R * n)), wIn = put(b, randn(r, E * n * k));
-  const c1 = b.alloc('f32', R * n), c2 = put(b, randn(r, T * k)), c3 = b.alloc('f32', E * k * n), c4 = b.alloc('f32', E * n * k);
-  const c5 = b.alloc('f32', 2 * 7 * 50), idx5 = put(b, ints(r, 100, 0, T), 'i32');
-  const c6 = put(b, randn(r, T * k)), idx6 = put(b, ints(r, 11, 0, T), 'i32');
-  const groups = (f: (e: number, m: number, o: number) => number[]) =>
-    Int32Array.from(Array.from({ length: E }, (_, e) => f(e, offsets[e + 1]! - offsets[e]!, offsets[e]!)).flat());
-  const args = (problems: Int32Array, transA: boolean, transB: boolean, beta: number, rows: { a?: Buf; b?: Buf; c?: Buf }) =>
-    ({ problems, transA, transB, alpha: 1, beta, rows });
-  b.groupedMatmul(x, wIn, c1, args(groups((e, m, o) => [m, n, k, o * k, k, e * n * k, k, o * n, n]), false, true, 0, { a: idx }));
-  b.groupedMatmul(h, wIn, c2, args(groups((e, m, o) => [m, k, n, o * n, n, e * n * k, k, o * k, k]), false, false, 1, { c: idx }));
-  b.groupedMatmul(x, h, c3, args(groups((e, m, o) => [k, n, m, o * k, k, o * n, n, e * k * n, n]), true, false, 0, { a: idx }));
-  b.groupedMatmul(h, x, c4, args(groups((e, m, o) => [n, k, m, o * n, n, o * k, k, e * n * k, k]), true, false, 0, { b: idx }));
-  const p5 = Int32Array.from([7, 50, 40, 0, n, 10, k, 0, 50, 7, 50, 40, 7 * n, n, 50 * k + 10, k, 350, 50]);
-  b.groupedMatmul(h, x, c5, args(p5, false, true, 0, { b: idx5 }));
-  const p6 = Int32Array.from([1, n, k, 0, k, 0, k, 0, k, 8, n, k, 1 * k, k, n * k, k, 1 * k, k, 2, n, k, 9 * k, k, 2 * n * k, k, 9 * k, k]);
-  b.groupedMatmul(x, wIn, c6, args(p6, false, true, 1, { a: idx6, c: idx6 }));
-  const res = [c1, c2, c3, c4, c5, c6].map((c) => b.download(c));
-  for (const buf of [idx, x, h, wIn, c1, c2, c3, c4, c5, idx5, c6, idx6]) b.free(buf);
-  return res;
-}
 
 /**
  * A MoE FFN layer (8 experts of 32, top-2) forward and backward on `be`: the output and the gradients
@@ -188,7 +159,7 @@ if (why) {
     // The built-in kernel for every grouped product (auto sends these 3 groups to cuBLAS on gathered copies).
     const fused = createCudaBackend({ grouped: 'own' });
     for (const [k, n] of [[300, 40], [128, 64]] as const) {
-      const run: Run = (be) => groupedRows(be, k, n);
+      const run: Run = (be) => groupedRowsRun(be, k, n);
       close(`groupedMatmul with row indices, fused (k ${k}, n ${n}${k % 8 ? ': element loads' : ''})`, run, 1e-2, fused);
       if (k % 8 === 0) sameTwice('groupedMatmul with row indices, fused', run, fused);
     }

@@ -109,18 +109,12 @@ Napi::Value EmptyCache(const Napi::CallbackInfo& info) { empty_cache(); return U
 Napi::Value Sync(const Napi::CallbackInfo& info) { synchronize(); return U(info); }
 
 // h2d(dst, typedArray, bytes) / h2dAsync(dst, typedArray, bytes) / d2h(src, typedArray, bytes)
+template <bool Async>
 Napi::Value H2D(const Napi::CallbackInfo& info) {
   HostView h = host(info, 1);
   size_t b = (size_t)i64(info, 2);
   if (b > h.bytes) throw ArgError("upload: host array too small");
-  h2d(ptr(info, 0), h.p, b);
-  return U(info);
-}
-Napi::Value H2DAsync(const Napi::CallbackInfo& info) {
-  HostView h = host(info, 1);
-  size_t b = (size_t)i64(info, 2);
-  if (b > h.bytes) throw ArgError("upload: host array too small");
-  h2d_async(ptr(info, 0), h.p, b);
+  (Async ? h2d_async : h2d)(ptr(info, 0), h.p, b);
   return U(info);
 }
 Napi::Value D2H(const Napi::CallbackInfo& info) {
@@ -344,8 +338,8 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("stats", Stats);
   FN("emptyCache", EmptyCache);
   FN("sync", Sync);
-  FN("h2d", H2D);
-  FN("h2dAsync", H2DAsync);
+  FN("h2d", H2D<false>);
+  FN("h2dAsync", H2D<true>);
   FN("d2h", D2H);
   FN("h2dBf16", H2DBf16);
   FN("d2hBf16", D2HBf16);
