@@ -199,6 +199,29 @@ for (const name of names) {
       assert.ok(relErr(gr, fdr) < 2e-4, `router: relative error ${relErr(gr, fdr)}`);
     });
 
+    it('the router gradient reaches x only with routerInputGrad', () => {
+      const r = rng(5);
+      const N = 6, dm = 5, dff = 8, E = 4;
+      const p = randomFFN(b, dm, dff, r);
+      const xv = Float32Array.from({ length: N * dm }, () => r() - 0.5);
+      const router = T.tensor(Float32Array.from({ length: dm * E }, () => r() - 0.5), [dm, E], { backend: b });
+      router.requiresGrad = true;
+      const gx = (o: { trainRouter: boolean; routerInputGrad?: boolean }) => T.tidy(() => {
+        const x = T.tensor(xv, [N, dm], { backend: b });
+        x.requiresGrad = true;
+        T.backward(T.sum(T.square(moeFFN(x, p, router, { nExpert: E, topK: 2, activation: 'relu', ...o }).y)));
+        const g = [...x.grad!.toArray()];
+        x.dispose();
+        router.grad?.dispose();
+        router.grad = null;
+        return g;
+      });
+      const none = gx({ trainRouter: false });
+      assert.deepEqual(gx({ trainRouter: true }), none, 'detached by default: x gets only the experts\' gradient');
+      assert.ok(relErr(gx({ trainRouter: true, routerInputGrad: true }), none) > 1e-4, 'with routerInputGrad the router path adds to x');
+      for (const t of [router, ...Object.values(p)]) t?.dispose();
+    });
+
     it('gives clear errors for MoE configs that do not fit', () => {
       assert.throws(() => checkMoEConfig(3072, 100, 4), /d_ff = 3072 is not divisible by n_expert = 100/);
       assert.throws(() => checkMoEConfig(3072, 32, 33), /top_k = 33 is outside \[1, n_expert = 32\]/);

@@ -25,7 +25,7 @@ const backend = getBackend((process.env.SSD_TEST_BACKENDS ?? 'ref,cpu').split(',
 
 const base: SSDSettings = {
   method: 'ssd', totalSteps: 100, checkInterval: 10, stableThreshold: 0.9, stableDelta: 0.01, maxActiveRatio: 0.5,
-  minDenseSteps: 20, sparseSteps: 15, finalDenseFraction: 0.2, nExpert: 4, topK: 1, trainRouter: true, moefyMaxIter: 5,
+  minDenseSteps: 20, sparseSteps: 15, finalDenseFraction: 0.2, nExpert: 4, topK: 1, trainRouter: true, routerInputGrad: false, moefyMaxIter: 5,
   moefyMethod: 'kmeans', similarity: 'jaccard', seed: 0,
 };
 

@@ -45,6 +45,8 @@ export interface MoEfyOptions {
   warmStart?: boolean;
   /** Give the routers a gradient (default true). */
   trainRouter?: boolean;
+  /** The router's gradient also flows into the FFN input (default false; see `MoEOptions`). */
+  routerInputGrad?: boolean;
 }
 
 export interface LayerPartition {
@@ -149,7 +151,7 @@ export function routerName(i: number): string {
  * hold them) and of the optimizer when trainable, and switches the model to MoE mode.
  */
 export function attachRouters(model: GPT, optimizer: AdamW | null, routers: Tensor[],
-  o: Pick<MoEfyOptions, 'nExpert' | 'topK' | 'trainRouter'>): void {
+  o: Pick<MoEfyOptions, 'nExpert' | 'topK' | 'trainRouter' | 'routerInputGrad'>): void {
   routers.forEach((r, i) => {
     model.params.set(routerName(i), r);
     if (o.trainRouter === false) r.requiresGrad = false;
@@ -162,10 +164,11 @@ export function attachRouters(model: GPT, optimizer: AdamW | null, routers: Tens
  * Switches the model's FFNs to MoE mode with the given routers (one per layer). `wOutT` (inference
  * only): per layer W_out transposed, (d_ff, d_model), read instead of W_out (see `MoEOptions.wOutT`).
  */
-export function setMoE(model: GPT, routers: Tensor[], o: Pick<MoEfyOptions, 'nExpert' | 'topK' | 'trainRouter'> & { wOutT?: Tensor[] }): void {
+export function setMoE(model: GPT, routers: Tensor[],
+  o: Pick<MoEfyOptions, 'nExpert' | 'topK' | 'trainRouter' | 'routerInputGrad'> & { wOutT?: Tensor[] }): void {
   checkMoEConfig(model.config.d_ff, o.nExpert, o.topK);
   model.ffnOverride = (layer, x, p) => moeFFN(x, p, routers[layer]!, {
-    nExpert: o.nExpert, topK: o.topK, activation: model.config.activation, trainRouter: o.trainRouter ?? true,
+    nExpert: o.nExpert, topK: o.topK, activation: model.config.activation, trainRouter: o.trainRouter ?? true, routerInputGrad: o.routerInputGrad ?? false,
     ...(o.wOutT ? { wOutT: o.wOutT[layer]! } : {}),
   }).y;
 }

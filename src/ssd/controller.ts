@@ -31,6 +31,8 @@ export interface SSDSettings {
   nExpert: number;
   topK: number;
   trainRouter: boolean;
+  /** The router's gradient also reaches the FFN input (see train/config.ts `router_input_grad`). */
+  routerInputGrad: boolean;
   moefyMaxIter: number;
   /** Expert split: balanced k-means (default) or a random balanced split (ablation). */
   moefyMethod: 'kmeans' | 'random';
@@ -165,7 +167,7 @@ export class SSDController implements StepHook {
       `activation ratio ${r.meanActivationRatio.toFixed(3)}`;
     const res = moefyModel(ctx.model, ctx.optimizer, {
       nExpert: s.nExpert, topK: s.topK, warmStart: this.moefied, seed: s.seed + step, maxIter: s.moefyMaxIter, trainRouter: s.trainRouter,
-      method: s.moefyMethod,
+      routerInputGrad: s.routerInputGrad, method: s.moefyMethod,
     });
     this.routers = res.routers;
     this.moefySeconds += res.seconds;
@@ -242,7 +244,8 @@ export class SSDController implements StepHook {
       const c = ctx.model.config;
       this.routers = Array.from({ length: c.n_layer }, (_, i) =>
         T.parameter(routerName(i), new Float32Array(c.d_model * this.s.nExpert), [c.d_model, this.s.nExpert], ctx.model.backend));
-      attachRouters(ctx.model, ctx.optimizer, this.routers, { nExpert: this.s.nExpert, topK: this.s.topK, trainRouter: this.s.trainRouter });
+      attachRouters(ctx.model, ctx.optimizer, this.routers, { nExpert: this.s.nExpert, topK: this.s.topK, trainRouter: this.s.trainRouter,
+        routerInputGrad: this.s.routerInputGrad });
     }
   }
 }

@@ -16,7 +16,7 @@ export function ssdSettings(cfg: TrainConfig, mc: GPTConfig): SSDSettings {
     stableDelta: cfg.stable_delta, maxActiveRatio: cfg.max_active_ratio,
     minDenseSteps: cfg.min_dense_steps ?? Math.floor(cfg.steps / 10), sparseSteps: cfg.sparse_steps ?? Math.max(1, Math.floor(cfg.steps / 10)),
     finalDenseFraction: cfg.final_dense_fraction, nExpert, topK: cfg.moe_top_k ?? Math.max(1, Math.round(nExpert * cfg.active_ratio)),
-    trainRouter: cfg.train_router, moefyMaxIter: cfg.moefy_max_iter, moefyMethod: cfg.moefy_method,
+    trainRouter: cfg.train_router, routerInputGrad: cfg.router_input_grad, moefyMaxIter: cfg.moefy_max_iter, moefyMethod: cfg.moefy_method,
     similarity: cfg.similarity, seed: cfg.seed,
   };
 }

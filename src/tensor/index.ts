@@ -5,7 +5,7 @@ export { backward, noGrad, isGradEnabled } from './autograd.js';
 export { empty, full, tensor, parameter } from './create.js';
 export { useBackend, defaultBackend } from './device.js';
 export { add, sub, mul, div, affine, scale, relu, gelu, neg, exp, log, sqrt, square, tanh, dropout, cast, expandTo } from './ops/elementwise.js';
-export { reshape, permute, transpose, slice, concat } from './ops/shape.js';
+export { reshape, detach, permute, transpose, slice, concat } from './ops/shape.js';
 export { sum, mean, sumTo } from './ops/reduce.js';
 export { matmul, segmentMatmul } from './ops/matmul.js';
 export type { MatmulOpts, ExpertLayout, SegmentRows } from './ops/matmul.js';

@@ -77,6 +77,12 @@ export const TrainConfigFields = z.strictObject({
   active_ratio: z.number().gt(0).max(1).default(0.25),
   /** Train the routers through 1 + s − stopgrad(s) (reference MoE layer). */
   train_router: z.boolean().default(true),
+  /**
+   * Let the router's gradient also flow into the FFN input, i.e. into the layers below (ours: false;
+   * the router then learns from its own scores only). Measured on `mini` (BENCHMARKS.md, issue 5):
+   * with it, the final dense-mode loss was +3.0% vs dense; without it, −0.7%.
+   */
+  router_input_grad: z.boolean().default(false),
   /** Expert split at MoEfication: balanced k-means (default) or a random balanced split (ablation). */
   moefy_method: z.enum(['kmeans', 'random']).default('kmeans'),
   /** Pattern-stability metric: Jaccard of active-neuron sets (default) or adjusted Rand index of consecutive partitions. */

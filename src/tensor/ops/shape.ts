@@ -3,6 +3,13 @@ import { record } from '../autograd.js';
 import { Tensor, contiguousStrides, shapeSize } from '../tensor.js';
 import { backendOf, fmt, out } from './util.js';
 
+/** x as a view that gradients do not flow through (stopgrad): the same storage, no graph. */
+export function detach(x: Tensor): Tensor {
+  backendOf('detach', x);
+  x.storage.refs++;
+  return new Tensor(x.storage, x.shape, x.dtype);
+}
+
 /**
  * A view of `x` with a new shape (same storage, no copy). One dimension may be -1 (inferred).
  * Throws if the sizes do not match.
