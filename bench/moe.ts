@@ -31,22 +31,30 @@ const p: FFNParams = {
 const x = param('x', [N, dm], 1, 5);
 const gy = T.tensor(normalArray(N * dm, 1, 6), [N, dm]).keep();
 
-/** Best of `reps` wall times (ms) of forward + backward. */
-function step(forward: () => T.Tensor, reps = quick ? 2 : 3): number {
-  let best = Infinity;
-  for (let r = 0; r <= reps; r++) {
-    const t0 = performance.now();
-    T.tidy(() => T.backward(forward(), gy));
-    for (const t of [...Object.values(p), x]) t?.grad?.dispose();
-    for (const t of [...Object.values(p), x]) if (t) t.grad = null;
-    if (r > 0) best = Math.min(best, performance.now() - t0); // the first run warms up
+/** One forward + backward; returns its wall time (ms). */
+function once(forward: () => T.Tensor, extra: T.Tensor[] = []): number {
+  const t0 = performance.now();
+  T.tidy(() => T.backward(forward(), gy));
+  for (const t of [...Object.values(p), x, ...extra]) {
+    t.grad?.dispose();
+    t.grad = null;
   }
+  return performance.now() - t0;
+}
+
+/**
+ * Best wall times (ms) of the dense FFN and `forward`, run alternately after a warm-up, so both
+ * see the same machine state (this host's speed drifts by ±10% over minutes).
+ */
+function paired(forward: () => T.Tensor, extra: T.Tensor[], reps = quick ? 2 : 3): { dense: number; moe: number } {
+  const dense = () => ffnDense(x, p, 'relu');
+  once(forward, extra); // warm-up (the dense FFN's shapes are warm after the first row; best-of covers it)
+  let best = { dense: Infinity, moe: Infinity };
+  for (let r = 0; r < reps; r++) best = { dense: Math.min(best.dense, once(dense)), moe: Math.min(best.moe, once(forward, extra)) };
   return best;
 }
 
-console.log(`backend ${backend.name}; FFN d_model ${dm}, d_ff ${dff}, ${N} tokens; forward + backward, best of runs (ms)`);
-const dense = step(() => ffnDense(x, p, 'relu'));
-console.log(`dense FFN: ${dense.toFixed(1)} ms`);
+console.log(`backend ${backend.name}; FFN d_model ${dm}, d_ff ${dff}, ${N} tokens; forward + backward, best of runs, each MoE row paired with a dense run`);
 const rows: Record<string, unknown>[] = [];
 const wIn = p.w_in.toArray() as Float32Array;
 for (const E of quick ? [32] : [32, 48, 64, 96]) { // 48: the default expert size of 64 neurons
@@ -54,16 +62,13 @@ for (const E of quick ? [32] : [32, 48, 64, 96]) { // 48: the default expert siz
   router.requiresGrad = true;
   for (const ratio of [1 / 8, 1 / 4, 1 / 2, 1]) {
     const k = Math.round(E * ratio);
-    const ms = step(() => moeFFN(x, p, router, { nExpert: E, topK: k, activation: 'relu' }).y);
-    router.grad?.dispose();
-    router.grad = null;
-    rows.push({ n_expert: E, top_k: k, active_ratio: ratio, ms, vs_dense: ms / dense });
-    console.log(`MoE n_expert ${E}, top_k ${k} (ratio ${ratio}): ${ms.toFixed(1)} ms = ${(ms / dense).toFixed(3)}× dense (ideal ${ratio.toFixed(3)}×)`);
+    const { dense, moe: ms } = paired(() => moeFFN(x, p, router, { nExpert: E, topK: k, activation: 'relu' }).y, [router]);
+    rows.push({ n_expert: E, top_k: k, active_ratio: ratio, ms, dense_ms: dense, vs_dense: ms / dense });
+    console.log(`MoE n_expert ${E}, top_k ${k} (ratio ${ratio}): ${ms.toFixed(1)} ms = ${(ms / dense).toFixed(3)}× dense ${dense.toFixed(1)} ms (ideal ${ratio.toFixed(3)}×)`);
   }
   router.dispose();
 }
 
-// MoEfication of 12 layers of this shape (fresh random W_in per layer).
 const E0 = Number(arg('--moefy-experts') ?? 96);
 const { dot } = backendDot(backend);
 const t0 = performance.now();
@@ -75,4 +80,4 @@ for (let l = 0; l < (quick ? 2 : 12); l++) {
 const moefySeconds = (performance.now() - t0) / 1000;
 console.log(`MoEfication of ${quick ? 2 : 12} layers (d_ff ${dff} -> ${E0} experts, balanced k-means): ${moefySeconds.toFixed(1)} s (${iters} balanced iterations in total)`);
 const out = arg('--json');
-if (out) fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), backend: backend.name, N, dense_ms: dense, moe: rows, moefy_seconds: moefySeconds }, null, 1));
+if (out) fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), backend: backend.name, N, moe: rows, moefy_seconds: moefySeconds }, null, 1));

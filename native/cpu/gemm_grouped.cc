@@ -1,15 +1,19 @@
 // Grouped GEMM (the MoE expert kernel), optionally with row-indexed operands: the token gather fused
 // into the products' input and the scatter-add into their output (MegaBlocks-style; SSD method page
 // §4.5). Without the fusion an MoE FFN at top-k materialises k copies of its (N, d_model) input, output
-// and their gradients; here only blocks of at most kChunk gathered rows exist at a time, in
-// per-task buffers that stay in cache, and products are added back through the index.
+// and their gradients.
 //
-// Per group, an indexed dimension is cut into fixed chunks of kChunk (M when A's rows (no transA) or
-// C's rows are indexed; K when A is indexed with transA or B without transB; N when B is indexed with
-// transB); each chunk gathers its blocks and runs one single-threaded product. M and K chunk boundaries
-// never depend on the thread count (N chunks start where a thread's columns start, but output columns
-// are computed independently), and a scattered element is added in group order, rows in increasing
-// order, by the one thread that owns its C column, so results are bit-identical for any thread count.
+// With AVX-512 each group is one product of the own kernel (native/cpu/gemm_own.cc) whose indexed
+// operands are row pointers into the real ones: gathered rows are packed (or read) in place and
+// scattered output rows are added to in place by the micro-kernel's epilogue; nothing is copied.
+// Threads own whole groups, or ranges of C's absolute columns when C is scattered (a scattered row may
+// be hit by several groups) or there are few groups. Per element the arithmetic is the own kernel's
+// and a scattered element is added in group order by the one thread that owns its column, so results
+// are bit-identical for any thread count.
+//
+// Without AVX-512 the providers (oneDNN, OpenBLAS) run one product at a time on gathered copies: an
+// indexed dimension is cut into chunks of kChunk rows (M when A's rows (no transA) or C's rows are
+// indexed; K when A is indexed with transA or B without transB; N when B is indexed with transB).
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -22,7 +26,7 @@
 namespace ssd {
 namespace {
 
-constexpr int64_t kChunk = 336;  // gathered rows per block: 24 of the own kernel's 14-row micro-tiles (its default MC)
+constexpr int64_t kChunk = 336;  // gathered rows per copied block (providers' path)
 constexpr int64_t kColBlock = 32;  // columns per parallel task: the own kernel's default micro-tile width
 
 struct Group {
@@ -63,20 +67,11 @@ void scatter_add(const float* src, int64_t lds, int64_t m, int64_t n, float* dst
   }
 }
 
-// One single-threaded product inside a parallel region (or one provider call outside, without AVX-512).
-void product(bool transA, bool transB, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
-             const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (cpu_has_avx512() && m > kSmallM && k > 0)
-    sgemm_own(transA, transB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-  else
-    sgemm(transA, transB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);  // small-M kernel, or K == 0
-}
-
 struct Buffers {
   std::vector<float> a, b, c;
 };
 
-// Group g restricted to output columns [n0, n1).
+// Without AVX-512: group g through the provider, one product per chunk of gathered rows (copies).
 void run_group(bool transA, bool transB, const Group& g, int64_t n0, int64_t n1, const float* A, const float* B,
                float* C, float alpha, float beta, const GemmRows& rows, Buffers& buf) {
   if (g.m == 0 || n1 <= n0) return;
@@ -96,21 +91,51 @@ void run_group(bool transA, bool transB, const Group& g, int64_t n0, int64_t n1,
         const int64_t p1 = std::min(g.k, p0 + stepK), kc = p1 - p0;
         const float beta_p = p0 > 0 ? 1.f : rows.c ? 0.f : beta;
         if (kc == 0) {  // K == 0: C = beta · C
-          product(transA, transB, mc, nc, 0, alpha, A, 1, B, 1, beta_p, out, ldo);
+          sgemm(transA, transB, mc, nc, 0, alpha, A, 1, B, 1, beta_p, out, ldo);
           break;
         }
-        // op(A)[i0:i1, p0:p1], stored (kc, mc) when transA; op(B)[p0:p1, j0:j1], stored (nc, kc) when transB.
-        const float* pa = !rows.a ? a.at(transA ? p0 : i0, transA ? i0 : p0)
-                          : transA ? gather(a, p0, p1, i0, i1, buf.a) : gather(a, i0, i1, p0, p1, buf.a);
-        const int64_t la = !rows.a ? g.lda : transA ? mc : kc;
+        // op(B)[p0:p1, j0:j1], stored (nc, kc) when transB.
         const float* pb = !rows.b ? b.at(transB ? j0 : p0, transB ? p0 : j0)
                           : transB ? gather(b, j0, j1, p0, p1, buf.b) : gather(b, p0, p1, j0, j1, buf.b);
         const int64_t lb = !rows.b ? g.ldb : transB ? kc : nc;
-        product(transA, transB, mc, nc, kc, alpha, pa, la, pb, lb, beta_p, out, ldo);
+        // op(A)[i0:i1, p0:p1], stored (kc, mc) when transA.
+        const float* pa = !rows.a ? a.at(transA ? p0 : i0, transA ? i0 : p0)
+                          : transA ? gather(a, p0, p1, i0, i1, buf.a) : gather(a, i0, i1, p0, p1, buf.a);
+        const int64_t la = !rows.a ? g.lda : transA ? mc : kc;
+        sgemm(transA, transB, mc, nc, kc, alpha, pa, la, pb, lb, beta_p, out, ldo);
       }
       if (rows.c) scatter_add(out, nc, mc, nc, C, g.ldc, rows.c, c.row0 + i0, c.col0 + j0);
     }
   }
+}
+
+// Row pointers for `count` stored rows of an indexed operand, from column `col` of the group's columns.
+template <typename T>
+T* const* row_pointers(T* base, const Operand& op, int64_t first, int64_t count, int64_t col, std::vector<T*>& out) {
+  out.resize((size_t)count);
+  for (int64_t r = 0; r < count; ++r) out[(size_t)r] = base + (int64_t)op.rows[op.row0 + first + r] * op.ld + op.col0 + col;
+  return out.data();
+}
+
+struct RowPointers {
+  std::vector<const float*> a, b;
+  std::vector<float*> c;
+};
+
+// With AVX-512: group g restricted to output columns [n0, n1) as one own-kernel product (single
+// thread), indexed operands read and written in place through row pointers (no copies).
+void run_indexed(bool transA, bool transB, const Group& g, int64_t n0, int64_t n1, const float* A, const float* B,
+                 float* C, float alpha, float beta, const GemmRows& rows, RowPointers& ptr) {
+  if (g.m == 0 || n1 <= n0) return;
+  const Operand a = operand(A, g.offA, g.lda, rows.a), b = operand(B, g.offB, g.ldb, rows.b);
+  const Operand c = operand(C, g.offC, g.ldc, rows.c);
+  GemmOperand pa{A + g.offA, g.lda, nullptr}, pb{B + g.offB + (transB ? n0 * g.ldb : n0), g.ldb, nullptr};
+  GemmOutput pc{C + g.offC + n0, g.ldc, nullptr};
+  if (rows.a) pa.rows = row_pointers(A, a, 0, transA ? g.k : g.m, 0, ptr.a);
+  // The column range [n0, n1): rows n0.. of B when transB, else columns n0.. of every row.
+  if (rows.b) pb.rows = transB ? row_pointers(B, b, n0, n1 - n0, 0, ptr.b) : row_pointers(B, b, 0, g.k, n0, ptr.b);
+  if (rows.c) pc.rows = row_pointers(C, c, 0, g.m, n0, ptr.c);
+  sgemm_own_indexed(transA, transB, g.m, n1 - n0, g.k, alpha, pa, pb, rows.c ? 1.f : beta, pc);
 }
 
 // Every group has m <= kSmallM (MoE decode): all groups in one parallel region of the small-M kernel.
@@ -183,11 +208,11 @@ void sgemm_grouped(bool transA, bool transB, const int32_t* problems, int64_t G,
     // at different columns still never share an element between threads): a scattered row may be
     // hit by several groups.
     parallel_for((maxCol + kColBlock - 1) / kColBlock, 1, [&](int64_t b0, int64_t b1) {
-      Buffers buf;
+      RowPointers ptr;
       for (const Group& g : groups) {
         const int64_t col0 = g.ldc > 0 ? g.offC % g.ldc : 0;
         const auto clamp = [&](int64_t c) { return std::min(g.n, std::max<int64_t>(0, c - col0)); };
-        run_group(transA, transB, g, clamp(b0 * kColBlock), clamp(b1 * kColBlock), A, B, C, alpha, beta, rows, buf);
+        run_indexed(transA, transB, g, clamp(b0 * kColBlock), clamp(b1 * kColBlock), A, B, C, alpha, beta, rows, ptr);
       }
     });
     return;
@@ -196,11 +221,11 @@ void sgemm_grouped(bool transA, bool transB, const int32_t* problems, int64_t G,
   // thread, in contiguous runs of about equal FLOPs. (The own kernel measured 2.6× faster here than
   // per-group oneDNN calls: MoE prefill, gpt2-small, 24 experts of 128.)
   parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
-    Buffers buf;
+    RowPointers ptr;
     const double share = std::max(upto[(size_t)G] / threads, 1e-30);
     for (int64_t g = 0; g < G; ++g) {
       const int64_t owner = std::min<int64_t>(threads - 1, (int64_t)((upto[(size_t)g] + upto[(size_t)g + 1]) / 2 / share));
-      if (owner >= t0 && owner < t1) run_group(transA, transB, groups[(size_t)g], 0, groups[(size_t)g].n, A, B, C, alpha, beta, rows, buf);
+      if (owner >= t0 && owner < t1) run_indexed(transA, transB, groups[(size_t)g], 0, groups[(size_t)g].n, A, B, C, alpha, beta, rows, ptr);
     }
   });
 }

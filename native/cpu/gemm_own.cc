@@ -124,29 +124,29 @@ SSD_AVX512 static inline void transpose16(__m512 r[16]) {
 }
 
 // Pack op(A)[i0:i0+mc, k0:k0+kc] into ceil(mc/MR) micro-panels, each kc x MR ([k][MR]).
-SSD_AVX512 static void pack_a_avx512(bool transA, const float* A, int64_t lda, int64_t i0, int64_t mc,
-                                     int64_t k0, int64_t kc, float* dst) {
+SSD_AVX512 static void pack_a_avx512(bool transA, const GemmOperand& A, int64_t i0, int64_t mc, int64_t k0,
+                                     int64_t kc, float* dst) {
   const __mmask16 mr_mask = mask_n(MR);
   for (int64_t ip = 0; ip < mc; ip += MR) {
     const int64_t mb = std::min<int64_t>(MR, mc - ip);
     float* d = dst + ip * kc;  // panel (ip / MR) starts at (ip / MR) * MR * kc
     if (transA) {
-      // op(A)(i,k) = A[k*lda + i]: rows of the panel are contiguous in A.
+      // op(A)(i,k) = A.row(k)[i]: rows of the panel are contiguous in A.
       const __mmask16 lm = mask_n(mb);
-      const float* s = A + k0 * lda + i0 + ip;
       for (int64_t k = 0; k < kc; ++k) {
-        __m512 v = _mm512_maskz_loadu_ps(lm, s + k * lda);
+        __m512 v = _mm512_maskz_loadu_ps(lm, A.row(k0 + k) + i0 + ip);
         _mm512_mask_storeu_ps(d + k * MR, mr_mask, v);
       }
     } else {
-      // op(A)(i,k) = A[i*lda + k]: transpose 16(k) x MR(i) blocks.
-      const float* s = A + (i0 + ip) * lda + k0;
+      // op(A)(i,k) = A.row(i)[k]: transpose 16(k) x MR(i) blocks.
+      const float* s[MR];
+      for (int i = 0; i < mb; ++i) s[i] = A.row(i0 + ip + i) + k0;
       for (int64_t kb = 0; kb < kc; kb += 16) {
         const int64_t kn = std::min<int64_t>(16, kc - kb);
         const __mmask16 km = mask_n(kn);
         __m512 r[16];
         for (int i = 0; i < 16; ++i)
-          r[i] = (i < mb) ? _mm512_maskz_loadu_ps(km, s + i * lda + kb) : _mm512_setzero_ps();
+          r[i] = (i < mb) ? _mm512_maskz_loadu_ps(km, s[i] + kb) : _mm512_setzero_ps();
         transpose16(r);
         for (int t = 0; t < kn; ++t) _mm512_mask_storeu_ps(d + (kb + t) * MR, mr_mask, r[t]);
       }
@@ -155,36 +155,35 @@ SSD_AVX512 static void pack_a_avx512(bool transA, const float* A, int64_t lda, i
 }
 
 // Pack op(B)[k0:k0+kc, j0:j0+nc] into ceil(nc/NR) micro-panels, each kc x NR ([k][NR]).
-SSD_AVX512 static void pack_b_avx512(bool transB, const float* B, int64_t ldb, int64_t k0, int64_t kc,
-                                     int64_t j0, int64_t nc, float* dst) {
+SSD_AVX512 static void pack_b_avx512(bool transB, const GemmOperand& B, int64_t k0, int64_t kc, int64_t j0,
+                                     int64_t nc, float* dst) {
   for (int64_t jp = 0; jp < nc; jp += NR) {
     const int64_t nb = std::min<int64_t>(NR, nc - jp);
     float* d = dst + jp * kc;
     if (!transB) {
-      // op(B)(k,j) = B[k*ldb + j]: rows contiguous.
-      const float* s = B + k0 * ldb + j0 + jp;
-      if (nb == NR) {
-        for (int64_t k = 0; k < kc; ++k)
-          for (int v = 0; v < NV; ++v)
-            _mm512_store_ps(d + k * NR + 16 * v, _mm512_loadu_ps(s + k * ldb + 16 * v));
-      } else {
-        __mmask16 m[NV];
-        for (int v = 0; v < NV; ++v) m[v] = mask_n(nb - 16 * v);
-        for (int64_t k = 0; k < kc; ++k)
-          for (int v = 0; v < NV; ++v)
-            _mm512_store_ps(d + k * NR + 16 * v, _mm512_maskz_loadu_ps(m[v], s + k * ldb + 16 * v));
+      // op(B)(k,j) = B.row(k)[j]: rows contiguous.
+      __mmask16 m[NV];
+      for (int v = 0; v < NV; ++v) m[v] = mask_n(nb - 16 * v);
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* s = B.row(k0 + k) + j0 + jp;
+        if (nb == NR) {
+          for (int v = 0; v < NV; ++v) _mm512_store_ps(d + k * NR + 16 * v, _mm512_loadu_ps(s + 16 * v));
+        } else {
+          for (int v = 0; v < NV; ++v) _mm512_store_ps(d + k * NR + 16 * v, _mm512_maskz_loadu_ps(m[v], s + 16 * v));
+        }
       }
     } else {
-      // op(B)(k,j) = B[j*ldb + k]: transpose 16(j) x 16(k) blocks.
+      // op(B)(k,j) = B.row(j)[k]: transpose 16(j) x 16(k) blocks.
       for (int v = 0; v < NV; ++v) {
         const int64_t jn = nb - 16 * v;  // valid columns in this 16-group (may be <= 0)
-        const float* s = B + (j0 + jp + 16 * v) * ldb + k0;
+        const float* s[16];
+        for (int i = 0; i < jn && i < 16; ++i) s[i] = B.row(j0 + jp + 16 * v + i) + k0;
         for (int64_t kb = 0; kb < kc; kb += 16) {
           const int64_t kn = std::min<int64_t>(16, kc - kb);
           const __mmask16 km = mask_n(kn);
           __m512 r[16];
           for (int i = 0; i < 16; ++i)
-            r[i] = (i < jn) ? _mm512_maskz_loadu_ps(km, s + i * ldb + kb) : _mm512_setzero_ps();
+            r[i] = (i < jn) ? _mm512_maskz_loadu_ps(km, s[i] + kb) : _mm512_setzero_ps();
           transpose16(r);
           for (int t = 0; t < kn; ++t) _mm512_store_ps(d + (kb + t) * NR + 16 * v, r[t]);
         }
@@ -193,54 +192,67 @@ SSD_AVX512 static void pack_b_avx512(bool transB, const float* B, int64_t ldb, i
   }
 }
 
-// R x NR micro-kernel (R <= MR rows computed). A: kc x MR packed (row stride MR) or, with RowMajorA,
-// op(A)'s R rows read in place (A[i * lda + k]); Bp: kc x NR packed (64-byte aligned). Writes rows
-// [0, m) (m <= R) and columns [0, n) of the tile at C: C = alpha*acc + beta*C, or alpha*acc when
-// beta_zero (C not read). The arithmetic per element is the same for every R and both A layouts, so
-// the variant used for a tile never changes results.
-template <int R, bool RowMajorA>
-SSD_AVX512 static void kernel_avx512(int64_t kc, const float* __restrict Ap, int64_t lda, const float* __restrict Bp,
-                                     float* C, int64_t ldc, int64_t m, int64_t n, float alpha, float beta,
-                                     bool beta_zero) {
+// One micro-kernel call: an m x n tile (m <= MR, n <= NR) of C over kc steps of K.
+struct Tile {
+  int64_t kc, m, n;
+  const float* ap;         // A packed: kc x MR micro-panel ([k][MR]); or null:
+  const float* const* ar;  //   op(A)'s m rows in place, row i at ar[i] (from the block's first k)
+  const float* bp;         // B packed: kc x NR micro-panel ([k][NR], 64-byte aligned)
+  float* const* cr;        // C's m rows, row i at cr[i] (from the tile's first column)
+  float alpha, beta;
+  bool beta_zero;          // C = alpha*acc, C not read
+};
+
+// R x NR micro-kernel (R >= t.m rows computed): broadcast A, vector-load B, FMA into an R x NR tile of
+// zmm accumulators, then C = alpha*acc + beta*C (or alpha*acc when beta_zero) on rows [0, t.m) and
+// columns [0, t.n). Rows are written in order, so two rows pointing at the same C row (a scatter-add)
+// both land. Per element the arithmetic is the same for every R and every operand layout, so the
+// variant used for a tile never changes results.
+template <int R, bool InPlaceA>
+SSD_AVX512 static void kernel_avx512(const Tile& t) {
+  const int64_t kc = t.kc, m = t.m, n = t.n;
+  float* const* Cr = t.cr;
   // Prefetch the C tile (read for beta != 0, written in any case) while the FMAs run.
   for (int64_t i = 0; i < m; ++i) {
-    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + n - 1), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(Cr[i]), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(Cr[i] + n - 1), _MM_HINT_T0);
   }
+  __mmask16 msk[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) msk[v] = mask_n(n - 16 * v);
+  const bool full = (n == NR);
   __m512 acc[R][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
 
+  const float* __restrict Ap = t.ap;
+  const float* __restrict Bp = t.bp;
   for (int64_t k = 0; k < kc; ++k) {
     __m512 b[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = _mm512_load_ps(Bp + 16 * v);
+    Bp += NR;
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      const __m512 a = _mm512_set1_ps(RowMajorA ? Ap[i * lda + k] : Ap[i]);
+      const __m512 a = _mm512_set1_ps(InPlaceA ? t.ar[i][k] : Ap[i]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
     }
-    if (!RowMajorA) Ap += MR;
-    Bp += NR;
+    if (!InPlaceA) Ap += MR;
   }
 
-  const __m512 va = _mm512_set1_ps(alpha);
-  const __m512 vb = _mm512_set1_ps(beta);
-  __mmask16 msk[NV];
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) msk[v] = mask_n(n - 16 * v);
-  const bool full = (n == NR);
+  const __m512 va = _mm512_set1_ps(t.alpha);
+  const __m512 vb = _mm512_set1_ps(t.beta);
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     if (i >= m) break;
-    float* c = C + i * ldc;
+    float* c = Cr[i];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       __m512 r;
-      if (beta_zero) {
+      if (t.beta_zero) {
         r = _mm512_mul_ps(va, acc[i][v]);
       } else {
         const __m512 old = full ? _mm512_loadu_ps(c + 16 * v) : _mm512_maskz_loadu_ps(msk[v], c + 16 * v);
@@ -260,36 +272,35 @@ static inline int64_t k_block(int64_t K) {
   return std::min<int64_t>(kc, KC);
 }
 
-using KernelFn = void (*)(int64_t, const float*, int64_t, const float*, float*, int64_t, int64_t, int64_t, float,
-                         float, bool);
+using KernelFn = void (*)(const Tile&);
 
 template <int... Rs>
 struct KernelTable {
-  static constexpr KernelFn packed[sizeof...(Rs)] = {&kernel_avx512<Rs, false>...};
-  static constexpr KernelFn row_major[sizeof...(Rs)] = {&kernel_avx512<Rs, true>...};
+  // [in-place A][r - 1] computes r rows (r = 1 .. MR).
+  static constexpr KernelFn fn[2][sizeof...(Rs)] = {{&kernel_avx512<Rs, false>...}, {&kernel_avx512<Rs, true>...}};
 };
 template <int... Rs>
-constexpr KernelFn KernelTable<Rs...>::packed[sizeof...(Rs)];
-template <int... Rs>
-constexpr KernelFn KernelTable<Rs...>::row_major[sizeof...(Rs)];
+constexpr KernelFn KernelTable<Rs...>::fn[2][sizeof...(Rs)];
 
 template <int... I>
 static constexpr auto make_table(std::integer_sequence<int, I...>) {
   return KernelTable<(I + 1)...>{};
 }
-// packed[r - 1] / row_major[r - 1] compute r rows (r = 1 .. MR).
 using Kernels = decltype(make_table(std::make_integer_sequence<int, MR>{}));
 
-// The A operand of a micro-kernel call: a packed micro-panel (lda unused), or rows of A in place.
-struct APanel {
-  const float* p;
-  int64_t lda;
-  bool row_major;
-};
-
-static inline void run_kernel(int64_t kc, APanel a, const float* Bp, float* C, int64_t ldc, int64_t m, int64_t n,
+// A micro-kernel call on C rows [i0, i0 + m), columns [j0, j0 + n), K steps [k0, k0 + kc) with the
+// packed B micro-panel `bp`. A is the packed micro-panel `ap` or, when null, op(A)'s rows read in
+// place (no transA).
+static inline void run_kernel(int64_t kc, const float* ap, const GemmOperand& A, const float* bp,
+                              const GemmOutput& C, int64_t i0, int64_t j0, int64_t k0, int64_t m, int64_t n,
                               float alpha, float beta, bool beta_zero) {
-  (a.row_major ? Kernels::row_major : Kernels::packed)[m - 1](kc, a.p, a.lda, Bp, C, ldc, m, n, alpha, beta, beta_zero);
+  float* crows[MR];
+  const float* arows[MR];
+  for (int64_t i = 0; i < m; ++i) crows[i] = C.row(i0 + i) + j0;
+  if (!ap)
+    for (int64_t i = 0; i < m; ++i) arows[i] = A.row(i0 + i) + k0;
+  const Tile t{kc, m, n, ap, arows, bp, crows, alpha, beta, beta_zero};
+  Kernels::fn[ap == nullptr][m - 1](t);
 }
 
 // Skinny products (few columns: MoE expert products, n = expert size) read A in place instead of
@@ -299,8 +310,8 @@ constexpr int64_t kRowMajorAMaxN = 2 * NR;
 
 // Full blocked GEMM on the sub-matrix C[m0:m1, n0:n1] (single thread).
 SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, int64_t m1, int64_t n0,
-                                         int64_t n1, int64_t K, float alpha, const float* A, int64_t lda,
-                                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+                                         int64_t n1, int64_t K, float alpha, const GemmOperand& A,
+                                         const GemmOperand& B, float beta, const GemmOutput& C) {
   if (m1 <= m0 || n1 <= n0) return;
   const int64_t kcb = k_block(K);
   const int64_t kc_max = std::min<int64_t>(kcb, K);
@@ -319,14 +330,13 @@ SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, i
       const bool first = (pc == 0);
       const bool bz = first && beta == 0.0f;
       const float be = first ? beta : 1.0f;
-      if (!row_major_a) pack_a_avx512(transA, A, lda, m0, mc, pc, kc, ap);
+      if (!row_major_a) pack_a_avx512(transA, A, m0, mc, pc, kc, ap);
       for (int64_t jr = n0; jr < n1; jr += NR) {
         const int64_t nr = std::min<int64_t>(NR, n1 - jr);
-        pack_b_avx512(transB, B, ldb, pc, kc, jr, nr, bp);
+        pack_b_avx512(transB, B, pc, kc, jr, nr, bp);
         for (int64_t ir = 0; ir < mc; ir += MR) {
           const int64_t mr = std::min<int64_t>(MR, mc - ir);
-          const APanel a = row_major_a ? APanel{A + (m0 + ir) * lda + pc, lda, true} : APanel{ap + ir * kc, 0, false};
-          run_kernel(kc, a, bp, C + (m0 + ir) * ldc + jr, ldc, mr, nr, alpha, be, bz);
+          run_kernel(kc, row_major_a ? nullptr : ap + ir * kc, A, bp, C, m0 + ir, jr, pc, mr, nr, alpha, be, bz);
         }
       }
     }
@@ -342,17 +352,17 @@ SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, i
       const bool first = (pc == 0);
       const bool bz = first && beta == 0.0f;
       const float be = first ? beta : 1.0f;
-      pack_b_avx512(transB, B, ldb, pc, kc, jc, nc, bp);
+      pack_b_avx512(transB, B, pc, kc, jc, nc, bp);
       for (int64_t ic = m0; ic < m1; ic += MC) {
         const int64_t mc = std::min<int64_t>(MC, m1 - ic);
-        if (!row_major_a) pack_a_avx512(transA, A, lda, ic, mc, pc, kc, ap);
+        if (!row_major_a) pack_a_avx512(transA, A, ic, mc, pc, kc, ap);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t nr = std::min<int64_t>(NR, nc - jr);
           const float* bpanel = bp + jr * kc;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
-            const APanel a = row_major_a ? APanel{A + (ic + ir) * lda + pc, lda, true} : APanel{ap + ir * kc, 0, false};
-            run_kernel(kc, a, bpanel, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, alpha, be, bz);
+            run_kernel(kc, row_major_a ? nullptr : ap + ir * kc, A, bpanel, C, ic + ir, jc + jr, pc, mr, nr, alpha, be,
+                       bz);
           }
         }
       }
@@ -432,41 +442,38 @@ static bool have_avx512() {
 }
 
 static void sgemm_avx512(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
-                         const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                         int64_t ldc) {
-  if (N == 1 && ldc == 1 && M > 1) {
+                         const GemmOperand& A, const GemmOperand& B, float beta, const GemmOutput& C) {
+  if (N == 1 && C.ld == 1 && M > 1 && !A.rows && !B.rows && !C.rows) {
     // C (M x 1, contiguous) = op(A) op(B)  <=>  C^T (1 x M) = op(B)^T op(A)^T. fma(a, b, c) is
     // symmetric in a and b, so every element gets exactly the same arithmetic; this only avoids
     // wasting NR - 1 of the NR kernel columns.
-    sgemm_avx512(!transB, !transA, 1, M, K, alpha, B, ldb, A, lda, beta, C, M);
+    sgemm_avx512(!transB, !transA, 1, M, K, alpha, B, A, beta, GemmOutput{C.p, M, nullptr});
     return;
   }
   const double flops = 2.0 * double(M) * double(N) * double(K);
   const int nt = pool().size();
   if (nt <= 1 || flops < 1.0e7 || ThreadPool::in_parallel()) {
-    gemm_block_avx512(transA, transB, 0, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_block_avx512(transA, transB, 0, M, 0, N, K, alpha, A, B, beta, C);
     return;
   }
   // Split the larger output dimension; the other operand's packing is duplicated per thread.
   if (M >= N) {
     const int64_t groups = (M + MR - 1) / MR;
     parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
-      gemm_block_avx512(transA, transB, g0 * MR, std::min<int64_t>(g1 * MR, M), 0, N, K, alpha, A, lda, B, ldb,
-                        beta, C, ldc);
+      gemm_block_avx512(transA, transB, g0 * MR, std::min<int64_t>(g1 * MR, M), 0, N, K, alpha, A, B, beta, C);
     });
   } else {
     const int64_t groups = (N + NR - 1) / NR;
     parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
-      gemm_block_avx512(transA, transB, 0, M, g0 * NR, std::min<int64_t>(g1 * NR, N), K, alpha, A, lda, B, ldb,
-                        beta, C, ldc);
+      gemm_block_avx512(transA, transB, 0, M, g0 * NR, std::min<int64_t>(g1 * NR, N), K, alpha, A, B, beta, C);
     });
   }
 }
 
 // C = beta * C (K == 0 or alpha == 0 handling); beta == 0 writes zeros without reading C.
-static void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+static void scale_c(int64_t M, int64_t N, float beta, const GemmOutput& C) {
   for (int64_t i = 0; i < M; ++i) {
-    float* c = C + i * ldc;
+    float* c = C.row(i);
     if (beta == 0.0f) std::memset(c, 0, size_t(N) * sizeof(float));
     else if (beta != 1.0f)
       for (int64_t j = 0; j < N; ++j) c[j] *= beta;
@@ -479,12 +486,20 @@ void sgemm_own(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float 
                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   using namespace gemm_detail;
   if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    scale_c(M, N, beta, C, ldc);
-    return;
-  }
-  if (have_avx512()) sgemm_avx512(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  else sgemm_fallback(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (K <= 0) return scale_c(M, N, beta, GemmOutput{C, ldc, nullptr});
+  if (have_avx512())
+    sgemm_avx512(transA, transB, M, N, K, alpha, GemmOperand{A, lda, nullptr}, GemmOperand{B, ldb, nullptr}, beta,
+                 GemmOutput{C, ldc, nullptr});
+  else
+    sgemm_fallback(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void sgemm_own_indexed(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const GemmOperand& A,
+                       const GemmOperand& B, float beta, const GemmOutput& C) {
+  using namespace gemm_detail;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) return scale_c(M, N, beta, C);
+  sgemm_avx512(transA, transB, M, N, K, alpha, A, B, beta, C);
 }
 
 }  // namespace ssd

@@ -7,6 +7,7 @@
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { loadAddon, type NativeAddon } from './addon.js';
+import { ArrayPool } from './pool.js';
 
 type Arr = Float32Array | Uint16Array | Int32Array;
 
@@ -51,13 +52,11 @@ export class CpuBackend implements Backend {
   readonly name = 'cpu';
   private live = 0;
   private liveBytes = 0;
-  private pooledBytes = 0;
-  private readonly pool = new Map<string, Arr[]>();
-  private readonly poolLimit: number;
+  private readonly pool: ArrayPool<Arr>;
 
   constructor(private readonly nat: NativeAddon, opts: CpuBackendOptions = {}) {
     const env = process.env['SSD_CPU_POOL_MB'];
-    this.poolLimit = opts.poolBytes ?? (env !== undefined && env !== '' ? Number(env) * 2 ** 20 : 2 ** 30);
+    this.pool = new ArrayPool(opts.poolBytes ?? (env !== undefined && env !== '' ? Number(env) * 2 ** 20 : 2 ** 30));
   }
 
   // ------------------------------------------------------------ buffer access
@@ -86,12 +85,8 @@ export class CpuBackend implements Backend {
   alloc(dtype: DType, size: number): Buf {
     need('alloc', isInt(size), () => `bad size ${size}`);
     need('alloc', dtype in DTYPE_BYTES, () => `bad dtype ${dtype}`);
-    const key = `${dtype}:${size}`;
-    const list = this.pool.get(key);
-    let data: Arr;
-    if (list && list.length > 0) {
-      data = list.pop()!;
-      this.pooledBytes -= data.byteLength;
+    let data = this.pool.take(`${dtype}:${size}`);
+    if (data) {
       if (size >= NATIVE_MIN) this.nat.fill(data, 0);
       else data.fill(0);
     } else {
@@ -108,18 +103,11 @@ export class CpuBackend implements Backend {
     buf.data = null;
     this.live--;
     this.liveBytes -= buf.size * DTYPE_BYTES[buf.dtype];
-    if (data.byteLength > 0 && this.pooledBytes + data.byteLength <= this.poolLimit) {
-      const key = `${buf.dtype}:${buf.size}`;
-      let list = this.pool.get(key);
-      if (!list) this.pool.set(key, (list = []));
-      list.push(data);
-      this.pooledBytes += data.byteLength;
-    }
+    this.pool.put(`${buf.dtype}:${buf.size}`, data);
   }
   /** Drops the pooled (freed, reusable) arrays so the GC can reclaim them. */
   trimPool(): void {
     this.pool.clear();
-    this.pooledBytes = 0;
   }
   upload(buf: Buf, data: ArrayLike<number>): void {
     const b = this.buf('upload', buf, 'buffer');
