@@ -196,19 +196,20 @@ SSD_AVX512 static void pack_b_avx512(bool transB, const GemmOperand& B, int64_t 
 struct Tile {
   int64_t kc, m, n;
   const float* ap;         // A packed: kc x MR micro-panel ([k][MR]); or null:
-  const float* const* ar;  //   op(A)'s m rows in place, row i at ar[i] (from the block's first k)
+  const float* const* ar;  //   op(A)'s m rows in place (no transA), row i at ar[i] (from the block's first k)
   const float* bp;         // B packed: kc x NR micro-panel ([k][NR], 64-byte aligned)
   float* const* cr;        // C's m rows, row i at cr[i] (from the tile's first column)
   float alpha, beta;
   bool beta_zero;          // C = alpha*acc, C not read
 };
 
-// R x NR micro-kernel (R >= t.m rows computed): broadcast A, vector-load B, FMA into an R x NR tile of
-// zmm accumulators, then C = alpha*acc + beta*C (or alpha*acc when beta_zero) on rows [0, t.m) and
-// columns [0, t.n). Rows are written in order, so two rows pointing at the same C row (a scatter-add)
-// both land. Per element the arithmetic is the same for every R and every operand layout, so the
-// variant used for a tile never changes results.
-template <int R, bool InPlaceA>
+// R x NR micro-kernel (R >= t.m rows computed, the first V of the NV 16-wide column vectors: V =
+// ceil(t.n / 16)): broadcast A, vector-load B, FMA into an R x 16V tile of zmm accumulators, then
+// C = alpha*acc + beta*C (or alpha*acc when beta_zero) on rows [0, t.m) and columns [0, t.n). Rows are
+// written in order, so two rows pointing at the same C row (a scatter-add) both land. Per element the
+// arithmetic is the same for every R, V and operand layout, so the variant used for a tile never
+// changes results.
+template <int R, bool InPlaceA, int V>
 SSD_AVX512 static void kernel_avx512(const Tile& t) {
   const int64_t kc = t.kc, m = t.m, n = t.n;
   float* const* Cr = t.cr;
@@ -217,28 +218,28 @@ SSD_AVX512 static void kernel_avx512(const Tile& t) {
     _mm_prefetch(reinterpret_cast<const char*>(Cr[i]), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(Cr[i] + n - 1), _MM_HINT_T0);
   }
-  __mmask16 msk[NV];
+  __mmask16 msk[V];
 #pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) msk[v] = mask_n(n - 16 * v);
-  const bool full = (n == NR);
-  __m512 acc[R][NV];
+  for (int v = 0; v < V; ++v) msk[v] = mask_n(n - 16 * v);
+  const bool full = (n == 16 * V);
+  __m512 acc[R][V];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_ps();
 
   const float* __restrict Ap = t.ap;
   const float* __restrict Bp = t.bp;
   for (int64_t k = 0; k < kc; ++k) {
-    __m512 b[NV];
+    __m512 b[V];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_load_ps(Bp + 16 * v);
+    for (int v = 0; v < V; ++v) b[v] = _mm512_load_ps(Bp + 16 * v);
     Bp += NR;
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m512 a = _mm512_set1_ps(InPlaceA ? t.ar[i][k] : Ap[i]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
     }
     if (!InPlaceA) Ap += MR;
   }
@@ -250,7 +251,7 @@ SSD_AVX512 static void kernel_avx512(const Tile& t) {
     if (i >= m) break;
     float* c = Cr[i];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
+    for (int v = 0; v < V; ++v) {
       __m512 r;
       if (t.beta_zero) {
         r = _mm512_mul_ps(va, acc[i][v]);
@@ -274,19 +275,21 @@ static inline int64_t k_block(int64_t K) {
 
 using KernelFn = void (*)(const Tile&);
 
-template <int... Rs>
-struct KernelTable {
-  // [in-place A][r - 1] computes r rows (r = 1 .. MR).
-  static constexpr KernelFn fn[2][sizeof...(Rs)] = {{&kernel_avx512<Rs, false>...}, {&kernel_avx512<Rs, true>...}};
+// KernelRow<V, 1 .. MR>::fn[in-place A][r - 1]: the kernel for r rows and V column vectors.
+template <int V, int... Rs>
+struct KernelRow {
+  static constexpr KernelFn fn[2][sizeof...(Rs)] = {{&kernel_avx512<Rs, false, V>...}, {&kernel_avx512<Rs, true, V>...}};
 };
-template <int... Rs>
-constexpr KernelFn KernelTable<Rs...>::fn[2][sizeof...(Rs)];
+template <int V, int... Rs>
+constexpr KernelFn KernelRow<V, Rs...>::fn[2][sizeof...(Rs)];
 
+// The kernel for r rows and v column vectors (v = 1: a panel of at most 16 columns, e.g. the last
+// panel of a 48-neuron expert, runs half the FMAs).
 template <int... I>
-static constexpr auto make_table(std::integer_sequence<int, I...>) {
-  return KernelTable<(I + 1)...>{};
+static KernelFn kernel_for(bool in_place_a, int v, int r, std::integer_sequence<int, I...>) {
+  static_assert(NV <= 2, "kernel_for instantiates V = 1 and NV");
+  return v == 1 ? KernelRow<1, (I + 1)...>::fn[in_place_a][r - 1] : KernelRow<NV, (I + 1)...>::fn[in_place_a][r - 1];
 }
-using Kernels = decltype(make_table(std::make_integer_sequence<int, MR>{}));
 
 // A micro-kernel call on C rows [i0, i0 + m), columns [j0, j0 + n), K steps [k0, k0 + kc) with the
 // packed B micro-panel `bp`. A is the packed micro-panel `ap` or, when null, op(A)'s rows read in
@@ -300,13 +303,14 @@ static inline void run_kernel(int64_t kc, const float* ap, const GemmOperand& A,
   if (!ap)
     for (int64_t i = 0; i < m; ++i) arows[i] = A.row(i0 + i) + k0;
   const Tile t{kc, m, n, ap, arows, bp, crows, alpha, beta, beta_zero};
-  Kernels::fn[ap == nullptr][m - 1](t);
+  kernel_for(ap == nullptr, int((n + 15) / 16), int(m), std::make_integer_sequence<int, MR>{})(t);
 }
 
 // Skinny products (few columns: MoE expert products, n = expert size) read A in place instead of
 // packing it: each packed A element would serve only n / NR micro-kernel calls, so packing (a 16x16
-// transpose per block) cost a quarter of the time at n = 64. Same arithmetic, so same bits.
-constexpr int64_t kRowMajorAMaxN = 2 * NR;
+// transpose per block) cost a quarter of the time at n = 64. Same arithmetic, so same bits. (Reading A
+// in place with transA, through a pointer per K row, measured no faster than packing it.)
+constexpr int64_t kInPlaceAMaxN = 2 * NR;
 
 // Full blocked GEMM on the sub-matrix C[m0:m1, n0:n1] (single thread).
 SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, int64_t m1, int64_t n0,
@@ -317,8 +321,8 @@ SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, i
   const int64_t kc_max = std::min<int64_t>(kcb, K);
   const int64_t nc_max = std::min<int64_t>(NC, ((n1 - n0 + NR - 1) / NR) * NR);
   const int64_t mc_max = std::min<int64_t>(MC, ((m1 - m0 + MR - 1) / MR) * MR);
-  const bool row_major_a = !transA && n1 - n0 <= kRowMajorAMaxN;
-  float* ap = row_major_a ? nullptr : buf_a().get(size_t(kc_max * mc_max));
+  const bool in_place_a = !transA && n1 - n0 <= kInPlaceAMaxN;
+  float* ap = in_place_a ? nullptr : buf_a().get(size_t(kc_max * mc_max));
 
   if (m1 - m0 <= MC) {
     // One MC block: pack A once per K block and pack each B micro-panel right before its use
@@ -330,13 +334,13 @@ SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, i
       const bool first = (pc == 0);
       const bool bz = first && beta == 0.0f;
       const float be = first ? beta : 1.0f;
-      if (!row_major_a) pack_a_avx512(transA, A, m0, mc, pc, kc, ap);
+      if (!in_place_a) pack_a_avx512(transA, A, m0, mc, pc, kc, ap);
       for (int64_t jr = n0; jr < n1; jr += NR) {
         const int64_t nr = std::min<int64_t>(NR, n1 - jr);
         pack_b_avx512(transB, B, pc, kc, jr, nr, bp);
         for (int64_t ir = 0; ir < mc; ir += MR) {
           const int64_t mr = std::min<int64_t>(MR, mc - ir);
-          run_kernel(kc, row_major_a ? nullptr : ap + ir * kc, A, bp, C, m0 + ir, jr, pc, mr, nr, alpha, be, bz);
+          run_kernel(kc, in_place_a ? nullptr : ap + ir * kc, A, bp, C, m0 + ir, jr, pc, mr, nr, alpha, be, bz);
         }
       }
     }
@@ -355,13 +359,13 @@ SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, i
       pack_b_avx512(transB, B, pc, kc, jc, nc, bp);
       for (int64_t ic = m0; ic < m1; ic += MC) {
         const int64_t mc = std::min<int64_t>(MC, m1 - ic);
-        if (!row_major_a) pack_a_avx512(transA, A, ic, mc, pc, kc, ap);
+        if (!in_place_a) pack_a_avx512(transA, A, ic, mc, pc, kc, ap);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t nr = std::min<int64_t>(NR, nc - jr);
           const float* bpanel = bp + jr * kc;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
-            run_kernel(kc, row_major_a ? nullptr : ap + ir * kc, A, bpanel, C, ic + ir, jc + jr, pc, mr, nr, alpha, be,
+            run_kernel(kc, in_place_a ? nullptr : ap + ir * kc, A, bpanel, C, ic + ir, jc + jr, pc, mr, nr, alpha, be,
                        bz);
           }
         }
