@@ -402,7 +402,12 @@ void unary_backward(Unary op, const float* x, const float* gy, float* gx, int64_
   switch (op) {
     case Unary::relu:
       elementwise(n, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) gx[i] = x[i] > 0.f ? gy[i] : 0.f;
+        // gy is loaded unconditionally so the select vectorises (a conditional load compiled to a
+        // branch that mispredicts on every other element: 7x slower on random signs).
+        for (int64_t i = b; i < e; ++i) {
+          const float g = gy[i];
+          gx[i] = x[i] > 0.f ? g : 0.f;
+        }
       });
       break;
     case Unary::gelu:
