@@ -36,19 +36,23 @@ function once(forward: () => T.Tensor, extra: T.Tensor[] = []): number {
   const t0 = performance.now();
   T.tidy(() => T.backward(forward(), gy));
   for (const t of [...Object.values(p), x, ...extra]) {
+    if (!t) continue;
     t.grad?.dispose();
     t.grad = null;
   }
   return performance.now() - t0;
 }
 
+let denseWarm = false;
 /**
  * Best wall times (ms) of the dense FFN and `forward`, run alternately after a warm-up, so both
  * see the same machine state (this host's speed drifts by ±10% over minutes).
  */
 function paired(forward: () => T.Tensor, extra: T.Tensor[], reps = quick ? 2 : 3): { dense: number; moe: number } {
   const dense = () => ffnDense(x, p, 'relu');
-  once(forward, extra); // warm-up (the dense FFN's shapes are warm after the first row; best-of covers it)
+  if (!denseWarm) once(dense);
+  denseWarm = true;
+  once(forward, extra); // warm-up
   let best = { dense: Infinity, moe: Infinity };
   for (let r = 0; r < reps; r++) best = { dense: Math.min(best.dense, once(dense)), moe: Math.min(best.moe, once(forward, extra)) };
   return best;

@@ -143,7 +143,34 @@ const runs: Record<string, Run> = {
       return [b.download(o), b.download(gt), b.download(sout), b.download(g)];
     });
   },
-  'groupedMatmul with row indices (gather A / B, K- and N-gather, scatter C, chunked, small M)': (b) => groupedRowsRun(b),
+  'groupedMatmul with row indices (gather A / B, K- and N-gather, scatter C, several MC blocks, small M)': (b) => groupedRowsRun(b),
+  'groupedMatmul edge cases of the own kernel (narrow scatter with repeated rows, K > 384, 16/48-column panels, column offsets, k = 0)': (b) => {
+    const r = rng(41), T = 300;
+    const i32 = (a: ArrayLike<number>) => put(b, a, 'i32');
+    const P = (...groups: number[][]) => Int32Array.from(groups.flat());
+    const x = put(b, randn(r, T * 800)), h = put(b, randn(r, 4096 * 800)), w = put(b, randn(r, 800 * 48));
+    const idx = i32(ints(r, 4096, 0, T)), none = b.alloc('i32', 0);
+    const c1 = put(b, randn(r, T * 32)), c2 = b.alloc('f32', 500 * 48), c3 = put(b, randn(r, T * 40));
+    const c4 = put(b, randn(r, 200 * 16 + 150 * 48)), c5 = put(b, randn(r, 40 * 60)), c6 = put(b, randn(r, 100 * 8 + 5 * 8));
+    const args = (problems: Int32Array, transB: boolean, beta: number, rows: { a?: Buf; b?: Buf; c?: Buf }) =>
+      ({ problems, transA: false, transB, alpha: 1, beta, rows });
+    return withBufs(b, [x, h, w, idx, none, c1, c2, c3, c4, c5, c6], () => {
+      // all of C in one 32-column block, rows repeated within the group, 16.8 MFLOP (threads split columns only)
+      b.groupedMatmul(h, w, c1, args(P([4096, 32, 64, 0, 64, 0, 32, 0, 32]), false, 1, { c: idx }));
+      // gathered A with K = 800 (two K blocks read in place), 48 columns (a 32- and a 16-column panel)
+      b.groupedMatmul(x, w, c2, args(P([500, 48, 800, 0, 800, 0, 800, 0, 48]), true, 0, { a: idx }));
+      // scattered C with K = 800 and 40 columns
+      b.groupedMatmul(h, w, c3, args(P([500, 40, 800, 0, 800, 0, 40, 0, 40]), false, 1, { c: idx }));
+      // plain 16- and 48-column groups with beta 0.5
+      b.groupedMatmul(h, w, c4, args(P([200, 16, 70, 0, 70, 0, 48, 0, 16], [150, 48, 70, 200 * 70, 70, 0, 48, 3200, 48]), false, 0.5, {}));
+      // B gathered along N (transB) into columns [5, 45) of a 60-wide C
+      b.groupedMatmul(h, x, c5, args(P([40, 40, 100, 0, 800, 0, 800, 5, 60]), true, 0, { b: idx }));
+      // a k = 0 group whose (never read) gathered A has an empty index and a far offset, beside a normal group
+      b.groupedMatmul(x, w, c6, args(P([100, 8, 30, 0, 800, 0, 800, 0, 8], [5, 8, 0, 2 ** 30, 30, 0, 0, 800, 8]), true, 0, { a: idx }));
+      b.groupedMatmul(x, w, c6, args(P([100, 8, 0, 2 ** 30, 30, 0, 0, 0, 8]), true, 0.5, { a: none }));
+      return [c1, c2, c3, c4, c5, c6].map((c) => b.download(c));
+    });
+  },
   'topk 400x300 k=8 (with ties and NaN)': (b) => {
     const x = big.slice(0, 120000).map((v) => Math.round(v * 4) / 4);
     x[5] = NaN;
@@ -302,6 +329,16 @@ describe('cpu backend: GEMM providers', () => {
   }
   it('SSD_GEMM with an unknown provider throws a clear error', () => {
     assert.match(probe({ SSD_GEMM: 'mkl' }), /^ERR SSD_GEMM=mkl: unknown GEMM provider/);
+  });
+  it('without AVX-512 (SSD_NO_AVX512=1) the row-indexed grouped products go through the providers and match ref', () => {
+    const here = (f: string) => JSON.stringify(fileURLToPath(new URL(f, import.meta.url)));
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e',
+      `import { createCpuBackend } from ${JSON.stringify(script)}; import { createRefBackend } from ${here('../src/backend/ref/index.js')}; ` +
+      `import { groupedRowsRun } from ${here('./grouped-rows.cases.js')}; import { relErr } from ${here('./helpers.js')}; ` +
+      'const got = groupedRowsRun(createCpuBackend()), want = groupedRowsRun(createRefBackend()); ' +
+      'console.log(Math.max(...got.map((g, i) => relErr(g, want[i]))));'],
+    { env: { ...process.env, SSD_NO_AVX512: '1' }, encoding: 'utf8' }).trim();
+    assert.ok(Number(out) <= 1e-5, `relative error ${out}`);
   });
 });
 

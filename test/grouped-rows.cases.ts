@@ -3,7 +3,7 @@ import type { Backend, Buf } from '../src/backend/contract.js';
 import { ints, put, randn, rng } from './helpers.js';
 
 /**
- * Indexed grouped products at sizes that cross the native chunking (336 rows): the MoE forward (gather
+ * Indexed grouped products at sizes that cross the own kernel's MC block (336 rows): the MoE forward (gather
  * A, scatter C with repeated rows onto a non-zero C), both weight-gradient shapes (K-gathered A with
  * transA, K-gathered B), an N-gathered B (transB), decode-sized groups (m <= 8) gathered and scattered,
  * groups scattering into different columns of the same rows, and a k = 0 group with lda 0. Inner sizes

@@ -16,7 +16,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
 // virtual operand is row rows[j] of the real one: a group whose A starts at offA with ld lda reads
 // stored rows offA / lda + r (columns from offA % lda on) through `a`, likewise B through `b`; through
 // `c` the group's output rows are scatter-added, C[c[j]] += alpha · (op(A)·op(B))[row] (beta must be
-// 1), in group order, rows in increasing order (native/cpu/gemm_grouped.cc).
+// 1), in group order, rows in increasing order (native/cpu/gemm_grouped.cc); with AVX-512 the sum over
+// k is added in the own kernel's K blocks (one addition per block of up to 384).
 struct GemmRows {
   const int32_t* a = nullptr;
   const int32_t* b = nullptr;

@@ -127,14 +127,20 @@ struct RowPointers {
 void run_indexed(bool transA, bool transB, const Group& g, int64_t n0, int64_t n1, const float* A, const float* B,
                  float* C, float alpha, float beta, const GemmRows& rows, RowPointers& ptr) {
   if (g.m == 0 || n1 <= n0) return;
-  const Operand a = operand(A, g.offA, g.lda, rows.a), b = operand(B, g.offB, g.ldb, rows.b);
+  // Offsets of an indexed operand address the virtual (gathered) matrix: only its row pointers are
+  // formed. A and B of a k == 0 group are never read (nor validated): left empty.
+  GemmOperand pa, pb;
+  if (g.k > 0) {
+    const Operand a = operand(A, g.offA, g.lda, rows.a), b = operand(B, g.offB, g.ldb, rows.b);
+    pa = rows.a ? GemmOperand{nullptr, g.lda, row_pointers(A, a, 0, transA ? g.k : g.m, 0, ptr.a)}
+                : GemmOperand{A + g.offA, g.lda, nullptr};
+    // The column range [n0, n1): rows n0.. of B when transB, else columns n0.. of every row.
+    pb = !rows.b ? GemmOperand{B + g.offB + (transB ? n0 * g.ldb : n0), g.ldb, nullptr}
+         : GemmOperand{nullptr, g.ldb, transB ? row_pointers(B, b, n0, n1 - n0, 0, ptr.b) : row_pointers(B, b, 0, g.k, n0, ptr.b)};
+  }
   const Operand c = operand(C, g.offC, g.ldc, rows.c);
-  GemmOperand pa{A + g.offA, g.lda, nullptr}, pb{B + g.offB + (transB ? n0 * g.ldb : n0), g.ldb, nullptr};
-  GemmOutput pc{C + g.offC + n0, g.ldc, nullptr};
-  if (rows.a) pa.rows = row_pointers(A, a, 0, transA ? g.k : g.m, 0, ptr.a);
-  // The column range [n0, n1): rows n0.. of B when transB, else columns n0.. of every row.
-  if (rows.b) pb.rows = transB ? row_pointers(B, b, n0, n1 - n0, 0, ptr.b) : row_pointers(B, b, 0, g.k, n0, ptr.b);
-  if (rows.c) pc.rows = row_pointers(C, c, 0, g.m, n0, ptr.c);
+  const GemmOutput pc = rows.c ? GemmOutput{nullptr, g.ldc, row_pointers(C, c, 0, g.m, n0, ptr.c)}
+                               : GemmOutput{C + g.offC + n0, g.ldc, nullptr};
   sgemm_own_indexed(transA, transB, g.m, n1 - n0, g.k, alpha, pa, pb, rows.c ? 1.f : beta, pc);
 }
 
@@ -191,7 +197,7 @@ void sgemm_grouped(bool transA, bool transB, const int32_t* problems, int64_t G,
   for (int64_t g = 0; g < G; ++g) {
     const int32_t* p = problems + 9 * g;
     groups[(size_t)g] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
-    maxCol = std::max<int64_t>(maxCol, (p[8] > 0 ? p[7] % p[8] : 0) + p[1]);
+    if (p[0] > 0 && p[1] > 0) maxCol = std::max<int64_t>(maxCol, (p[8] > 0 ? p[7] % p[8] : 0) + p[1]);
     upto[(size_t)g + 1] = upto[(size_t)g] + (double)p[0] * p[1] * std::max(p[2], 1);
     small = small && p[0] <= kSmallM;
   }

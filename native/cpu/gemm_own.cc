@@ -17,6 +17,12 @@
 // for any thread count. Threads get contiguous ranges of MR-row groups (or NR-column groups)
 // and run the whole blocked algorithm on their sub-matrix with thread-local packing buffers.
 //
+// Operands may be given by row pointers (GemmOperand / GemmOutput): the MoE layer's gathered token
+// rows are packed (or, for skinny products, read by the micro-kernel) in place, and a scattered C is
+// added to in place by the micro-kernel's epilogue, once per K block (the formula above with beta 1).
+// Skinny products (n <= 2 NR, no transA) read A in place instead of packing it; a panel of at most
+// 16 columns runs a one-vector kernel. Neither changes the arithmetic of an element.
+//
 // Without AVX-512 at runtime, a portable blocked loop (compiled for the baseline target) is used.
 #include "gemm_own.h"
 
@@ -32,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -203,8 +210,8 @@ struct Tile {
   bool beta_zero;          // C = alpha*acc, C not read
 };
 
-// R x NR micro-kernel (R >= t.m rows computed, the first V of the NV 16-wide column vectors: V =
-// ceil(t.n / 16)): broadcast A, vector-load B, FMA into an R x 16V tile of zmm accumulators, then
+// R x NR micro-kernel (R == t.m rows, the first V of the NV 16-wide column vectors, V >= ceil(t.n / 16)):
+// broadcast A, vector-load B, FMA into an R x 16V tile of zmm accumulators, then
 // C = alpha*acc + beta*C (or alpha*acc when beta_zero) on rows [0, t.m) and columns [0, t.n). Rows are
 // written in order, so two rows pointing at the same C row (a scatter-add) both land. Per element the
 // arithmetic is the same for every R, V and operand layout, so the variant used for a tile never
@@ -283,11 +290,10 @@ struct KernelRow {
 template <int V, int... Rs>
 constexpr KernelFn KernelRow<V, Rs...>::fn[2][sizeof...(Rs)];
 
-// The kernel for r rows and v column vectors (v = 1: a panel of at most 16 columns, e.g. the last
-// panel of a 48-neuron expert, runs half the FMAs).
+// The kernel for r rows and v column vectors: v = 1 (a panel of at most 16 columns, e.g. the last
+// panel of a 48-neuron expert, runs half the FMAs) or all NV.
 template <int... I>
 static KernelFn kernel_for(bool in_place_a, int v, int r, std::integer_sequence<int, I...>) {
-  static_assert(NV <= 2, "kernel_for instantiates V = 1 and NV");
   return v == 1 ? KernelRow<1, (I + 1)...>::fn[in_place_a][r - 1] : KernelRow<NV, (I + 1)...>::fn[in_place_a][r - 1];
 }
 
@@ -460,8 +466,10 @@ static void sgemm_avx512(bool transA, bool transB, int64_t M, int64_t N, int64_t
     gemm_block_avx512(transA, transB, 0, M, 0, N, K, alpha, A, B, beta, C);
     return;
   }
-  // Split the larger output dimension; the other operand's packing is duplicated per thread.
-  if (M >= N) {
+  // Split the larger output dimension; the other operand's packing is duplicated per thread. Rows of
+  // a scattered C may repeat (read-modify-write of one row by two rows of the product), so they are
+  // never split between threads.
+  if (M >= N && !C.rows) {
     const int64_t groups = (M + MR - 1) / MR;
     parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
       gemm_block_avx512(transA, transB, g0 * MR, std::min<int64_t>(g1 * MR, M), 0, N, K, alpha, A, B, beta, C);
@@ -474,7 +482,7 @@ static void sgemm_avx512(bool transA, bool transB, int64_t M, int64_t N, int64_t
   }
 }
 
-// C = beta * C (K == 0 or alpha == 0 handling); beta == 0 writes zeros without reading C.
+// C = beta * C (K == 0); beta == 0 writes zeros without reading C.
 static void scale_c(int64_t M, int64_t N, float beta, const GemmOutput& C) {
   for (int64_t i = 0; i < M; ++i) {
     float* c = C.row(i);
@@ -501,6 +509,7 @@ void sgemm_own(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float 
 void sgemm_own_indexed(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const GemmOperand& A,
                        const GemmOperand& B, float beta, const GemmOutput& C) {
   using namespace gemm_detail;
+  if (!have_avx512()) throw std::logic_error("sgemm_own_indexed needs AVX-512 (callers check cpu_has_avx512())");
   if (M <= 0 || N <= 0) return;
   if (K <= 0) return scale_c(M, N, beta, C);
   sgemm_avx512(transA, transB, M, N, K, alpha, A, B, beta, C);

@@ -20,6 +20,11 @@ const NATIVE_MIN = 1 << 15;
 class CpuBuf implements Buf {
   /** null once freed. */
   data: Arr | null;
+  /**
+   * Reused from the pool and not yet written: reads as zeros once `settle` fills it, and a kernel that
+   * overwrites the whole buffer skips the fill (see `out`).
+   */
+  zeroPending = false;
   constructor(readonly dtype: DType, readonly size: number, data: Arr) {
     this.data = data;
   }
@@ -46,6 +51,12 @@ export interface CpuBackendOptions {
   threads?: number;
   /** Bytes of freed buffers kept for reuse (default 1 GiB, or SSD_CPU_POOL_MB). */
   poolBytes?: number;
+  /**
+   * Testing: every allocation starts with its zero-fill deferred, and a kernel output claimed to be
+   * overwritten in full is filled with NaN first, so a kernel that reads or skips part of such an
+   * output shows up as NaN (default false, or SSD_CPU_POISON=1).
+   */
+  poisonOutputs?: boolean;
 }
 
 export class CpuBackend implements Backend {
@@ -53,17 +64,48 @@ export class CpuBackend implements Backend {
   private live = 0;
   private liveBytes = 0;
   private readonly pool: ArrayPool<Arr>;
+  private readonly poison: boolean;
 
   constructor(private readonly nat: NativeAddon, opts: CpuBackendOptions = {}) {
     const env = process.env['SSD_CPU_POOL_MB'];
-    this.pool = new ArrayPool(opts.poolBytes ?? (env !== undefined && env !== '' ? Number(env) * 2 ** 20 : 2 ** 30));
+    const mb = env !== undefined && env !== '' ? Number(env) : 1024;
+    if (!Number.isFinite(mb) || mb < 0) throw new Error(`SSD_CPU_POOL_MB must be a number of MiB >= 0, got '${env}'`);
+    this.pool = new ArrayPool(opts.poolBytes ?? mb * 2 ** 20);
+    this.poison = opts.poisonOutputs ?? process.env['SSD_CPU_POISON'] === '1';
   }
 
   // ------------------------------------------------------------ buffer access
-  private buf(op: string, b: Buf, what: string): CpuBuf {
+  /** A live cpu buffer, its contents as they are (a deferred zero-fill not yet done). */
+  private handle(op: string, b: Buf, what: string): CpuBuf {
     if (!(b instanceof CpuBuf)) throw new Error(`cpu.${op}: ${what} is not a cpu buffer`);
     if (b.data === null) throw new Error(`cpu.${op}: ${what} was freed (${b.dtype}, size ${b.size})`);
     return b;
+  }
+  /** A live cpu buffer whose contents are read (or written in part): its deferred zero-fill is done first. */
+  private buf(op: string, b: Buf, what: string): CpuBuf {
+    const c = this.handle(op, b, what);
+    if (c.zeroPending) {
+      c.zeroPending = false;
+      this.fillArray(c.data!, 0);
+    }
+    return c;
+  }
+  private fillArray(data: Arr, value: number): void {
+    if (data instanceof Int32Array || data.length < NATIVE_MIN) data.fill(value);
+    else this.nat.fill(data, value);
+  }
+  /**
+   * An f32 output whose elements [0, extent) the kernel overwrites without reading them: when that is
+   * the whole buffer, its deferred zero-fill is skipped. Take the inputs first, so an output that is
+   * also an input has been filled already. `minSize`: as for `f` (0 where the caller checks sizes).
+   */
+  private out(op: string, b: Buf, what: string, extent: number, minSize = extent): Float32Array {
+    const c = this.handle(op, b, what);
+    if (c.size === extent && c.zeroPending && c.dtype === 'f32') {
+      c.zeroPending = false;
+      if (this.poison) this.fillArray(c.data!, NaN);
+    }
+    return this.f(op, b, what, minSize);
   }
   private f(op: string, b: Buf, what: string, minSize = 0): Float32Array {
     const c = this.buf(op, b, what);
@@ -85,16 +127,13 @@ export class CpuBackend implements Backend {
   alloc(dtype: DType, size: number): Buf {
     need('alloc', isInt(size), () => `bad size ${size}`);
     need('alloc', dtype in DTYPE_BYTES, () => `bad dtype ${dtype}`);
-    let data = this.pool.take(`${dtype}:${size}`);
-    if (data) {
-      if (size >= NATIVE_MIN) this.nat.fill(data, 0);
-      else data.fill(0);
-    } else {
-      data = newArray(dtype, size);
-    }
+    // Zeros are written when something first reads the buffer, unless a kernel overwrites it whole.
+    const pooled = this.pool.take(`${dtype}:${size}`);
+    const b = new CpuBuf(dtype, size, pooled ?? newArray(dtype, size));
+    b.zeroPending = pooled !== undefined || this.poison;
     this.live++;
     this.liveBytes += size * DTYPE_BYTES[dtype];
-    return new CpuBuf(dtype, size, data);
+    return b;
   }
   free(buf: Buf): void {
     if (!(buf instanceof CpuBuf)) throw new Error('cpu.free: not a cpu buffer');
@@ -110,8 +149,9 @@ export class CpuBackend implements Backend {
     this.pool.clear();
   }
   upload(buf: Buf, data: ArrayLike<number>): void {
-    const b = this.buf('upload', buf, 'buffer');
+    const b = this.handle('upload', buf, 'buffer');
     need('upload', data.length === b.size, () => `${data.length} values for a buffer of ${b.size}`);
+    b.zeroPending = false;
     if (b.dtype === 'bf16') {
       const tmp = data instanceof Float32Array ? data : Float32Array.from(data);
       this.nat.cast(tmp, b.data!);
@@ -134,10 +174,10 @@ export class CpuBackend implements Backend {
 
   // ------------------------------------------------------------ data movement
   fill(out: Buf, value: number): void {
-    const b = this.buf('fill', out, 'out');
-    if (b.dtype === 'i32') (b.data as Int32Array).fill(value);
-    else if (b.dtype === 'f32' && b.size < NATIVE_MIN) (b.data as Float32Array).fill(value);
-    else this.nat.fill(b.data!, value);
+    const b = this.handle('fill', out, 'out');
+    b.zeroPending = false;
+    if (b.dtype === 'bf16') this.nat.fill(b.data!, value);
+    else this.fillArray(b.data!, value);
   }
   cast(x: Buf, out: Buf): void {
     const s = this.buf('cast', x, 'x'), d = this.buf('cast', out, 'out');
@@ -169,20 +209,21 @@ export class CpuBackend implements Backend {
   unary(op: UnaryOp, x: Buf, out: Buf): void {
     const code = UNARY_CODE[op];
     need('unary', code !== undefined, () => `unknown op ${op}`);
-    const a = this.f('unary', x, 'x'), o = this.f('unary', out, 'out');
+    const a = this.f('unary', x, 'x'), o = this.out('unary', out, 'out', a.length);
     need('unary', a.length === o.length, () => `${op}: sizes ${a.length} and ${o.length} differ`);
     this.nat.unary(code, a, o);
   }
   unaryBackward(op: UnaryOp, x: Buf, gy: Buf, gx: Buf): void {
     const code = UNARY_CODE[op];
     need('unaryBackward', code !== undefined, () => `unknown op ${op}`);
-    const a = this.f('unaryBackward', x, 'x'), g = this.f('unaryBackward', gy, 'gy'), o = this.f('unaryBackward', gx, 'gx');
+    const a = this.f('unaryBackward', x, 'x'), g = this.f('unaryBackward', gy, 'gy');
+    const o = this.out('unaryBackward', gx, 'gx', a.length);
     need('unaryBackward', a.length === g.length && a.length === o.length,
       () => `${op}: sizes ${a.length}, ${g.length}, ${o.length} differ`);
     this.nat.unaryBackward(code, a, g, o);
   }
   affine(x: Buf, out: Buf, scale: number, shift: number): void {
-    const a = this.f('affine', x, 'x'), o = this.f('affine', out, 'out');
+    const a = this.f('affine', x, 'x'), o = this.out('affine', out, 'out', a.length);
     need('affine', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
     this.nat.affine(a, o, scale, shift);
   }
@@ -196,7 +237,8 @@ export class CpuBackend implements Backend {
       need('binary', isInt(s), () => `${op}: bad shape [${shape}]`);
       total *= s;
     }
-    const A = this.f('binary', a, 'a'), B = this.f('binary', b, 'b'), O = this.f('binary', out, 'out', total);
+    const A = this.f('binary', a, 'a'), B = this.f('binary', b, 'b');
+    const O = this.out('binary', out, 'out', total);
     this.nat.binary(code, A, aStrides, B, bStrides, O, shape);
   }
   reduceSum(x: Buf, out: Buf, outer: number, mid: number, inner: number): void {
@@ -212,7 +254,10 @@ export class CpuBackend implements Backend {
   matmul(a: Buf, b: Buf, c: Buf, g: MatmulArgs): void {
     const { batch, m, n, k } = g;
     this.dims('matmul', { batch, m, n, k, strideA: g.strideA, strideB: g.strideB, strideC: g.strideC });
-    const A = this.f('matmul', a, 'a'), B = this.f('matmul', b, 'b'), C = this.f('matmul', c, 'c');
+    const A = this.f('matmul', a, 'a'), B = this.f('matmul', b, 'b');
+    // beta = 0 over contiguous batches writes every element of (batch, m, n) without reading C
+    const C = g.beta === 0 && (batch <= 1 || g.strideC === m * n) ? this.out('matmul', c, 'c', batch * m * n, 0)
+      : this.f('matmul', c, 'c');
     if (batch === 0 || m === 0 || n === 0) return;
     need('matmul', batch === 1 || g.strideC >= m * n, () => `strideC ${g.strideC} < m*n = ${m * n}`);
     const needA = (batch - 1) * g.strideA + m * k, needB = (batch - 1) * g.strideB + k * n;
@@ -223,9 +268,14 @@ export class CpuBackend implements Backend {
     this.nat.matmul(A, B, C, batch, m, n, k, g.transA, g.transB, g.strideA, g.strideB, g.strideC, g.alpha, g.beta);
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
-    const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b'), C = this.f('groupedMatmul', c, 'c');
+    const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b');
     need('groupedMatmul', g.problems instanceof Int32Array, () => 'problems must be an Int32Array');
     need('groupedMatmul', g.problems.length % 9 === 0, () => `problems length ${g.problems.length} is not a multiple of 9`);
+    // beta = 0 without a scatter writes each group's (m, n) block; the blocks must not overlap, so
+    // when their sizes add up to C's, every element of C is written
+    let covered = 0;
+    for (let i = 0; i < g.problems.length; i += 9) covered += g.problems[i]! * g.problems[i + 1]!;
+    const C = g.beta === 0 && !g.rows?.c ? this.out('groupedMatmul', c, 'c', covered, 0) : this.f('groupedMatmul', c, 'c');
     // Per-group bounds, index entries included, are checked natively (before any group runs).
     const idx = (b: Buf | undefined, what: string) => (b ? this.i('groupedMatmul', b, what) : null);
     this.nat.groupedMatmul(A, B, C, g.problems, g.transA, g.transB, g.alpha, g.beta,
@@ -236,19 +286,22 @@ export class CpuBackend implements Backend {
   softmax(x: Buf, out: Buf, rows: number, cols: number): void {
     this.dims('softmax', { rows, cols });
     const n = rows * cols;
-    this.nat.softmax(this.f('softmax', x, 'x', n), this.f('softmax', out, 'out', n), rows, cols);
+    const X = this.f('softmax', x, 'x', n);
+    this.nat.softmax(X, this.out('softmax', out, 'out', n), rows, cols);
   }
   softmaxBackward(y: Buf, gy: Buf, gx: Buf, rows: number, cols: number): void {
     this.dims('softmaxBackward', { rows, cols });
     const n = rows * cols, op = 'softmaxBackward';
-    this.nat.softmaxBackward(this.f(op, y, 'y', n), this.f(op, gy, 'gy', n), this.f(op, gx, 'gx', n), rows, cols);
+    const Y = this.f(op, y, 'y', n), GY = this.f(op, gy, 'gy', n);
+    this.nat.softmaxBackward(Y, GY, this.out(op, gx, 'gx', n), rows, cols);
   }
   layerNorm(x: Buf, gamma: Buf, beta: Buf, y: Buf, mean: Buf, rstd: Buf, rows: number, cols: number, eps: number): void {
     const op = 'layerNorm';
     this.dims(op, { rows, cols });
     const n = rows * cols;
-    this.nat.layerNorm(this.f(op, x, 'x', n), this.f(op, gamma, 'gamma', cols), this.f(op, beta, 'beta', cols),
-      this.f(op, y, 'y', n), this.f(op, mean, 'mean', rows), this.f(op, rstd, 'rstd', rows), rows, cols, eps);
+    const X = this.f(op, x, 'x', n), G = this.f(op, gamma, 'gamma', cols), Bt = this.f(op, beta, 'beta', cols);
+    this.nat.layerNorm(X, G, Bt, this.out(op, y, 'y', n), this.out(op, mean, 'mean', rows), this.out(op, rstd, 'rstd', rows),
+      rows, cols, eps);
   }
   layerNormBackward(x: Buf, gamma: Buf, mean: Buf, rstd: Buf, gy: Buf, gx: Buf, ggamma: Buf, gbeta: Buf,
     rows: number, cols: number): void {
@@ -262,8 +315,8 @@ export class CpuBackend implements Backend {
   embedding(table: Buf, ids: Buf, out: Buf, n: number, vocab: number, dim: number): void {
     const op = 'embedding';
     this.dims(op, { n, vocab, dim });
-    this.nat.embedding(this.f(op, table, 'table', vocab * dim), this.i(op, ids, 'ids', n), this.f(op, out, 'out', n * dim),
-      n, vocab, dim);
+    const W = this.f(op, table, 'table', vocab * dim), I = this.i(op, ids, 'ids', n);
+    this.nat.embedding(W, I, this.out(op, out, 'out', n * dim), n, vocab, dim);
   }
   embeddingBackward(gy: Buf, ids: Buf, gtable: Buf, n: number, vocab: number, dim: number): void {
     const op = 'embeddingBackward';
@@ -295,13 +348,13 @@ export class CpuBackend implements Backend {
       this.f(op, gout, 'gout', no), this.f(op, gqkv, 'gqkv', nq), B, T, H, D, causal, scale);
   }
   dropout(x: Buf, out: Buf, p: number, seed: number): void {
-    const a = this.f('dropout', x, 'x'), o = this.f('dropout', out, 'out');
+    const a = this.f('dropout', x, 'x'), o = this.out('dropout', out, 'out', a.length);
     need('dropout', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
     need('dropout', p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
     this.nat.dropout(a, o, p, seed >>> 0);
   }
   dropoutBackward(gy: Buf, gx: Buf, p: number, seed: number): void {
-    const a = this.f('dropoutBackward', gy, 'gy'), o = this.f('dropoutBackward', gx, 'gx');
+    const a = this.f('dropoutBackward', gy, 'gy'), o = this.out('dropoutBackward', gx, 'gx', a.length);
     need('dropoutBackward', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
     need('dropoutBackward', p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
     this.nat.dropout(a, o, p, seed >>> 0);
@@ -315,8 +368,9 @@ export class CpuBackend implements Backend {
   crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number): void {
     const op = 'crossEntropyBackward';
     this.dims(op, { N, V });
-    this.nat.crossEntropyBackward(this.f(op, logits, 'logits', N * V), this.i(op, targets, 'targets', N),
-      this.f(op, lse, 'lse', N), this.f(op, gloss, 'gloss', N), this.f(op, glogits, 'glogits', N * V), N, V);
+    const X = this.f(op, logits, 'logits', N * V), Tg = this.i(op, targets, 'targets', N);
+    const L = this.f(op, lse, 'lse', N), GL = this.f(op, gloss, 'gloss', N);
+    this.nat.crossEntropyBackward(X, Tg, L, GL, this.out(op, glogits, 'glogits', N * V), N, V);
   }
   adamw(p: Buf, g: Buf, m: Buf, v: Buf, a: AdamWArgs): void {
     const op = 'adamw';
@@ -339,7 +393,8 @@ export class CpuBackend implements Backend {
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     const op = 'gatherRows';
     this.dims(op, { m, n, d });
-    this.nat.gatherRows(this.f(op, x, 'x', n * d), this.i(op, idx, 'idx', m), this.f(op, out, 'out', m * d), m, n, d);
+    const X = this.f(op, x, 'x', n * d), I = this.i(op, idx, 'idx', m);
+    this.nat.gatherRows(X, I, this.out(op, out, 'out', m * d), m, n, d);
   }
   scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     const op = 'scatterAddRows';
@@ -387,8 +442,12 @@ export function setGemmProvider(name: string): string {
   return loadAddon().setGemmProvider(name);
 }
 
-/** The typed array behind a cpu buffer (zero-copy; for tests and benchmarks). */
+/** The typed array behind a cpu buffer (zero-copy; for tests and benchmarks). A deferred zero-fill is done first. */
 export function cpuArray(buf: Buf): Float32Array | Uint16Array | Int32Array {
   if (!(buf instanceof CpuBuf) || buf.data === null) throw new Error('cpuArray: not a live cpu buffer');
+  if (buf.zeroPending) {
+    buf.data.fill(0);
+    buf.zeroPending = false;
+  }
   return buf.data;
 }

@@ -9,8 +9,13 @@ export class ArrayPool<A extends { byteLength: number }> {
   private readonly classes = new Map<string, A[]>();
   private bytes = 0;
 
-  /** @param limit budget in bytes (arrays larger than it are never kept) */
-  constructor(private readonly limit: number) {}
+  /**
+   * @param limit budget in bytes (arrays larger than it are never kept)
+   * @throws Error when limit is not a finite number >= 0
+   */
+  constructor(private readonly limit: number) {
+    if (!Number.isFinite(limit) || limit < 0) throw new Error(`buffer pool: the limit must be a number of bytes >= 0, got ${limit}`);
+  }
 
   /** Bytes held. */
   get pooledBytes(): number {
@@ -29,14 +34,14 @@ export class ArrayPool<A extends { byteLength: number }> {
 
   /** Keeps `a` for reuse under `key`, evicting least recently used classes to stay within the limit. */
   put(key: string, a: A): void {
-    if (a.byteLength === 0 || a.byteLength > this.limit) return;
+    const own = (this.classes.get(key) ?? []).reduce((n, x) => n + x.byteLength, 0);
+    if (a.byteLength === 0 || own + a.byteLength > this.limit) return; // evicting others would not make room
     for (const [k, list] of this.classes) {
       if (this.bytes + a.byteLength <= this.limit) break;
       if (k === key) continue;
       while (list.length > 0 && this.bytes + a.byteLength > this.limit) this.bytes -= list.pop()!.byteLength;
       if (list.length === 0) this.classes.delete(k);
     }
-    if (this.bytes + a.byteLength > this.limit) return; // only same-class arrays are left
     const list = this.classes.get(key) ?? [];
     list.push(a);
     this.touch(key, list);
