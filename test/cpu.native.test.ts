@@ -358,6 +358,20 @@ describe('cpu backend: memory and errors', () => {
     assert.throws(() => cpu.free(b), /freed twice/);
     assert.throws(() => cpu.download(b), /freed/);
   });
+  it('a reused buffer reads as zeros: after a kernel that overwrote it whole skipped the fill, and after one that threw', () => {
+    const t = put(cpu, randn(rng(3), 12)), ids = put(cpu, Int32Array.from([0, 5, 1]), 'i32');
+    const a = cpu.alloc('f32', 12);
+    cpuArray(a).fill(7);
+    cpu.free(a);
+    const o = cpu.alloc('f32', 12); // the same array, its zero-fill deferred
+    assert.throws(() => cpu.embedding(t, ids, o, 3, 3, 4), /embedding/); // id 5 >= vocab 3: nothing written
+    assert.deepEqual(Array.from(cpu.download(o)), new Array(12).fill(0));
+    cpu.free(o);
+    const o2 = cpu.alloc('f32', 12);
+    cpu.unary('neg', t, o2); // overwrites all of o2 without the fill
+    assert.deepEqual(Array.from(cpu.download(o2)), Array.from(cpu.download(t), (v) => -v));
+    for (const x of [t, ids, o2]) cpu.free(x);
+  });
   it('out-of-range ids / targets / indices throw, naming the kernel and the value', () => {
     const t = put(cpu, new Float32Array(12)), o = cpu.alloc('f32', 16);
     const ids = put(cpu, [0, 5, 1], 'i32'), tg = put(cpu, [0, -2], 'i32'), l = cpu.alloc('f32', 2);

@@ -32,6 +32,23 @@ for (const name of names) {
       x.dispose();
     });
 
+    it('matmul computes gradients only for operands that need them (all four transpose cases)', () => {
+      // C = op(A)·op(B), loss Σ C: dA = 1·op(B)ᵀ row sums, known in closed form; B is a constant.
+      const A = T.parameter('A', [1, 2, 3, 4, 5, 6], [2, 3], b);
+      const B = T.tensor([1, -1, 2, 0.5, 3, 1], [3, 2], { backend: b });
+      const Bt = T.tensor([1, 2, 3, -1, 0.5, 1], [2, 3], { backend: b });
+      const At = T.parameter('At', [1, 4, 2, 5, 3, 6], [3, 2], b);
+      for (const [a, bb, transA, transB] of [[A, B, false, false], [A, Bt, false, true], [At, B, true, false], [At, Bt, true, true]] as const) {
+        a.grad?.dispose();
+        a.grad = null;
+        T.tidy(() => T.backward(T.sum(T.matmul(a, bb, { transA, transB }))));
+        // d/dA_ik Σ_ij (A B)_ij = Σ_j B_kj = (0, 2.5, 4) for k = 0, 1, 2; transposed storage for At.
+        assert.deepEqual([...a.grad!.toArray()], transA ? [0, 0, 2.5, 2.5, 4, 4] : [0, 2.5, 4, 0, 2.5, 4]);
+        assert.equal(bb.grad, null);
+      }
+      for (const t of [A, B, Bt, At]) t.dispose();
+    });
+
     it('records nothing under noGrad and refuses backward without a graph', () => {
       const x = T.parameter('x', [1, 2], [2], b);
       T.tidy(() => {

@@ -21,8 +21,8 @@ class CpuBuf implements Buf {
   /** null once freed. */
   data: Arr | null;
   /**
-   * Reused from the pool and not yet written: reads as zeros once `settle` fills it, and a kernel that
-   * overwrites the whole buffer skips the fill (see `out`).
+   * Reused from the pool and not yet written: zeros are filled in when something reads it (`buf`),
+   * unless a kernel overwrites the whole buffer first (`out`).
    */
   zeroPending = false;
   constructor(readonly dtype: DType, readonly size: number, data: Arr) {
@@ -65,11 +65,15 @@ export class CpuBackend implements Backend {
   private liveBytes = 0;
   private readonly pool: ArrayPool<Arr>;
   private readonly poison: boolean;
+  /** Outputs of the running op whose zero-fill `out` skipped (see `kernel`). */
+  private readonly claimed: CpuBuf[] = [];
 
   constructor(private readonly nat: NativeAddon, opts: CpuBackendOptions = {}) {
-    const env = process.env['SSD_CPU_POOL_MB'];
-    const mb = env !== undefined && env !== '' ? Number(env) : 1024;
-    if (!Number.isFinite(mb) || mb < 0) throw new Error(`SSD_CPU_POOL_MB must be a number of MiB >= 0, got '${env}'`);
+    const env = process.env['SSD_CPU_POOL_MB']?.trim();
+    const mb = env ? Number(env) : 1024;
+    if (opts.poolBytes === undefined && !(Number.isFinite(mb) && mb >= 0)) {
+      throw new Error(`SSD_CPU_POOL_MB must be a number of MiB >= 0, got '${env}'`);
+    }
     this.pool = new ArrayPool(opts.poolBytes ?? mb * 2 ** 20);
     this.poison = opts.poisonOutputs ?? process.env['SSD_CPU_POISON'] === '1';
   }
@@ -101,11 +105,24 @@ export class CpuBackend implements Backend {
    */
   private out(op: string, b: Buf, what: string, extent: number, minSize = extent): Float32Array {
     const c = this.handle(op, b, what);
-    if (c.size === extent && c.zeroPending && c.dtype === 'f32') {
-      c.zeroPending = false;
-      if (this.poison) this.fillArray(c.data!, NaN);
+    if (c.size !== extent || !c.zeroPending || c.dtype !== 'f32') return this.f(op, b, what, minSize);
+    if (c.size < minSize) throw new Error(`cpu.${op}: ${what} has ${c.size} elements, needs ${minSize}`);
+    if (this.poison) this.fillArray(c.data!, NaN);
+    this.claimed.push(c);
+    return c.data as Float32Array;
+  }
+  /**
+   * Runs one op whose outputs are taken with `out`: their deferred zero-fills are dropped only once
+   * the op has returned; if it throws (bad input), they stay pending and the buffers still read as zeros.
+   */
+  private kernel(fn: () => void): void {
+    this.claimed.length = 0;
+    try {
+      fn();
+      for (const c of this.claimed) c.zeroPending = false;
+    } finally {
+      this.claimed.length = 0;
     }
-    return this.f(op, b, what, minSize);
   }
   private f(op: string, b: Buf, what: string, minSize = 0): Float32Array {
     const c = this.buf(op, b, what);
@@ -131,6 +148,7 @@ export class CpuBackend implements Backend {
     const pooled = this.pool.take(`${dtype}:${size}`);
     const b = new CpuBuf(dtype, size, pooled ?? newArray(dtype, size));
     b.zeroPending = pooled !== undefined || this.poison;
+    if (this.poison && dtype === 'f32') this.fillArray(b.data!, NaN); // only the deferred fill may make it zeros
     this.live++;
     this.liveBytes += size * DTYPE_BYTES[dtype];
     return b;
@@ -207,39 +225,47 @@ export class CpuBackend implements Backend {
 
   // ------------------------------------------------------------ elementwise
   unary(op: UnaryOp, x: Buf, out: Buf): void {
-    const code = UNARY_CODE[op];
-    need('unary', code !== undefined, () => `unknown op ${op}`);
-    const a = this.f('unary', x, 'x'), o = this.out('unary', out, 'out', a.length);
-    need('unary', a.length === o.length, () => `${op}: sizes ${a.length} and ${o.length} differ`);
-    this.nat.unary(code, a, o);
+    this.kernel(() => {
+      const code = UNARY_CODE[op];
+      need('unary', code !== undefined, () => `unknown op ${op}`);
+      const a = this.f('unary', x, 'x'), o = this.out('unary', out, 'out', a.length);
+      need('unary', a.length === o.length, () => `${op}: sizes ${a.length} and ${o.length} differ`);
+      this.nat.unary(code, a, o);
+    });
   }
   unaryBackward(op: UnaryOp, x: Buf, gy: Buf, gx: Buf): void {
-    const code = UNARY_CODE[op];
-    need('unaryBackward', code !== undefined, () => `unknown op ${op}`);
-    const a = this.f('unaryBackward', x, 'x'), g = this.f('unaryBackward', gy, 'gy');
-    const o = this.out('unaryBackward', gx, 'gx', a.length);
-    need('unaryBackward', a.length === g.length && a.length === o.length,
-      () => `${op}: sizes ${a.length}, ${g.length}, ${o.length} differ`);
-    this.nat.unaryBackward(code, a, g, o);
+    this.kernel(() => {
+      const code = UNARY_CODE[op];
+      need('unaryBackward', code !== undefined, () => `unknown op ${op}`);
+      const a = this.f('unaryBackward', x, 'x'), g = this.f('unaryBackward', gy, 'gy');
+      const o = this.out('unaryBackward', gx, 'gx', a.length);
+      need('unaryBackward', a.length === g.length && a.length === o.length,
+        () => `${op}: sizes ${a.length}, ${g.length}, ${o.length} differ`);
+      this.nat.unaryBackward(code, a, g, o);
+    });
   }
   affine(x: Buf, out: Buf, scale: number, shift: number): void {
-    const a = this.f('affine', x, 'x'), o = this.out('affine', out, 'out', a.length);
-    need('affine', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
-    this.nat.affine(a, o, scale, shift);
+    this.kernel(() => {
+      const a = this.f('affine', x, 'x'), o = this.out('affine', out, 'out', a.length);
+      need('affine', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
+      this.nat.affine(a, o, scale, shift);
+    });
   }
   binary(op: BinaryOp, a: Buf, aStrides: number[], b: Buf, bStrides: number[], out: Buf, shape: number[]): void {
-    const code = BINARY_CODE[op];
-    need('binary', code !== undefined, () => `unknown op ${op}`);
-    need('binary', aStrides.length === shape.length && bStrides.length === shape.length,
-      () => `${op}: ranks differ: shape [${shape}], aStrides [${aStrides}], bStrides [${bStrides}]`);
-    let total = 1;
-    for (const s of shape) {
-      need('binary', isInt(s), () => `${op}: bad shape [${shape}]`);
-      total *= s;
-    }
-    const A = this.f('binary', a, 'a'), B = this.f('binary', b, 'b');
-    const O = this.out('binary', out, 'out', total);
-    this.nat.binary(code, A, aStrides, B, bStrides, O, shape);
+    this.kernel(() => {
+      const code = BINARY_CODE[op];
+      need('binary', code !== undefined, () => `unknown op ${op}`);
+      need('binary', aStrides.length === shape.length && bStrides.length === shape.length,
+        () => `${op}: ranks differ: shape [${shape}], aStrides [${aStrides}], bStrides [${bStrides}]`);
+      let total = 1;
+      for (const s of shape) {
+        need('binary', isInt(s), () => `${op}: bad shape [${shape}]`);
+        total *= s;
+      }
+      const A = this.f('binary', a, 'a'), B = this.f('binary', b, 'b');
+      const O = this.out('binary', out, 'out', total);
+      this.nat.binary(code, A, aStrides, B, bStrides, O, shape);
+    });
   }
   reduceSum(x: Buf, out: Buf, outer: number, mid: number, inner: number): void {
     this.dims('reduceSum', { outer, mid, inner });
@@ -252,56 +278,67 @@ export class CpuBackend implements Backend {
 
   // ------------------------------------------------------------ linear algebra
   matmul(a: Buf, b: Buf, c: Buf, g: MatmulArgs): void {
-    const { batch, m, n, k } = g;
-    this.dims('matmul', { batch, m, n, k, strideA: g.strideA, strideB: g.strideB, strideC: g.strideC });
-    const A = this.f('matmul', a, 'a'), B = this.f('matmul', b, 'b');
-    // beta = 0 over contiguous batches writes every element of (batch, m, n) without reading C
-    const C = g.beta === 0 && (batch <= 1 || g.strideC === m * n) ? this.out('matmul', c, 'c', batch * m * n, 0)
-      : this.f('matmul', c, 'c');
-    if (batch === 0 || m === 0 || n === 0) return;
-    need('matmul', batch === 1 || g.strideC >= m * n, () => `strideC ${g.strideC} < m*n = ${m * n}`);
-    const needA = (batch - 1) * g.strideA + m * k, needB = (batch - 1) * g.strideB + k * n;
-    const needC = (batch - 1) * g.strideC + m * n;
-    need('matmul', A.length >= needA, () => `a has ${A.length} elements, needs ${needA} (batch ${batch}, m ${m}, k ${k})`);
-    need('matmul', B.length >= needB, () => `b has ${B.length} elements, needs ${needB} (batch ${batch}, k ${k}, n ${n})`);
-    need('matmul', C.length >= needC, () => `c has ${C.length} elements, needs ${needC} (batch ${batch}, m ${m}, n ${n})`);
-    this.nat.matmul(A, B, C, batch, m, n, k, g.transA, g.transB, g.strideA, g.strideB, g.strideC, g.alpha, g.beta);
+    this.kernel(() => {
+      const { batch, m, n, k } = g;
+      this.dims('matmul', { batch, m, n, k, strideA: g.strideA, strideB: g.strideB, strideC: g.strideC });
+      const A = this.f('matmul', a, 'a'), B = this.f('matmul', b, 'b');
+      // beta = 0 over contiguous batches writes every element of (batch, m, n) without reading C
+      const C = g.beta === 0 && (batch <= 1 || g.strideC === m * n) ? this.out('matmul', c, 'c', batch * m * n, 0)
+        : this.f('matmul', c, 'c');
+      if (batch === 0 || m === 0 || n === 0) return;
+      need('matmul', batch === 1 || g.strideC >= m * n, () => `strideC ${g.strideC} < m*n = ${m * n}`);
+      const needA = (batch - 1) * g.strideA + m * k, needB = (batch - 1) * g.strideB + k * n;
+      const needC = (batch - 1) * g.strideC + m * n;
+      need('matmul', A.length >= needA, () => `a has ${A.length} elements, needs ${needA} (batch ${batch}, m ${m}, k ${k})`);
+      need('matmul', B.length >= needB, () => `b has ${B.length} elements, needs ${needB} (batch ${batch}, k ${k}, n ${n})`);
+      need('matmul', C.length >= needC, () => `c has ${C.length} elements, needs ${needC} (batch ${batch}, m ${m}, n ${n})`);
+      this.nat.matmul(A, B, C, batch, m, n, k, g.transA, g.transB, g.strideA, g.strideB, g.strideC, g.alpha, g.beta);
+    });
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
-    const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b');
-    need('groupedMatmul', g.problems instanceof Int32Array, () => 'problems must be an Int32Array');
-    need('groupedMatmul', g.problems.length % 9 === 0, () => `problems length ${g.problems.length} is not a multiple of 9`);
-    // beta = 0 without a scatter writes each group's (m, n) block; the blocks must not overlap, so
-    // when their sizes add up to C's, every element of C is written
-    let covered = 0;
-    for (let i = 0; i < g.problems.length; i += 9) covered += g.problems[i]! * g.problems[i + 1]!;
-    const C = g.beta === 0 && !g.rows?.c ? this.out('groupedMatmul', c, 'c', covered, 0) : this.f('groupedMatmul', c, 'c');
-    // Per-group bounds, index entries included, are checked natively (before any group runs).
-    const idx = (b: Buf | undefined, what: string) => (b ? this.i('groupedMatmul', b, what) : null);
-    this.nat.groupedMatmul(A, B, C, g.problems, g.transA, g.transB, g.alpha, g.beta,
-      idx(g.rows?.a, 'rows.a'), idx(g.rows?.b, 'rows.b'), idx(g.rows?.c, 'rows.c'));
+    this.kernel(() => {
+      const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b');
+      need('groupedMatmul', g.problems instanceof Int32Array, () => 'problems must be an Int32Array');
+      need('groupedMatmul', g.problems.length % 9 === 0, () => `problems length ${g.problems.length} is not a multiple of 9`);
+      // beta = 0 without a scatter writes each group's (m, n) block; the blocks must not overlap, so
+      // when their sizes add up to C's, every element of C is written
+      let covered = 0;
+      for (let i = 0; i < g.problems.length; i += 9) covered += g.problems[i]! * g.problems[i + 1]!;
+      const C = g.beta === 0 && !g.rows?.c ? this.out('groupedMatmul', c, 'c', covered, 0) : this.f('groupedMatmul', c, 'c');
+      // Per-group bounds, index entries included, are checked natively (before any group runs).
+      const idx = (b: Buf | undefined, what: string) => (b ? this.i('groupedMatmul', b, what) : null);
+      this.nat.groupedMatmul(A, B, C, g.problems, g.transA, g.transB, g.alpha, g.beta,
+        idx(g.rows?.a, 'rows.a'), idx(g.rows?.b, 'rows.b'), idx(g.rows?.c, 'rows.c'));
+    });
   }
 
   // ------------------------------------------------------------ NN kernels
   softmax(x: Buf, out: Buf, rows: number, cols: number): void {
-    this.dims('softmax', { rows, cols });
-    const n = rows * cols;
-    const X = this.f('softmax', x, 'x', n);
-    this.nat.softmax(X, this.out('softmax', out, 'out', n), rows, cols);
+    this.kernel(() => {
+      this.dims('softmax', { rows, cols });
+      const n = rows * cols;
+      const X = this.f('softmax', x, 'x', n);
+      this.nat.softmax(X, this.out('softmax', out, 'out', n), rows, cols);
+    });
   }
   softmaxBackward(y: Buf, gy: Buf, gx: Buf, rows: number, cols: number): void {
-    this.dims('softmaxBackward', { rows, cols });
-    const n = rows * cols, op = 'softmaxBackward';
-    const Y = this.f(op, y, 'y', n), GY = this.f(op, gy, 'gy', n);
-    this.nat.softmaxBackward(Y, GY, this.out(op, gx, 'gx', n), rows, cols);
+    this.kernel(() => {
+      this.dims('softmaxBackward', { rows, cols });
+      const n = rows * cols, op = 'softmaxBackward';
+      const Y = this.f(op, y, 'y', n), GY = this.f(op, gy, 'gy', n);
+      this.nat.softmaxBackward(Y, GY, this.out(op, gx, 'gx', n), rows, cols);
+    });
   }
   layerNorm(x: Buf, gamma: Buf, beta: Buf, y: Buf, mean: Buf, rstd: Buf, rows: number, cols: number, eps: number): void {
-    const op = 'layerNorm';
-    this.dims(op, { rows, cols });
-    const n = rows * cols;
-    const X = this.f(op, x, 'x', n), G = this.f(op, gamma, 'gamma', cols), Bt = this.f(op, beta, 'beta', cols);
-    this.nat.layerNorm(X, G, Bt, this.out(op, y, 'y', n), this.out(op, mean, 'mean', rows), this.out(op, rstd, 'rstd', rows),
-      rows, cols, eps);
+    this.kernel(() => {
+      const op = 'layerNorm';
+      this.dims(op, { rows, cols });
+      const n = rows * cols;
+      const X = this.f(op, x, 'x', n), G = this.f(op, gamma, 'gamma', cols), Bt = this.f(op, beta, 'beta', cols);
+      const stats = cols > 0 ? rows : -1; // with cols 0 the kernel writes no mean and rstd: keep their zeros
+      this.nat.layerNorm(X, G, Bt, this.out(op, y, 'y', n), this.out(op, mean, 'mean', stats, rows),
+        this.out(op, rstd, 'rstd', stats, rows), rows, cols, eps);
+    });
   }
   layerNormBackward(x: Buf, gamma: Buf, mean: Buf, rstd: Buf, gy: Buf, gx: Buf, ggamma: Buf, gbeta: Buf,
     rows: number, cols: number): void {
@@ -313,10 +350,12 @@ export class CpuBackend implements Backend {
       this.f(op, gbeta, 'gbeta', cols), rows, cols);
   }
   embedding(table: Buf, ids: Buf, out: Buf, n: number, vocab: number, dim: number): void {
-    const op = 'embedding';
-    this.dims(op, { n, vocab, dim });
-    const W = this.f(op, table, 'table', vocab * dim), I = this.i(op, ids, 'ids', n);
-    this.nat.embedding(W, I, this.out(op, out, 'out', n * dim), n, vocab, dim);
+    this.kernel(() => {
+      const op = 'embedding';
+      this.dims(op, { n, vocab, dim });
+      const W = this.f(op, table, 'table', vocab * dim), I = this.i(op, ids, 'ids', n);
+      this.nat.embedding(W, I, this.out(op, out, 'out', n * dim), n, vocab, dim);
+    });
   }
   embeddingBackward(gy: Buf, ids: Buf, gtable: Buf, n: number, vocab: number, dim: number): void {
     const op = 'embeddingBackward';
@@ -348,16 +387,20 @@ export class CpuBackend implements Backend {
       this.f(op, gout, 'gout', no), this.f(op, gqkv, 'gqkv', nq), B, T, H, D, causal, scale);
   }
   dropout(x: Buf, out: Buf, p: number, seed: number): void {
-    const a = this.f('dropout', x, 'x'), o = this.out('dropout', out, 'out', a.length);
-    need('dropout', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
-    need('dropout', p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
-    this.nat.dropout(a, o, p, seed >>> 0);
+    this.kernel(() => {
+      const a = this.f('dropout', x, 'x'), o = this.out('dropout', out, 'out', a.length);
+      need('dropout', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
+      need('dropout', p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
+      this.nat.dropout(a, o, p, seed >>> 0);
+    });
   }
   dropoutBackward(gy: Buf, gx: Buf, p: number, seed: number): void {
-    const a = this.f('dropoutBackward', gy, 'gy'), o = this.out('dropoutBackward', gx, 'gx', a.length);
-    need('dropoutBackward', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
-    need('dropoutBackward', p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
-    this.nat.dropout(a, o, p, seed >>> 0);
+    this.kernel(() => {
+      const a = this.f('dropoutBackward', gy, 'gy'), o = this.out('dropoutBackward', gx, 'gx', a.length);
+      need('dropoutBackward', a.length === o.length, () => `sizes ${a.length} and ${o.length} differ`);
+      need('dropoutBackward', p >= 0 && p <= 1, () => `p must be in [0, 1], got ${p}`);
+      this.nat.dropout(a, o, p, seed >>> 0);
+    });
   }
   crossEntropy(logits: Buf, targets: Buf, losses: Buf, lse: Buf, N: number, V: number): void {
     const op = 'crossEntropy';
@@ -366,11 +409,13 @@ export class CpuBackend implements Backend {
       this.f(op, losses, 'losses', N), this.f(op, lse, 'lse', N), N, V);
   }
   crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number): void {
-    const op = 'crossEntropyBackward';
-    this.dims(op, { N, V });
-    const X = this.f(op, logits, 'logits', N * V), Tg = this.i(op, targets, 'targets', N);
-    const L = this.f(op, lse, 'lse', N), GL = this.f(op, gloss, 'gloss', N);
-    this.nat.crossEntropyBackward(X, Tg, L, GL, this.out(op, glogits, 'glogits', N * V), N, V);
+    this.kernel(() => {
+      const op = 'crossEntropyBackward';
+      this.dims(op, { N, V });
+      const X = this.f(op, logits, 'logits', N * V), Tg = this.i(op, targets, 'targets', N);
+      const L = this.f(op, lse, 'lse', N), GL = this.f(op, gloss, 'gloss', N);
+      this.nat.crossEntropyBackward(X, Tg, L, GL, this.out(op, glogits, 'glogits', N * V), N, V);
+    });
   }
   adamw(p: Buf, g: Buf, m: Buf, v: Buf, a: AdamWArgs): void {
     const op = 'adamw';
@@ -391,10 +436,12 @@ export class CpuBackend implements Backend {
       this.i(op, indices, 'indices', rows * k), rows, cols, k);
   }
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
-    const op = 'gatherRows';
-    this.dims(op, { m, n, d });
-    const X = this.f(op, x, 'x', n * d), I = this.i(op, idx, 'idx', m);
-    this.nat.gatherRows(X, I, this.out(op, out, 'out', m * d), m, n, d);
+    this.kernel(() => {
+      const op = 'gatherRows';
+      this.dims(op, { m, n, d });
+      const X = this.f(op, x, 'x', n * d), I = this.i(op, idx, 'idx', m);
+      this.nat.gatherRows(X, I, this.out(op, out, 'out', m * d), m, n, d);
+    });
   }
   scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     const op = 'scatterAddRows';

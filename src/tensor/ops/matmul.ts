@@ -1,6 +1,6 @@
 /** Matrix products: batched matmul with transposes and the grouped (per-expert segment) matmul. */
 import type { GroupedMatmulArgs } from '../../backend/contract.js';
-import { record } from '../autograd.js';
+import { needsGrad, record } from '../autograd.js';
 import type { Tensor } from '../tensor.js';
 import { shapeSize } from '../tensor.js';
 import { sumTo } from './reduce.js';
@@ -60,13 +60,11 @@ function bmm(a: Tensor, b: Tensor, tA: boolean, tB: boolean): Tensor {
     strideA: na === 1 ? 0 : m * k, strideB: nb === 1 ? 0 : k * n, strideC: m * n, alpha: 1, beta: 0,
   });
   return record(y, 'matmul', [a, b], (g) => {
-    // Gradients of C = op(A)·op(B) for each transpose case, then summed over broadcast batches.
-    let ga: Tensor, gb: Tensor;
-    if (!tA && !tB) { ga = bmm(g, b, false, true); gb = bmm(a, g, true, false); }
-    else if (!tA && tB) { ga = bmm(g, b, false, false); gb = bmm(g, a, true, false); }
-    else if (tA && !tB) { ga = bmm(b, g, false, true); gb = bmm(a, g, false, false); }
-    else { ga = bmm(b, g, true, true); gb = bmm(g, a, true, true); }
-    return [reduceBatch(ga, a), reduceBatch(gb, b)];
+    // Gradients of C = op(A)·op(B) for each transpose case (only for operands that need one, e.g. not
+    // for the detached input of an MoE router), then summed over broadcast batches.
+    const ga = !needsGrad(a) ? null : !tA ? bmm(g, b, false, !tB) : bmm(b, g, tB, true);
+    const gb = !needsGrad(b) ? null : !tB ? bmm(a, g, !tA, false) : bmm(g, a, true, tA);
+    return [ga && reduceBatch(ga, a), gb && reduceBatch(gb, b)];
   });
 }
 
@@ -143,8 +141,9 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: readonly number[], 
   });
   return record(y, 'segmentMatmul', [x, w], (g) => {
     // gx = g[seg_e] · op(w_e)ᵀ: the same memory read with the transpose flipped, gather and scatter swapped.
-    const gx = segmentMatmul(g, w, offsets, { ...L, k: n, n: k, transB: !L.transB },
+    const gx = !needsGrad(x) ? null : segmentMatmul(g, w, offsets, { ...L, k: n, n: k, transB: !L.transB },
       { gather: rows.scatter, scatter: rows.gather, outRows: x.shape[0] });
+    if (!needsGrad(w)) return [gx, null];
     // gw_e = (x[seg_e]ᵀ · g[seg_e]) (k, n), stored transposed (n, k) when transB; both read through their rows.
     const gw = out(w.shape, be);
     const p = new Int32Array(9 * E);
