@@ -497,13 +497,12 @@ static void scale_c(int64_t M, int64_t N, float beta, const GemmOutput& C) {
 void sgemm_own(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   using namespace gemm_detail;
+  if (have_avx512())
+    return sgemm_own_indexed(transA, transB, M, N, K, alpha, GemmOperand{A, lda, nullptr},
+                             GemmOperand{B, ldb, nullptr}, beta, GemmOutput{C, ldc, nullptr});
   if (M <= 0 || N <= 0) return;
   if (K <= 0) return scale_c(M, N, beta, GemmOutput{C, ldc, nullptr});
-  if (have_avx512())
-    sgemm_avx512(transA, transB, M, N, K, alpha, GemmOperand{A, lda, nullptr}, GemmOperand{B, ldb, nullptr}, beta,
-                 GemmOutput{C, ldc, nullptr});
-  else
-    sgemm_fallback(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  sgemm_fallback(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void sgemm_own_indexed(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const GemmOperand& A,

@@ -52,9 +52,9 @@ export interface CpuBackendOptions {
   /** Bytes of freed buffers kept for reuse (default 1 GiB, or SSD_CPU_POOL_MB). */
   poolBytes?: number;
   /**
-   * Testing: every allocation starts with its zero-fill deferred, and a kernel output claimed to be
-   * overwritten in full is filled with NaN first, so a kernel that reads or skips part of such an
-   * output shows up as NaN (default false, or SSD_CPU_POISON=1).
+   * Testing: every f32 allocation is filled with NaN and its zero-fill deferred, so a kernel that reads
+   * or skips part of an output it claims to overwrite in full, or a missing deferred fill, shows up as
+   * NaN (default false, or SSD_CPU_POISON=1).
    */
   poisonOutputs?: boolean;
 }
@@ -107,8 +107,7 @@ export class CpuBackend implements Backend {
     const c = this.handle(op, b, what);
     if (c.size !== extent || !c.zeroPending || c.dtype !== 'f32') return this.f(op, b, what, minSize);
     if (c.size < minSize) throw new Error(`cpu.${op}: ${what} has ${c.size} elements, needs ${minSize}`);
-    if (this.poison) this.fillArray(c.data!, NaN);
-    this.claimed.push(c);
+    this.claimed.push(c); // (with poisonOutputs it still holds the NaN that alloc wrote)
     return c.data as Float32Array;
   }
   /**
