@@ -144,7 +144,7 @@ const runs: Record<string, Run> = {
     });
   },
   'groupedMatmul with row indices (gather A / B, K- and N-gather, scatter C, several MC blocks, small M)': (b) => groupedRowsRun(b),
-  'groupedMatmul edge cases of the own kernel (narrow scatter with repeated rows, K > 384, 16/48-column panels, column offsets, k = 0)': (b) => {
+  'groupedMatmul edge cases of the own kernel (narrow scatter with repeated rows, K > 384, 16/48-column panels, column offsets, k = 0, weight gradients over several MC blocks)': (b) => {
     const r = rng(41), T = 300;
     const i32 = (a: ArrayLike<number>) => put(b, a, 'i32');
     const P = (...groups: number[][]) => Int32Array.from(groups.flat());
@@ -152,9 +152,10 @@ const runs: Record<string, Run> = {
     const idx = i32(ints(r, 4096, 0, T)), none = b.alloc('i32', 0);
     const c1 = put(b, randn(r, T * 32)), c2 = b.alloc('f32', 500 * 48), c3 = put(b, randn(r, T * 40));
     const c4 = put(b, randn(r, 200 * 16 + 150 * 48)), c5 = put(b, randn(r, 40 * 60)), c6 = put(b, randn(r, 100 * 8 + 5 * 8));
+    const c7 = b.alloc('f32', 800 * 40), c8 = b.alloc('f32', 40 * 800);
     const args = (problems: Int32Array, transB: boolean, beta: number, rows: { a?: Buf; b?: Buf; c?: Buf }) =>
       ({ problems, transA: false, transB, alpha: 1, beta, rows });
-    return withBufs(b, [x, h, w, idx, none, c1, c2, c3, c4, c5, c6], () => {
+    return withBufs(b, [x, h, w, idx, none, c1, c2, c3, c4, c5, c6, c7, c8], () => {
       // all of C in one 32-column block, rows repeated within the group, 16.8 MFLOP (threads split columns only)
       b.groupedMatmul(h, w, c1, args(P([4096, 32, 64, 0, 64, 0, 32, 0, 32]), false, 1, { c: idx }));
       // gathered A with K = 800 (two K blocks read in place), 48 columns (a 32- and a 16-column panel)
@@ -168,7 +169,12 @@ const runs: Record<string, Run> = {
       // a k = 0 group whose (never read) gathered A has an empty index and a far offset, beside a normal group
       b.groupedMatmul(x, w, c6, args(P([100, 8, 30, 0, 800, 0, 800, 0, 8], [5, 8, 0, 2 ** 30, 30, 0, 0, 800, 8]), true, 0, { a: idx }));
       b.groupedMatmul(x, w, c6, args(P([100, 8, 0, 2 ** 30, 30, 0, 0, 0, 8]), true, 0.5, { a: none }));
-      return [c1, c2, c3, c4, c5, c6].map((c) => b.download(c));
+      // weight gradients over 500 gathered rows (two K blocks) with 800 rows of C (three MC blocks: the next
+      // block's gathered rows are prefetched): c7 (800, 40) = x[idx]ᵀ · h (A gathered, transA), and
+      // c8 (40, 800) = hᵀ · x[idx] (B gathered: computed as c8ᵀ, whose threads split c8's columns)
+      b.groupedMatmul(x, h, c7, { ...args(P([800, 40, 500, 0, 800, 0, 40, 0, 40]), false, 0, { a: idx }), transA: true });
+      b.groupedMatmul(h, x, c8, { ...args(P([40, 800, 500, 0, 40, 0, 800, 0, 800]), false, 0, { b: idx }), transA: true });
+      return [c1, c2, c3, c4, c5, c6, c7, c8].map((c) => b.download(c));
     });
   },
   'topk 400x300 k=8 (with ties and NaN)': (b) => {

@@ -120,6 +120,7 @@ T* const* row_pointers(T* base, const Operand& op, int64_t first, int64_t count,
 struct RowPointers {
   std::vector<const float*> a, b;
   std::vector<float*> c;
+  std::vector<float> t;  // a transposed product's output (run_indexed)
 };
 
 // With AVX-512: group g restricted to output columns [n0, n1) as one own-kernel product (single
@@ -139,6 +140,19 @@ void run_indexed(bool transA, bool transB, const Group& g, int64_t n0, int64_t n
          : GemmOperand{nullptr, g.ldb, transB ? row_pointers(B, b, n0, n1 - n0, 0, ptr.b) : row_pointers(B, b, 0, g.k, n0, ptr.b)};
   }
   const Operand c = operand(C, g.offC, g.ldc, rows.c);
+  if (transA && !transB && rows.b && !rows.c && beta == 0.f && g.m < n1 - n0) {
+    // A weight gradient whose token rows are B's (dW_in = dhᵀ · x[g]: few rows, K gathered): computed
+    // as Cᵀ = op(B)ᵀ · op(A)ᵀ, so the gathered rows become the transA operand, which is packed by
+    // walking each token row once in order (as B they would be packed in NR-column pieces, a cache
+    // miss per piece). fma is symmetric and the K blocking depends on K only: the same bits.
+    const int64_t n = n1 - n0;
+    ptr.t.resize((size_t)(n * g.m));
+    sgemm_own_indexed(true, false, n, g.m, g.k, alpha, pb, pa, 0.f, GemmOutput{ptr.t.data(), g.m, nullptr});
+    float* out = C + g.offC + n0;
+    for (int64_t i = 0; i < g.m; ++i)
+      for (int64_t j = 0; j < n; ++j) out[i * g.ldc + j] = ptr.t[(size_t)(j * g.m + i)];
+    return;
+  }
   const GemmOutput pc = rows.c ? GemmOutput{nullptr, g.ldc, row_pointers(C, c, 0, g.m, n0, ptr.c)}
                                : GemmOutput{C + g.offC + n0, g.ldc, nullptr};
   sgemm_own_indexed(transA, transB, g.m, n1 - n0, g.k, alpha, pa, pb, rows.c ? 1.f : beta, pc);
