@@ -14,7 +14,7 @@ import { partitionPermutation } from '../src/moefy/permute.js';
 import { makeConfig } from '../src/nn/config.js';
 import type { FFNParams } from '../src/nn/ffn.js';
 import { GPT } from '../src/nn/gpt.js';
-import { moeFFN } from '../src/nn/moe.js';
+import { capturedActivationMass, moeFFN } from '../src/nn/moe.js';
 import * as T from '../src/tensor/index.js';
 import { relErr, rng } from './helpers.js';
 
@@ -107,7 +107,7 @@ for (const name of names) {
       model.dispose();
     });
 
-    it('computes only the selected experts: top-1 of 2 equals the dense FFN restricted to that expert', () => {
+    it('computes only the selected experts: top-1 of 2 equals the dense FFN restricted to that expert; captured activation mass', () => {
       const r = rng(9);
       const N = 5, dm = 4, dff = 6, E = 2;
       const p = randomFFN(b, dm, dff, r);
@@ -128,6 +128,19 @@ for (const name of names) {
         }
       }
       assert.equal(routing.load.reduce((a, c) => a + c, 0), N);
+      // Captured activation mass: per token, the selected expert's share of Σ relu(h), averaged.
+      let share = 0;
+      for (let n = 0; n < N; n++) {
+        let total = 0, kept = 0;
+        for (let i = 0; i < dff; i++) {
+          let h = Bin[i]!;
+          for (let k = 0; k < dm; k++) h += X[n * dm + k]! * Win[i * dm + k]!;
+          total += Math.max(0, h);
+          if (Math.floor(i / 3) === routing.experts[n]) kept += Math.max(0, h);
+        }
+        share += total > 0 ? kept / total : 1;
+      }
+      assert.ok(Math.abs(capturedActivationMass(x, p, routing, E) - share / N) < 1e-5);
       for (const t of [x, router, y, ...Object.values(p)]) t?.dispose();
     });
 

@@ -53,9 +53,13 @@ export function balancedAuction(score: Float64Array | Float32Array, n: number, E
   const holder = new Int32Array(n);
   let eps = Math.max((opts.epsilonStart ?? 0.25) * range, epsFinal);
   let bids = 0;
+  const cheapest = new Float64Array(E); // each cluster's heap root (its cheapest slot), read by every bid
   for (;;) {
     holder.fill(-1);
-    for (let j = 0; j < E; j++) heapify(price, holder, j * s, s);
+    for (let j = 0; j < E; j++) {
+      heapify(price, holder, j * s, s);
+      cheapest[j] = price[j * s]!;
+    }
     const queue: number[] = [];
     for (let i = n - 1; i >= 0; i--) queue.push(i);
     while (queue.length) {
@@ -63,7 +67,7 @@ export function balancedAuction(score: Float64Array | Float32Array, n: number, E
       const row = i * E;
       let best = -1, v1 = -Infinity, v2 = -Infinity;
       for (let j = 0; j < E; j++) {
-        const v = score[row + j]! - price[j * s]!; // cheapest slot is the heap root
+        const v = score[row + j]! - cheapest[j]!;
         if (v > v1) { v2 = v1; v1 = v; best = j; }
         else if (v > v2) v2 = v;
       }
@@ -75,6 +79,7 @@ export function balancedAuction(score: Float64Array | Float32Array, n: number, E
       bids++;
       if (evicted >= 0) queue.push(evicted);
       siftDown(price, holder, best * s, s, 0);
+      cheapest[best] = price[root]!;
     }
     if (eps <= epsFinal) break;
     eps = Math.max(eps / factor, epsFinal);
@@ -93,16 +98,18 @@ function heapify(price: Float64Array, holder: Int32Array, base: number, s: numbe
   for (let k = (s >> 1) - 1; k >= 0; k--) siftDown(price, holder, base, s, k);
 }
 
+/** Moves the entry at heap position k down to its place (the entry is held aside, not swapped per level). */
 function siftDown(price: Float64Array, holder: Int32Array, base: number, s: number, k: number): void {
+  const p = price[base + k]!, h = holder[base + k]!;
   for (;;) {
-    const l = 2 * k + 1, r = l + 1;
-    let m = k;
-    if (l < s && price[base + l]! < price[base + m]!) m = l;
-    if (r < s && price[base + r]! < price[base + m]!) m = r;
-    if (m === k) return;
-    const a = base + k, b = base + m;
-    [price[a], price[b]] = [price[b]!, price[a]!];
-    [holder[a], holder[b]] = [holder[b]!, holder[a]!];
-    k = m;
+    const l = 2 * k + 1;
+    if (l >= s) break;
+    const c = l + 1 < s && price[base + l + 1]! < price[base + l]! ? l + 1 : l;
+    if (!(price[base + c]! < p)) break;
+    price[base + k] = price[base + c]!;
+    holder[base + k] = holder[base + c]!;
+    k = c;
   }
+  price[base + k] = p;
+  holder[base + k] = h;
 }

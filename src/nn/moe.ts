@@ -122,17 +122,15 @@ export function capturedActivationMass(x: Tensor, p: FFNParams, routing: Routing
   return T.tidy(() => T.noGrad(() => {
     let h = T.matmul(x, p.w_in, { transB: true });
     if (p.b_in) h = T.add(h, p.b_in);
-    const H = T.relu(h).toArray();
     const [N, dff] = h.shape as [number, number];
-    const s = dff / nExpert, k = routing.experts.length / N;
+    // Positive mass per token and expert: relu(h) (N, d_ff) viewed as (N, E, d_ff / E), summed over each expert's neurons.
+    const mass = T.sum(T.reshape(T.relu(h), [N, nExpert, dff / nExpert]), 2).toArray(); // (N, E)
+    const k = routing.experts.length / N;
     let share = 0;
     for (let n = 0; n < N; n++) {
       let total = 0, kept = 0;
-      for (let i = 0; i < dff; i++) total += H[n * dff + i]!;
-      for (let j = 0; j < k; j++) {
-        const e = routing.experts[n * k + j]!;
-        for (let i = e * s; i < (e + 1) * s; i++) kept += H[n * dff + i]!;
-      }
+      for (let e = 0; e < nExpert; e++) total += mass[n * nExpert + e]!;
+      for (let j = 0; j < k; j++) kept += mass[n * nExpert + routing.experts[n * k + j]!]!;
       share += total > 0 ? kept / total : 1;
     }
     return share / N;
