@@ -23,7 +23,10 @@ export interface AuctionResult {
 }
 
 export interface AuctionOptions {
-  /** Final ε as a fraction of the score range (default 1e-4). */
+  /**
+   * Final ε as a fraction of the score range (default 1e-3). Against 1e-4 on the trained `mini` layers'
+   * k-means (scores −‖x − c‖): a warm re-MoEfication of 6 layers 1.40 → 0.70 s, inertia within 0.04%.
+   */
   epsilonFinal?: number;
   /** ε is divided by this factor between phases (default 8). */
   scaling?: number;
@@ -46,7 +49,7 @@ export function balancedAuction(score: Float64Array | Float32Array, n: number, E
     hi = Math.max(hi, score[i]!);
   }
   const range = Math.max(hi - lo, 1e-12);
-  const epsFinal = (opts.epsilonFinal ?? 1e-4) * range;
+  const epsFinal = (opts.epsilonFinal ?? 1e-3) * range;
   const factor = opts.scaling ?? 8;
   // Per cluster a binary min-heap over its s slots: (price, holder), holder −1 = free.
   const price = opts.prices ? Float64Array.from(opts.prices) : new Float64Array(n);
