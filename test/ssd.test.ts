@@ -34,10 +34,9 @@ function script(s: SSDSettings, checks: Record<number, [number | null, number]>)
   const model = new GPT(makeConfig('tiny', { vocab_size: 11, n_layer: 1, d_model: 8, n_head: 2, d_ff: 16, seq_len: 4 }), backend, 1);
   const optimizer = new AdamW([...model.params.values()], { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0 });
   const ctx = { model, optimizer } as unknown as TrainContext;
-  const lines: string[] = [], phases: string[] = [], checked: number[] = [];
+  const lines: string[] = [], phases: string[] = [];
   const check = (): CheckResult => {
     const step = stepNow;
-    checked.push(step);
     const [sim, ratio] = checks[step] ?? [null, 0.2];
     return { activationRatio: [ratio], meanActivationRatio: ratio, similarity: sim === null ? null : [sim], meanSimilarity: sim, seconds: 0 };
   };
@@ -52,7 +51,7 @@ function script(s: SSDSettings, checks: Record<number, [number | null, number]>)
   const switches = lines.map((l) => l.replace(/ \(.*\)$/, ''));
   optimizer.dispose();
   model.dispose();
-  return { switches, phases, lines, checked, summary: c.summary() };
+  return { switches, phases, lines, summary: c.summary() };
 }
 
 describe('SSD controller (scripted)', () => {
@@ -65,15 +64,6 @@ describe('SSD controller (scripted)', () => {
     ]);
     assert.equal(r.summary.sparse_steps, 15);
     assert.equal(r.phases[99], 'final');
-  });
-
-  it('runs only the checks that can change a decision', () => {
-    // min_dense_steps 40: a dense phase's first decision (40 steps in) compares against the checks 10
-    // and 20 steps before it; earlier checks are skipped, and so are all once no sparse phase fits.
-    const stable: [number, number] = [0.95, 0.2];
-    const r = script({ ...base, minDenseSteps: 40 }, { 20: [null, 0.2], 30: stable, 40: stable, 75: stable, 85: stable });
-    assert.deepEqual(r.switches, ['step 40: dense -> sparse', 'step 55: sparse -> dense', 'step 80: dense -> final']);
-    assert.deepEqual(r.checked, [20, 30, 40]); // 60 and 70 are under 20 steps into the phase; from 70 on no phase fits
   });
 
   it('counts a small rise as stable and never switches while the activation ratio is too high', () => {

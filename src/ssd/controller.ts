@@ -140,24 +140,11 @@ export class SSDController implements StepHook {
     } else if (this.phase === 'dense') {
       if (s.method === 'ssd' && step >= this.finalStart) {
         this.transition(step, 'final', `final dense stretch starts at step ${this.finalStart}`);
-      } else if (step > 0 && step % s.checkInterval === 0 && this.checkCanMatter(step)) {
+      } else if (step > 0 && step % s.checkInterval === 0) {
         this.checkAndMaybeSparsify(step, ctx);
       }
     }
     if (this.phase === 'sparse') this.sparseStepCount++;
-  }
-
-  /**
-   * Whether a check at `step` can change when the next sparse phase starts. A decision needs the
-   * similarity to the previous check and that check's own similarity (the stable-delta test), so
-   * only the last two checks before the phase's first eligible step (min_dense_steps in) and the
-   * later ones matter; none does once no sparse phase could end before the final dense stretch.
-   * Skipping the others (a forward pass over the probe set each) leaves every decision unchanged.
-   */
-  private checkCanMatter(step: number): boolean {
-    const s = this.s;
-    if (s.method === 'ssd' && step + s.sparseSteps > this.finalStart) return false;
-    return step - this.phaseStart >= s.minDenseSteps - 2 * s.checkInterval;
   }
 
   private checkAndMaybeSparsify(step: number, ctx: TrainContext): void {
