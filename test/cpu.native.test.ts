@@ -144,7 +144,7 @@ const runs: Record<string, Run> = {
     });
   },
   'groupedMatmul with row indices (gather A / B, K- and N-gather, scatter C, several MC blocks, small M)': (b) => groupedRowsRun(b),
-  'groupedMatmul edge cases of the own kernel (narrow scatter with repeated rows, K > 384, 16/48-column panels, column offsets, k = 0, weight gradients over several MC blocks)': (b) => {
+  'groupedMatmul edge cases of the own kernel (narrow scatter with repeated rows, K > 384, 16/48-column panels, column offsets, k = 0, weight gradients over several MC blocks, short-K scatter into a C larger than L2)': (b) => {
     const r = rng(41), T = 300;
     const i32 = (a: ArrayLike<number>) => put(b, a, 'i32');
     const P = (...groups: number[][]) => Int32Array.from(groups.flat());
@@ -153,9 +153,10 @@ const runs: Record<string, Run> = {
     const c1 = put(b, randn(r, T * 32)), c2 = b.alloc('f32', 500 * 48), c3 = put(b, randn(r, T * 40));
     const c4 = put(b, randn(r, 200 * 16 + 150 * 48)), c5 = put(b, randn(r, 40 * 60)), c6 = put(b, randn(r, 100 * 8 + 5 * 8));
     const c7 = b.alloc('f32', 800 * 40), c8 = b.alloc('f32', 40 * 800);
+    const hs = put(b, randn(r, 8192 * 32)), idx8k = i32(ints(r, 8192, 0, T)), c9 = put(b, randn(r, T * 64));
     const args = (problems: Int32Array, transB: boolean, beta: number, rows: { a?: Buf; b?: Buf; c?: Buf }) =>
       ({ problems, transA: false, transB, alpha: 1, beta, rows });
-    return withBufs(b, [x, h, w, idx, none, c1, c2, c3, c4, c5, c6, c7, c8], () => {
+    return withBufs(b, [x, h, w, idx, none, c1, c2, c3, c4, c5, c6, c7, c8, hs, idx8k, c9], () => {
       // all of C in one 32-column block, rows repeated within the group, 16.8 MFLOP (threads split columns only)
       b.groupedMatmul(h, w, c1, args(P([4096, 32, 64, 0, 64, 0, 32, 0, 32]), false, 1, { c: idx }));
       // gathered A with K = 800 (two K blocks read in place), 48 columns (a 32- and a 16-column panel)
@@ -174,7 +175,9 @@ const runs: Record<string, Run> = {
       // c8 (40, 800) = hᵀ · x[idx] (B gathered: computed as c8ᵀ, whose threads split c8's columns)
       b.groupedMatmul(x, h, c7, { ...args(P([800, 40, 500, 0, 800, 0, 40, 0, 40]), false, 0, { a: idx }), transA: true });
       b.groupedMatmul(h, x, c8, { ...args(P([40, 800, 500, 0, 40, 0, 800, 0, 800]), false, 0, { b: idx }), transA: true });
-      return [c1, c2, c3, c4, c5, c6, c7, c8].map((c) => b.download(c));
+      // a short-K scattered product whose C outgrows L2 (its tiles run row by row): 8192 rows, K = 32
+      b.groupedMatmul(hs, w, c9, args(P([8192, 64, 32, 0, 32, 0, 64, 0, 64]), false, 1, { c: idx8k }));
+      return [c1, c2, c3, c4, c5, c6, c7, c8, c9].map((c) => b.download(c));
     });
   },
   'topk 400x300 k=8 (with ties and NaN)': (b) => {

@@ -58,6 +58,22 @@ describe('balanced assignment (auction)', () => {
     }
   });
 
+  it('matches the exact optimum of two large clusters (deep slot heaps, tied scores, warm prices)', () => {
+    // With E = 2 the optimum gives cluster 0 the n/2 items with the largest score[i,0] − score[i,1].
+    const r = rng(5), n = 400;
+    const score = Float64Array.from({ length: 2 * n }, () => Math.round(-r() * 20) / 2);
+    const gain = Array.from({ length: n }, (_, i) => score[2 * i]! - score[2 * i + 1]!).sort((a, b) => b - a);
+    let opt = 0;
+    for (let i = 0; i < n; i++) opt += score[2 * i + 1]!;
+    for (let i = 0; i < n / 2; i++) opt += gain[i]!;
+    const cold = balancedAuction(score, n, 2);
+    const warm = balancedAuction(score.map((v, i) => v + 0.01 * (i % 3)), n, 2, { prices: cold.prices, epsilonStart: 1e-3 });
+    for (const [res, best] of [[cold, opt], [warm, null]] as const) {
+      assert.equal(res.assignment.filter((a) => a === 0).length, n / 2);
+      if (best !== null) assert.ok(res.score >= best - n * res.epsilon - 1e-9, `${res.score} < optimum ${best} − n·ε`);
+    }
+  });
+
   it('balanced k-means gives equal clusters and beats a random split on clustered data', () => {
     const r = rng(2);
     const n = 64, d = 8, E = 4;

@@ -404,8 +404,11 @@ SSD_AVX512 static void gemm_block_avx512(bool transA, bool transB, int64_t m0, i
           for (int64_t ir = 0; ir < mc; ir += MR, ++tile) {
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
             for (int64_t k = nkc * tile / tiles; k < nkc * (tile + 1) / tiles; ++k) {
-              const char* row = reinterpret_cast<const char*>(A.row(nk0 + k) + ni0);
-              for (int64_t b = 0; b < nmc * 4; b += 64) _mm_prefetch(row + b, _MM_HINT_T1);
+              // Every 64-byte line holding floats [ni0, ni0 + nmc) of the row.
+              const uintptr_t first = reinterpret_cast<uintptr_t>(A.row(nk0 + k) + ni0) & ~uintptr_t(63);
+              const uintptr_t last = reinterpret_cast<uintptr_t>(A.row(nk0 + k) + ni0 + nmc - 1);
+              for (uintptr_t line = first; line <= last; line += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T1);
             }
             run_kernel(kc, in_place_a ? nullptr : ap + ir * kc, A, bpanel, C, ic + ir, jc + jr, pc, mr, nr, alpha, be,
                        bz);
@@ -541,7 +544,7 @@ void sgemm_own(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float 
   sgemm_fallback(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-int64_t sgemm_own_k_block(int64_t K) { return gemm_detail::k_block(K); }
+int64_t sgemm_own_k_block(int64_t K) { return K > 0 ? gemm_detail::k_block(K) : 0; }
 
 void sgemm_own_indexed(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const GemmOperand& A,
                        const GemmOperand& B, float beta, const GemmOutput& C) {

@@ -27,11 +27,12 @@ struct GemmOutput {
   float* const* rows = nullptr;
   float* row(int64_t i) const { return rows ? rows[i] : p + i * ld; }
 };
+// Rows of K per block of sgemm_own_indexed (a function of K only: it fixes each element's summation
+// order); 0 for K <= 0.
+int64_t sgemm_own_k_block(int64_t K);
 // sgemm_own on operands given as rows (GemmOperand / GemmOutput). Runs single-threaded when called
 // inside a parallel region. Per element the arithmetic is that of sgemm_own, so results do not
 // depend on the thread count. AVX-512 only (the caller checks cpu_has_avx512()).
-// Rows of K per block of sgemm_own_indexed (a function of K only: it fixes each element's summation order).
-int64_t sgemm_own_k_block(int64_t K);
 void sgemm_own_indexed(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const GemmOperand& A,
                        const GemmOperand& B, float beta, const GemmOutput& C);
 }  // namespace ssd
