@@ -130,6 +130,21 @@ SSD_AVX512 static inline void transpose16(__m512 r[16]) {
   }
 }
 
+// Transposes stored rows s[0 .. rows) (rows <= 16), columns [0, kc), into kc packed rows: packed row k
+// (at dst + k * ld) holds s[i][k] in lane i, zero in lanes i >= rows; `store` selects the lanes written.
+// 16 x 16 blocks through registers.
+SSD_AVX512 static void pack_transposed(const float* const* s, int rows, int64_t kc, float* dst, int64_t ld,
+                                       __mmask16 store) {
+  for (int64_t kb = 0; kb < kc; kb += 16) {
+    const int64_t kn = std::min<int64_t>(16, kc - kb);
+    const __mmask16 km = mask_n(kn);
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(km, s[i] + kb) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int t = 0; t < kn; ++t) _mm512_mask_storeu_ps(dst + (kb + t) * ld, store, r[t]);
+  }
+}
+
 // Pack op(A)[i0:i0+mc, k0:k0+kc] into ceil(mc/MR) micro-panels, each kc x MR ([k][MR]).
 SSD_AVX512 static void pack_a_avx512(bool transA, const GemmOperand& A, int64_t i0, int64_t mc, int64_t k0,
                                      int64_t kc, float* dst) {
@@ -154,15 +169,7 @@ SSD_AVX512 static void pack_a_avx512(bool transA, const GemmOperand& A, int64_t 
     // op(A)(i,k) = A.row(i)[k]: transpose 16(k) x MR(i) blocks.
     const float* s[MR];
     for (int i = 0; i < mb; ++i) s[i] = A.row(i0 + ip + i) + k0;
-    for (int64_t kb = 0; kb < kc; kb += 16) {
-      const int64_t kn = std::min<int64_t>(16, kc - kb);
-      const __mmask16 km = mask_n(kn);
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i)
-        r[i] = (i < mb) ? _mm512_maskz_loadu_ps(km, s[i] + kb) : _mm512_setzero_ps();
-      transpose16(r);
-      for (int t = 0; t < kn; ++t) _mm512_mask_storeu_ps(d + (kb + t) * MR, mr_mask, r[t]);
-    }
+    pack_transposed(s, (int)mb, kc, d, MR, mr_mask);
   }
 }
 
@@ -189,16 +196,9 @@ SSD_AVX512 static void pack_b_avx512(bool transB, const GemmOperand& B, int64_t 
       for (int v = 0; v < NV; ++v) {
         const int64_t jn = nb - 16 * v;  // valid columns in this 16-group (may be <= 0)
         const float* s[16];
-        for (int i = 0; i < jn && i < 16; ++i) s[i] = B.row(j0 + jp + 16 * v + i) + k0;
-        for (int64_t kb = 0; kb < kc; kb += 16) {
-          const int64_t kn = std::min<int64_t>(16, kc - kb);
-          const __mmask16 km = mask_n(kn);
-          __m512 r[16];
-          for (int i = 0; i < 16; ++i)
-            r[i] = (i < jn) ? _mm512_maskz_loadu_ps(km, s[i] + kb) : _mm512_setzero_ps();
-          transpose16(r);
-          for (int t = 0; t < kn; ++t) _mm512_store_ps(d + (kb + t) * NR + 16 * v, r[t]);
-        }
+        const int rows = (int)std::max<int64_t>(0, std::min<int64_t>(16, jn));
+        for (int i = 0; i < rows; ++i) s[i] = B.row(j0 + jp + 16 * v + i) + k0;
+        pack_transposed(s, rows, kc, d + 16 * v, NR, (__mmask16)0xFFFF);
       }
     }
   }
