@@ -282,6 +282,18 @@ if (why) {
       });
     }
 
+    it('activationBits equals cpu exactly (d_ff 1536 and 70 columns, with zeros and NaN)', () => {
+      for (const [rows, cols] of [[2048, 1536], [33, 70]] as const) {
+        const x = Float32Array.from(randn(r, rows * cols), (v, i) => (i % 17 === 0 ? 0 : i % 19 === 0 ? NaN : v));
+        const res = [cpu, cuda].map((be) => {
+          const X = put(be, x), O = be.alloc('i32', rows * Math.ceil(cols / 32));
+          be.activationBits(X, O, rows, cols);
+          return Array.from(be.download(O));
+        });
+        assert.deepEqual(res[1], res[0]);
+      }
+    });
+
     it('dropout mask and scatterAddRows (onto zeros, rows of 33; onto data, rows of 64) equal cpu exactly', () => {
       const x = randn(r, 100_003), idx = ints(r, 3000, 0, 50), src = randn(r, 3000 * 64), d0 = randn(r, 50 * 64);
       const res = [cpu, cuda].map((be) => {

@@ -126,6 +126,12 @@ function cases(): OpCase[] {
   }
   // MoE primitives
   out.push({ name: 'topk values', inputs: [f([6, 9], r)], fn: ([x]) => T.topk(x!, 3).values });
+  {
+    // zeros, negatives, NaN and a last word of 6 columns; exact (bit words compared as integers)
+    const x = randn(r, 5 * 70).map((v, i) => (i % 11 === 0 ? 0 : i % 13 === 0 ? NaN : v));
+    out.push({ name: 'activationBits (70 columns)', forwardOnly: true, inputs: [{ data: x, shape: [5, 70] }], tol: 0,
+      fn: ([h]) => T.activationBits(h!) });
+  }
   out.push({
     name: 'gatherRows', inputs: [f([7, 5], r), { data: [6, 0, 3, 3, 1], shape: [5], dtype: 'i32', noGrad: true }],
     fn: ([x, i]) => T.gatherRows(x!, i!),

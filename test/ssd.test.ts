@@ -13,7 +13,8 @@ import { makeConfig } from '../src/nn/config.js';
 import { GPT } from '../src/nn/gpt.js';
 import { SSDController, createSSDController, validateSSD, type SSDSettings } from '../src/ssd/index.js';
 import type { CheckResult } from '../src/ssd/monitor.js';
-import { adjustedRandIndex, jaccard } from '../src/ssd/monitor.js';
+import { ActivationMonitor, adjustedRandIndex, jaccard } from '../src/ssd/monitor.js';
+import { ffnHidden, ffnOut } from '../src/nn/ffn.js';
 import * as T from '../src/tensor/index.js';
 import { loadCheckpoint } from '../src/train/checkpoint.js';
 import { loadModel } from '../src/train/load.js';
@@ -90,6 +91,39 @@ describe('SSD controller (scripted)', () => {
     assert.throws(() => validateSSD({ ...base, nExpert: 7 }, mc), /d_ff = 512 is not divisible by n_expert = 7/);
     assert.throws(() => validateSSD({ ...base, topK: 9 }, mc), /top_k = 9 is outside/);
     assert.throws(() => validateSSD(base, { ...mc, activation: 'gelu' }), /needs the ReLU activation/);
+  });
+
+  it('a check measures the activation ratio and the mean per-token Jaccard similarity of the active sets', () => {
+    // d_ff 70: a last word of 6 neurons. Expected values from the hidden activations directly.
+    const model = new GPT(makeConfig('tiny', { vocab_size: 11, n_layer: 2, d_model: 16, n_head: 2, d_ff: 70, seq_len: 8 }), backend, 3);
+    const ids = Int32Array.from({ length: 16 }, (_, i) => (i * 7) % 11);
+    const mon = new ActivationMonitor({ probe: { ids, batch: 2, seqLen: 8 }, metric: 'jaccard', nExpert: 2, topK: 1 });
+    const activeSets = (): Set<number>[][] => {
+      const sets: Set<number>[][] = [];
+      model.ffnOverride = (layer, x, p) => {
+        const h = ffnHidden(x, p, 'relu'), H = h.toArray();
+        sets[layer] = Array.from({ length: 16 }, (_, n) => new Set([...Array(70).keys()].filter((j) => H[n * 70 + j]! > 0)));
+        return ffnOut(h, p);
+      };
+      T.tidy(() => T.noGrad(() => model.forward(T.tensor(ids, [2, 8], { dtype: 'i32', backend }))));
+      model.ffnOverride = null;
+      return sets;
+    };
+    const first = activeSets(), r1 = mon.check(model);
+    assert.equal(r1.similarity, null);
+    first.forEach((layer, l) => assert.equal(r1.activationRatio[l], layer.reduce((s, a) => s + a.size, 0) / (16 * 70)));
+    const w = model.ffnParams(1).w_in;
+    backend.upload(w.buf('test'), Float32Array.from(w.toArray(), (v, i) => v + 0.3 * Math.sin(i)));
+    const second = activeSets(), r2 = mon.check(model);
+    second.forEach((layer, l) => {
+      const want = layer.reduce((s, a, n) => {
+        const b = first[l]![n]!, union = new Set([...a, ...b]).size;
+        return s + (union === 0 ? 1 : [...a].filter((j) => b.has(j)).length / union);
+      }, 0) / 16;
+      assert.ok(Math.abs(r2.similarity![l]! - want) < 1e-12, `layer ${l}: ${r2.similarity![l]} vs ${want}`);
+    });
+    assert.equal(r2.similarity![0], 1);
+    assert.ok(r2.similarity![1]! < 1);
   });
 
   it('similarity metrics: Jaccard and adjusted Rand index known answers', () => {

@@ -557,6 +557,14 @@ Napi::Value RowDotFn(const Napi::CallbackInfo& info) {
   row_dot(a.p, b.p, o.p, r, c);
   return Undef(info);
 }
+Napi::Value ActivationBitsFn(const Napi::CallbackInfo& info) {
+  const char* fn = "activationBits";
+  int64_t r = dim(info, 2, fn), c = dim(info, 3, fn);
+  auto x = arr<float>(info, 0, fn, r * c);
+  auto o = arr<int32_t>(info, 1, fn, r * ((c + 31) / 32));
+  activation_bits(x.p, o.p, r, c);
+  return Undef(info);
+}
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto def = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
@@ -597,6 +605,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("gatherRows", wrap<GatherRowsFn>);
   def("scatterAddRows", wrap<ScatterAddRowsFn>);
   def("rowDot", wrap<RowDotFn>);
+  def("activationBits", wrap<ActivationBitsFn>);
   return exports;
 }
 

@@ -804,4 +804,21 @@ void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t c
   });
 }
 
+// Bit b of out[r, w] = x[r, 32w + b] > 0 (NaN compares false); rows in parallel.
+void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols) {
+  const int64_t words = (cols + 31) / 32;
+  int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols));
+  parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * cols;
+      for (int64_t w = 0; w < words; ++w) {
+        const int64_t n = std::min<int64_t>(32, cols - 32 * w);
+        uint32_t word = 0;
+        for (int64_t b = 0; b < n; ++b) word |= (uint32_t)(xr[32 * w + b] > 0.0f) << b;
+        out[r * words + w] = (int32_t)word;
+      }
+    }
+  });
+}
+
 }  // namespace ssd

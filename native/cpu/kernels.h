@@ -48,6 +48,7 @@ void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t
 void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d);
 void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d);
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
+void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols);
 
 void attention(const float* qkv, float* out, float* lse, int64_t B, int64_t T, int64_t H, int64_t D, bool causal,
                float scale);

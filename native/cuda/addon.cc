@@ -301,6 +301,10 @@ Napi::Value RowDot(const Napi::CallbackInfo& info) {
   row_dot(fp(info, 0), fp(info, 1), fp(info, 2), i64(info, 3), i64(info, 4));
   return U(info);
 }
+Napi::Value ActivationBits(const Napi::CallbackInfo& info) {
+  activation_bits(fp(info, 0), ip(info, 1), i64(info, 2), i64(info, 3));
+  return U(info);
+}
 Napi::Value TopK(const Napi::CallbackInfo& info) {
   topk(fp(info, 0), fp(info, 1), ip(info, 2), i64(info, 3), i64(info, 4), i64(info, 5));
   return U(info);
@@ -371,6 +375,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("crossEntropy", CrossEntropy);
   FN("crossEntropyBackward", CrossEntropyBackward);
   FN("topk", TopK);
+  FN("activationBits", ActivationBits);
   FN("rowDot", RowDot);
   FN("attention", Attention);
   FN("attentionBackward", AttentionBackward);

@@ -250,6 +250,18 @@ __global__ void k_rowdot(const float* __restrict__ a, const float* __restrict__ 
   }
 }
 
+// Bit b of out[r, w] = x[r, 32w + b] > 0: one warp per word, the word is the warp's ballot.
+__global__ void k_activation_bits(const float* __restrict__ x, int32_t* __restrict__ out, int64_t rows, int64_t cols) {
+  const int lane = threadIdx.x & 31;
+  const int64_t words = (cols + 31) / 32, total = rows * words;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t i = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); i < total; i += warps) {
+    const int64_t r = i / words, c = (i % words) * 32 + lane;
+    const unsigned word = __ballot_sync(0xffffffffu, c < cols && x[r * cols + c] > 0.0f);
+    if (lane == 0) out[i] = (int32_t)word;
+  }
+}
+
 __device__ __forceinline__ bool better(float ka, int ia, float kb, int ib) { return ka > kb || (ka == kb && ia < ib); }
 __global__ void k_topk(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx, int64_t rows,
                        int64_t cols, int64_t k) {
@@ -411,6 +423,11 @@ void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t c
   if (rows == 0) return;
   k_rowdot<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(a, b, out, rows, cols);
   check_launch("rowDot");
+}
+void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols) {
+  if (rows == 0 || cols == 0) return;
+  k_activation_bits<<<grid_for(rows * ((cols + 31) / 32), kT / 32), kT, 0, stream()>>>(x, out, rows, cols);
+  check_launch("activationBits");
 }
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k) {
   if (rows == 0 || k == 0) return;

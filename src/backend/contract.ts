@@ -234,4 +234,10 @@ export interface Backend {
   scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void;
   /** out[r] = Σ_c a[r, c] · b[r, c]: a, b (rows, cols), out (rows). Accumulates in f64 (or f32 in order). */
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void;
+  /**
+   * Bit-packed activation pattern (the SSD monitor's active-neuron sets): x (rows, cols) f32 -> out
+   * (rows, ceil(cols / 32)) i32; bit b of word w of row r is set iff x[r, 32w + b] > 0 (NaN: not set);
+   * the unused high bits of a row's last word are 0.
+   */
+  activationBits(x: Buf, out: Buf, rows: number, cols: number): void;
 }

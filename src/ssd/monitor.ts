@@ -91,19 +91,10 @@ export class ActivationMonitor {
     if (model.ffnOverride) throw new Error('ActivationMonitor.check: the model is in MoE mode; checks run on the dense model');
     model.ffnOverride = (layer, x, p) => {
       const h = ffnHidden(x, p, c.activation); // (N, d_ff)
-      const H = h.toArray();
-      const bits = new Uint32Array(N * words);
+      const packed = T.activationBits(h).toArray() as Int32Array; // (N, words)
+      const bits = new Uint32Array(packed.buffer, packed.byteOffset, packed.length);
       let active = 0;
-      // Packed 32 neurons per word, without a branch per neuron (signs are close to random).
-      for (let n = 0; n < N; n++) {
-        for (let w = 0; w < words; w++) {
-          const base = n * c.d_ff + 32 * w, end = Math.min(32, c.d_ff - 32 * w);
-          let word = 0;
-          for (let b = 0; b < end; b++) word |= (H[base + b]! > 0 ? 1 : 0) << b;
-          bits[n * words + w] = word;
-          active += popcount(word);
-        }
-      }
+      for (let w = 0; w < bits.length; w++) active += popcount(bits[w]!);
       patterns[layer] = bits;
       ratio[layer] = active / (N * c.d_ff);
       return ffnOut(h, p);

@@ -60,6 +60,7 @@ export interface NativeAddon {
   gatherRows(x: F32, idx: I32, out: F32, m: number, n: number, d: number): void;
   scatterAddRows(src: F32, idx: I32, out: F32, m: number, n: number, d: number): void;
   rowDot(a: F32, b: F32, out: F32, rows: number, cols: number): void;
+  activationBits(x: F32, out: I32, rows: number, cols: number): void;
 }
 
 /** Folder holding package.json, walking up from this module's folder. */

@@ -453,6 +453,11 @@ export class CpuBackend implements Backend {
     this.dims(op, { rows, cols });
     this.nat.rowDot(this.f(op, a, 'a', rows * cols), this.f(op, b, 'b', rows * cols), this.f(op, out, 'out', rows), rows, cols);
   }
+  activationBits(x: Buf, out: Buf, rows: number, cols: number): void {
+    const op = 'activationBits';
+    this.dims(op, { rows, cols });
+    this.nat.activationBits(this.f(op, x, 'x', rows * cols), this.i(op, out, 'out', rows * Math.ceil(cols / 32)), rows, cols);
+  }
 }
 
 /**

@@ -831,6 +831,11 @@ export class CudaBackend implements Backend {
     this.dims(op, { rows, cols });
     this.nat.rowDot(this.r(op, a, 'a', rows * cols), this.r(op, b, 'b', rows * cols), this.o(op, out, 'out', rows), rows, cols);
   }
+  activationBits(x: Buf, out: Buf, rows: number, cols: number): void {
+    const op = 'activationBits';
+    this.dims(op, { rows, cols });
+    this.nat.activationBits(this.r(op, x, 'x', rows * cols), this.o(op, out, 'out', rows * Math.ceil(cols / 32), 'i32'), rows, cols);
+  }
 }
 
 /** Why the cuda backend cannot run here, or null when a device is present (does not throw). */

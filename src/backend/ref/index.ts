@@ -394,6 +394,16 @@ export class RefBackend implements Backend {
       O[r] = s;
     }
   }
+  activationBits(x: Buf, out: Buf, rows: number, cols: number): void {
+    const X = this.f(x), O = this.i(out), words = Math.ceil(cols / 32);
+    for (let r = 0; r < rows; r++) {
+      for (let w = 0; w < words; w++) {
+        let word = 0;
+        for (let b = 0; b < 32 && 32 * w + b < cols; b++) if (X[r * cols + 32 * w + b]! > 0) word |= 1 << b;
+        O[r * words + w] = word;
+      }
+    }
+  }
   scatterAddRows(src: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     const S = this.f(src), I = this.i(idx), O = this.f(out);
     for (let r = 0; r < m; r++) {

@@ -1,4 +1,7 @@
-/** MoE primitives: top-k over the last axis, gather rows by index, scatter-add rows, the router gate. */
+/**
+ * MoE primitives: top-k over the last axis, gather rows by index, scatter-add rows, the router gate,
+ * and the bit-packed activation pattern that SSD's monitor compares between checks.
+ */
 import { record } from '../autograd.js';
 import { tensor } from '../create.js';
 import type { Tensor } from '../tensor.js';
@@ -88,4 +91,19 @@ export function routerGate(h: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
     b.scatterAddRows(dots.buf('routerGate'), rowSlot.buf('routerGate'), gs.buf('routerGate'), M, s.size, 1);
     return [g, gs];
   });
+}
+
+/**
+ * Bit-packed activation pattern: x (rows, cols) f32 -> (rows, ceil(cols / 32)) i32 where bit b of word w
+ * of row r is set iff x[r, 32w + b] > 0 (the active-neuron set of a token; SSD method page §3). Not
+ * differentiable. Throws if x is not a 2-D f32 tensor.
+ */
+export function activationBits(x: Tensor): Tensor {
+  const b = backendOf('activationBits', x);
+  expectRank('activationBits', x, 2);
+  expectDtype('activationBits', x, 'f32');
+  const [rows, cols] = x.shape as [number, number];
+  const y = out([rows, Math.ceil(cols / 32)], b, 'i32');
+  b.activationBits(x.buf('activationBits'), y.buf('activationBits'), rows, cols);
+  return y;
 }
