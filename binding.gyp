@@ -24,6 +24,7 @@
       "sources": [
         "native/cpu/addon.cc",
         "native/cpu/attention.cc",
+        "native/cpu/auction.cc",
         "native/cpu/gemm.cc",
         "native/cpu/gemm_grouped.cc",
         "native/cpu/kernels.cc",

@@ -74,6 +74,19 @@ describe('balanced assignment (auction)', () => {
     }
   });
 
+  it('the native bidding equals the TypeScript reference to the bit (ties, E not a multiple of 4, warm prices)', () => {
+    const r = rng(8);
+    for (const [n, E, tied] of [[1536, 24, false], [400, 2, true], [99, 3, true], [60, 5, false], [7, 1, false]] as const) {
+      const score = Float64Array.from({ length: n * E }, () => (tied ? Math.round(-r() * 20) / 2 : -r() * 3));
+      const run = (native: boolean) => {
+        const cold = balancedAuction(score, n, E, { native });
+        const warm = balancedAuction(score.map((v, i) => v + 0.01 * (i % 7)), n, E, { native, prices: cold.prices, epsilonStart: 1e-3 });
+        return [cold, warm].map((x) => ({ assignment: [...x.assignment], prices: [...x.prices], bids: x.bids }));
+      };
+      assert.deepEqual(run(true), run(false), `n=${n} E=${E}`);
+    }
+  });
+
   it('balanced k-means gives equal clusters and beats a random split on clustered data', () => {
     const r = rng(2);
     const n = 64, d = 8, E = 4;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "auction.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "parallel.h"
@@ -27,11 +28,13 @@ struct View {
   int64_t n;
 };
 
+napi_typedarray_type expected_type(double*) { return napi_float64_array; }
 napi_typedarray_type expected_type(float*) { return napi_float32_array; }
 napi_typedarray_type expected_type(int32_t*) { return napi_int32_array; }
 napi_typedarray_type expected_type(uint16_t*) { return napi_uint16_array; }
 const char* type_name(napi_typedarray_type t) {
   switch (t) {
+    case napi_float64_array: return "Float64Array";
     case napi_float32_array: return "Float32Array";
     case napi_int32_array: return "Int32Array";
     case napi_uint16_array: return "Uint16Array";
@@ -566,6 +569,19 @@ Napi::Value ActivationBitsFn(const Napi::CallbackInfo& info) {
   return Undef(info);
 }
 
+Napi::Value BalancedAuctionFn(const Napi::CallbackInfo& info) {
+  const char* fn = "balancedAuction";
+  int64_t n = dim(info, 1, fn), E = dim(info, 2, fn);
+  if (E < 1 || n % E != 0) throw ArgError("balancedAuction: n must be a multiple of E >= 1");
+  auto score = arr<double>(info, 0, fn, n * E);
+  auto price = arr<double>(info, 3, fn, n);
+  auto holder = arr<int32_t>(info, 4, fn, n);
+  double eps = num(info, 5, fn), eps_final = num(info, 6, fn), factor = num(info, 7, fn);
+  if (!(eps_final > 0) || !(eps >= eps_final) || !(factor > 1)) throw ArgError("balancedAuction: needs eps >= eps_final > 0 and factor > 1");
+  int64_t bids = balanced_auction(score.p, n, E, price.p, holder.p, eps, eps_final, factor);
+  return Napi::Number::New(info.Env(), (double)bids);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto def = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
     exports.Set(name, Napi::Function::New(env, f, name));
@@ -606,6 +622,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("scatterAddRows", wrap<ScatterAddRowsFn>);
   def("rowDot", wrap<RowDotFn>);
   def("activationBits", wrap<ActivationBitsFn>);
+  def("balancedAuction", wrap<BalancedAuctionFn>);
   return exports;
 }
 

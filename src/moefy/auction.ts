@@ -9,6 +9,8 @@
  * At termination the assignment is within n·ε of the optimum (ε-complementary slackness).
  */
 
+import { loadAddon, type NativeAddon } from '../backend/cpu/addon.js';
+
 export interface AuctionResult {
   /** cluster of each item, (n) */
   assignment: Int32Array;
@@ -36,10 +38,14 @@ export interface AuctionOptions {
   prices?: Float64Array;
   /** Initial ε as a fraction of the score range (default 1/4; smaller suits warm-started prices). */
   epsilonStart?: number;
+  /** false: bid in TypeScript even where the native cpu addon is built (default true). */
+  native?: boolean;
 }
 
 /**
  * Solves the balanced assignment for `score` (n × E, row-major). Throws if n is not a multiple of E.
+ * The bidding runs in the native cpu addon when it is built (the same operations, so the same result
+ * to the bit, ≈ 3× faster), else in `biddingPhases` below.
  */
 export function balancedAuction(score: Float64Array | Float32Array, n: number, E: number, opts: AuctionOptions = {}): AuctionResult {
   if (n % E !== 0) throw new Error(`balancedAuction: ${n} items cannot be split into ${E} equal clusters`);
@@ -53,10 +59,38 @@ export function balancedAuction(score: Float64Array | Float32Array, n: number, E
   const range = Math.max(hi - lo, 1e-12);
   const epsFinal = (opts.epsilonFinal ?? 1e-4) * range;
   const factor = opts.scaling ?? 8;
+  const eps = Math.max((opts.epsilonStart ?? 0.25) * range, epsFinal);
   // Per cluster a binary min-heap over its s slots: (price, holder), holder −1 = free.
   const price = opts.prices ? Float64Array.from(opts.prices) : new Float64Array(n);
   const holder = new Int32Array(n);
-  let eps = Math.max((opts.epsilonStart ?? 0.25) * range, epsFinal);
+  const native = (opts.native ?? true) ? nativeAddon() : null;
+  const bids = native
+    ? native.balancedAuction(score instanceof Float64Array ? score : Float64Array.from(score), n, E, price, holder, eps, epsFinal, factor)
+    : biddingPhases(score, n, E, price, holder, eps, epsFinal, factor);
+  const assignment = new Int32Array(n);
+  let total = 0;
+  for (let slot = 0; slot < n; slot++) assignment[holder[slot]!] = Math.floor(slot / s);
+  for (let i = 0; i < n; i++) total += score[i * E + assignment[i]!]!;
+  return { assignment, score: total, prices: price, bids, epsilon: epsFinal };
+}
+
+/** The native addon when it is built and loads (the reference below serves otherwise). */
+function nativeAddon(): NativeAddon | null {
+  try {
+    return loadAddon();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The bidding phases (the reference implementation): ε from `eps`, divided by `factor` (not below
+ * `epsFinal`) after each phase, until a phase at `epsFinal`. Each phase starts with every slot free and
+ * ends with every item holding one. Writes `price` and `holder` (n); returns the number of bids.
+ */
+function biddingPhases(score: Float64Array | Float32Array, n: number, E: number, price: Float64Array, holder: Int32Array,
+  eps: number, epsFinal: number, factor: number): number {
+  const s = n / E;
   let bids = 0;
   const cheapest = new Float64Array(E); // each cluster's heap root (its cheapest slot), read by every bid
   for (;;) {
@@ -86,17 +120,9 @@ export function balancedAuction(score: Float64Array | Float32Array, n: number, E
       siftDown(price, holder, best * s, s, 0);
       cheapest[best] = price[root]!;
     }
-    if (eps <= epsFinal) break;
+    if (eps <= epsFinal) return bids;
     eps = Math.max(eps / factor, epsFinal);
   }
-  const assignment = new Int32Array(n);
-  let total = 0;
-  for (let slot = 0; slot < n; slot++) {
-    const i = holder[slot]!;
-    assignment[i] = Math.floor(slot / s);
-  }
-  for (let i = 0; i < n; i++) total += score[i * E + assignment[i]!]!;
-  return { assignment, score: total, prices: price, bids, epsilon: eps };
 }
 
 function heapify(price: Float64Array, holder: Int32Array, base: number, s: number): void {

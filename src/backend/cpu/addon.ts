@@ -61,6 +61,9 @@ export interface NativeAddon {
   scatterAddRows(src: F32, idx: I32, out: F32, m: number, n: number, d: number): void;
   rowDot(a: F32, b: F32, out: F32, rows: number, cols: number): void;
   activationBits(x: F32, out: I32, rows: number, cols: number): void;
+  /** The bidding phases of src/moefy/auction.ts (price in/out, holder out); returns the bid count. */
+  balancedAuction(score: Float64Array, n: number, E: number, price: Float64Array, holder: I32, eps: number,
+    epsFinal: number, factor: number): number;
 }
 
 /** Folder holding package.json, walking up from this module's folder. */
