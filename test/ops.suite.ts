@@ -173,7 +173,52 @@ function cases(): OpCase[] {
       fn: ([x, w]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k: s, n: dm, stride: s, ld: E * s, transB: true }),
     });
   }
+  {
+    // Product rows scattered to distinct output rows that cover only part of the output (5 groups).
+    const E = 5, k = 4, n = 3, offsets = [0, 2, 2, 3, 5, 6];
+    const scatter = { data: [7, 1, 4, 0, 6, 2], shape: [6], dtype: 'i32' as const, noGrad: true };
+    out.push({
+      name: 'segmentMatmul scatter to distinct rows (part of the output)', inputs: [f([6, k], r), f([E, n, k], r), scatter],
+      fn: ([x, w, sc]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k, n, stride: k * n, ld: k, transB: true },
+        { scatter: sc!, outRows: 9 }),
+    });
+  }
+  out.push(...scatterAddCases(r));
   return out;
+}
+
+/**
+ * scatterAddRows for each shape of index a backend may treat apart: distinct targets (unsorted and
+ * covering part of the output, as the top-k backward; a permutation, as the router-gate backward;
+ * ascending), non-decreasing targets with repeats (as an expert-bias gradient: up to 2048 sources on
+ * one target, beyond a 32-source chunk, and empty targets between) and unsorted repeats beyond a chunk.
+ * Each onto a fresh output (zeros) and added onto a written one (forward only: a backend call).
+ */
+function scatterAddCases(r: () => number): OpCase[] {
+  const runs = (counts: number[]) => counts.flatMap((c, t) => Array<number>(c).fill(t));
+  const patterns: [name: string, idx: number[], n: number, d: number][] = [
+    ['distinct unsorted, part of the output', [4, 0, 7, 2, 5], 9, 1],
+    ['distinct, a permutation', [3, 1, 0, 4, 2], 5, 1],
+    ['distinct ascending', [0, 2, 3, 7], 8, 4],
+    ['non-decreasing', [0, 0, 1, 3, 3, 3], 5, 3],
+    ['non-decreasing, long segments', runs([0, 40, 2048, 0, 1, 0, 33, 0]), 8, 4],
+    ['non-decreasing, long segments, d=3', runs([33, 0, 2048, 0]), 4, 3],
+    ['unsorted repeats beyond a chunk', Array.from(ints(r, 300, 0, 6), (t) => (t >= 4 ? t + 1 : t)), 8, 3],
+  ];
+  return patterns.flatMap(([name, idx, n, d]): OpCase[] => {
+    const m = idx.length, index: Input = { data: idx, shape: [m], dtype: 'i32', noGrad: true };
+    return [{
+      name: `scatterAddRows ${name}`, inputs: [f([m, d], r), index],
+      fn: ([s, i]) => T.scatterAddRows(s!, i!, n),
+    }, {
+      name: `scatterAddRows ${name}, added onto data`, forwardOnly: true, inputs: [f([m, d], r), index, f([n, d], r)],
+      fn: ([s, i, base]) => {
+        const y = T.affine(base!, 1, 0);
+        y.backend.scatterAddRows(s!.buf('test'), i!.buf('test'), y.buf('test'), m, n, d);
+        return y;
+      },
+    }];
+  });
 }
 
 function build(inp: Input, b: Backend): Tensor {

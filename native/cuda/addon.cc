@@ -254,21 +254,29 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   gather_rows(fp(info, 0), ip(info, 1), fp(info, 2), i64(info, 3), i64(info, 4), op.c_str());
   return U(info);
 }
-// segmentSum(src, plan, n, m, chunks, out, d, init, opName)
+// segmentSum(src, plan, n, m, chunks, listed, out, d, init, opName)
 Napi::Value SegmentSum(const Napi::CallbackInfo& info) {
-  std::string op = info[8].As<Napi::String>().Utf8Value();
-  segment_sum(fp(info, 0), ip(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), fp(info, 5), i64(info, 6),
-              flag(info, 7), op.c_str());
+  std::string op = info[9].As<Napi::String>().Utf8Value();
+  segment_sum(fp(info, 0), ip(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), flag(info, 5), fp(info, 6), i64(info, 7),
+              flag(info, 8), op.c_str());
   return U(info);
 }
-// scatterPlan(idx Int32Array, n) -> { ptr, chunks }: the plan of all entries of idx as targets in [0, n).
+// scatterUnique(src, idx, m, out, d, init, opName)
+Napi::Value ScatterUnique(const Napi::CallbackInfo& info) {
+  std::string op = info[6].As<Napi::String>().Utf8Value();
+  scatter_unique(fp(info, 0), ip(info, 1), i64(info, 2), fp(info, 3), i64(info, 4), flag(info, 5), op.c_str());
+  return U(info);
+}
+// scatterPlan(idx Int32Array, n) -> { kind, ptr, chunks }: the plan of all entries of idx as targets in [0, n)
+// (kind 'unique', 'sorted' or 'listed'; ptr 0 for 'unique').
 Napi::Value ScatterPlan(const Napi::CallbackInfo& info) {
   HostView h = host(info, 0);
-  int32_t* plan = nullptr;
-  int64_t chunks = scatter_plan((const int32_t*)h.p, (int64_t)(h.bytes / 4), i64(info, 1), &plan);
+  const auto p = scatter_plan((const int32_t*)h.p, (int64_t)(h.bytes / 4), i64(info, 1));
+  static const char* const kKinds[] = {"unique", "sorted", "listed"};
   auto o = Napi::Object::New(info.Env());
-  o.Set("ptr", (double)(uintptr_t)plan);
-  o.Set("chunks", (double)chunks);
+  o.Set("kind", kKinds[(int)p.kind]);
+  o.Set("ptr", (double)(uintptr_t)p.ptr);
+  o.Set("chunks", (double)p.chunks);
   return o;
 }
 // intRange(Int32Array) -> [min, max] (the array is not empty).
@@ -370,6 +378,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("layerNormBackward", LayerNormBackward);
   FN("gatherRows", GatherRows);
   FN("segmentSum", SegmentSum);
+  FN("scatterUnique", ScatterUnique);
   FN("scatterPlan", ScatterPlan);
   FN("intRange", IntRange);
   FN("crossEntropy", CrossEntropy);

@@ -44,14 +44,23 @@ void d2h(void* dst, const void* src, size_t bytes);
 void h2d_async(void* dst, const void* src, size_t bytes);
 // Sources per chunk of a scatter plan: a target with more sources is summed in two levels.
 constexpr int64_t kPlanChunk = 32;
-// The scatter plan of targets idx[0 .. m) in [0, n) (validated by the caller), built on the host and
-// uploaded asynchronously into a new device block (*plan, freed with dev_free): offsets[t] (n + 1),
-// then the positions i with idx[i] = t for each t in ascending order (a stable counting sort), the
-// order segment_sum adds them in. When a target has more than kPlanChunk sources, the sources are
-// also cut into chunks of at most kPlanChunk within each target: then follow the first chunk of each
-// target (n + 1) and the source range of each chunk (chunks + 1). Returns the number of chunks, or 0
-// when the plan is not chunked.
-int64_t scatter_plan(const int32_t* idx, int64_t m, int64_t n, int32_t** plan);
+// How a scatter plan routes sources to targets: distinct targets need no plan (scatter_unique adds each
+// source row to its target); non-decreasing targets own contiguous runs of sources, so a plan of
+// offsets alone (no source list) describes them; any other targets get the full plan.
+enum class PlanKind : int { kUnique = 0, kSorted = 1, kListed = 2 };
+struct ScatterPlan {
+  PlanKind kind;
+  int32_t* ptr;    // device block (freed with dev_free); null for kUnique
+  int64_t chunks;  // 0 when the plan is not chunked
+};
+// The scatter plan of targets idx[0 .. m) in [0, n) (validated by the caller), built on the host in
+// O(m + n) and uploaded asynchronously into a new device block: offsets[t] (n + 1); for kListed then
+// the positions i with idx[i] = t for each t in ascending order (a stable counting sort), the order
+// segment_sum adds them in (kSorted: target t's sources are the positions offsets[t] .. offsets[t + 1]).
+// When a target has more than kPlanChunk sources, the sources are also cut into chunks of at most
+// kPlanChunk within each target: then follow the first chunk of each target (n + 1) and the source
+// range of each chunk (chunks + 1). kUnique (the targets are distinct) uploads nothing.
+ScatterPlan scatter_plan(const int32_t* idx, int64_t m, int64_t n);
 
 inline unsigned grid_for(int64_t n, int threads, int64_t cap = 65535LL * 32) {
   int64_t g = (n + threads - 1) / threads;
@@ -103,12 +112,16 @@ void layer_norm_backward(const float* x, const float* g, const float* mean, cons
                          float* gx, float* gg, float* gb, int64_t rows, int64_t cols);
 // out (m, d) = rows idx[i] of x (indices validated by the caller).
 void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t d, const char* op);
-// Deterministic scatter-add by a plan of m sources over n targets with `chunks` chunks (scatter_plan):
-// out[t] (+)= Σ src[j] over the sources j of target t, in plan order (in chunks of kPlanChunk, then the
-// chunk sums in order, when the plan is chunked); src (·, d), out (n, d). init: out starts from zeros
-// (every row written) instead of its content.
-void segment_sum(const float* src, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, float* out, int64_t d,
-                 bool init, const char* op);
+// Deterministic scatter-add by a kSorted or kListed plan of m sources over n targets with `chunks`
+// chunks (scatter_plan; listed: whether it lists the sources): out[t] (+)= Σ src[j] over the sources j
+// of target t, in plan order (in chunks of kPlanChunk, then the chunk sums in order, when the plan is
+// chunked); src (·, d), out (n, d). init: out starts from zeros (every row written) instead of its
+// content.
+void segment_sum(const float* src, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, bool listed, float* out,
+                 int64_t d, bool init, const char* op);
+// out[idx[i]] = (init ? 0 : out[idx[i]]) + src[i] for i < m, the targets idx distinct (a kUnique plan:
+// each row of out has at most one source, so the result is that of segment_sum); src (m, d), out (·, d).
+void scatter_unique(const float* src, const int32_t* idx, int64_t m, float* out, int64_t d, bool init, const char* op);
 // logits rows are `ld` floats apart (ld >= V; an aligned twin of the logits buffer); glogits (N, V).
 void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
                    int64_t V);

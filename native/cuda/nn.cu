@@ -156,8 +156,8 @@ __global__ void k_gather(const float* __restrict__ x, const int32_t* __restrict_
 // out[t] = (init ? 0 : out[t]) + Σ src[list[p]] over p in [bounds[t], bounds[t + 1]), in order of p
 // (list null: src[p]). One thread per (row t, column chunk of V floats); the loads of 4 rows are
 // issued before their in-order adds. The scatter plans (see scatter_plan) run it once (list = the
-// sources by target), or for long segments twice: chunks of kPlanChunk sources into partial sums,
-// then each target's partials in chunk order.
+// sources by target, or null for non-decreasing targets), or for long segments twice: chunks of
+// kPlanChunk sources into partial sums, then each target's partials in chunk order.
 template <int V>
 __global__ void k_segment_sum(const float* __restrict__ src, const int32_t* __restrict__ list,
                               const int32_t* __restrict__ bounds, int64_t n, float* __restrict__ out, int64_t d,
@@ -193,6 +193,24 @@ __global__ void k_segment_sum(const float* __restrict__ src, const int32_t* __re
     Vec r;
     for (int q = 0; q < V; ++q) reinterpret_cast<float*>(&r)[q] = acc[q];
     *o = r;
+  }
+}
+
+// out[idx[r]] = (init ? 0 : out[idx[r]]) + src[r] for r < m, the targets distinct (so each element of
+// out has at most one writer). One thread per (source row r, column chunk of V floats); the sum is the
+// one k_segment_sum computes for a single source.
+template <int V>
+__global__ void k_scatter_unique(const float* __restrict__ src, const int32_t* __restrict__ idx, int64_t m,
+                                 float* __restrict__ out, int64_t d, bool init) {
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
+  const int64_t chunks = d / V;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < m * chunks; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / chunks, c = i - r * chunks;
+    Vec* o = reinterpret_cast<Vec*>(out + (int64_t)idx[r] * d) + c;
+    const Vec s = reinterpret_cast<const Vec*>(src + r * d)[c];
+    Vec v = init ? Vec{} : *o;
+    for (int q = 0; q < V; ++q) reinterpret_cast<float*>(&v)[q] += reinterpret_cast<const float*>(&s)[q];
+    *o = v;
   }
 }
 
@@ -381,9 +399,13 @@ void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int6
 }
 
 namespace {
+// Whether rows of d floats at src and out can be read and written as float4.
+bool vec4(const float* src, const float* out, int64_t d) {
+  return d % 4 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)out & 15) == 0;
+}
 void segment_sum_launch(const float* src, const int32_t* list, const int32_t* bounds, int64_t n, float* out, int64_t d,
                         bool init, const char* op) {
-  if (d % 4 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)out & 15) == 0) {
+  if (vec4(src, out, d)) {
     k_segment_sum<4><<<grid_for(n * d / 4, kT), kT, 0, stream()>>>(src, list, bounds, n, out, d, init);
   } else {
     k_segment_sum<1><<<grid_for(n * d, kT), kT, 0, stream()>>>(src, list, bounds, n, out, d, init);
@@ -392,19 +414,29 @@ void segment_sum_launch(const float* src, const int32_t* list, const int32_t* bo
 }
 }  // namespace
 
-void segment_sum(const float* src, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, float* out, int64_t d,
-                 bool init, const char* op) {
+void segment_sum(const float* src, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, bool listed, float* out,
+                 int64_t d, bool init, const char* op) {
   if (n == 0 || d == 0) return;
-  const int32_t* sources = plan + n + 1;
+  const int32_t* sources = listed ? plan + n + 1 : nullptr;
   if (chunks == 0) {
     segment_sum_launch(src, sources, plan, n, out, d, init, op);
     return;
   }
-  const int32_t* target_chunks = sources + m;
+  const int32_t* target_chunks = plan + n + 1 + (listed ? m : 0);
   const int32_t* chunk_bounds = target_chunks + n + 1;
   Scratch partial((size_t)chunks * d * sizeof(float));
   segment_sum_launch(src, sources, chunk_bounds, chunks, partial.as<float>(), d, true, op);
   segment_sum_launch(partial.as<float>(), nullptr, target_chunks, n, out, d, init, op);
+}
+
+void scatter_unique(const float* src, const int32_t* idx, int64_t m, float* out, int64_t d, bool init, const char* op) {
+  if (m == 0 || d == 0) return;
+  if (vec4(src, out, d)) {
+    k_scatter_unique<4><<<grid_for(m * d / 4, kT), kT, 0, stream()>>>(src, idx, m, out, d, init);
+  } else {
+    k_scatter_unique<1><<<grid_for(m * d, kT), kT, 0, stream()>>>(src, idx, m, out, d, init);
+  }
+  check_launch(op);
 }
 
 void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,

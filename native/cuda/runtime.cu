@@ -178,41 +178,79 @@ void h2d_async(void* dst, const void* src, size_t bytes) {
   staging_send(slot, dst, bytes);
 }
 
-int64_t scatter_plan(const int32_t* idx, int64_t m, int64_t n, int32_t** plan) {
-  // Targets and sources first (a stable counting sort), then the chunks when some target needs them.
-  std::vector<int32_t> h((size_t)(n + 1 + m));
-  int32_t* off = h.data();
-  int32_t* src = off + n + 1;
+namespace {
+// Whether targets idx[0 .. m) in [0, n) are pairwise distinct, in O(m): a stamp per target, written
+// with the current generation; the stamps are cleared only when the generation counter wraps.
+bool distinct_targets(const int32_t* idx, int64_t m, int64_t n) {
+  static std::vector<uint32_t> stamp;
+  static uint32_t generation = 0;
+  if (m > n) return false;
+  if ((int64_t)stamp.size() < n) stamp.resize((size_t)n, 0);
+  if (++generation == 0) {
+    std::fill(stamp.begin(), stamp.end(), 0u);
+    generation = 1;
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    if (stamp[idx[i]] == generation) return false;
+    stamp[idx[i]] = generation;
+  }
+  return true;
+}
+// Offsets (n + 1) of non-decreasing targets idx[0 .. m) in [0, n): target t's sources are the
+// positions off[t] .. off[t + 1].
+void run_offsets(const int32_t* idx, int64_t m, int64_t n, int32_t* off) {
+  int64_t i = 0;
+  for (int64_t t = 0; t <= n; ++t) {
+    while (i < m && idx[i] < t) ++i;
+    off[t] = (int32_t)i;
+  }
+}
+// Offsets (n + 1) of targets idx[0 .. m) in [0, n) and, into src (m), the sources of each target in
+// ascending order: a stable counting sort.
+void counting_sort(const int32_t* idx, int64_t m, int64_t n, int32_t* off, int32_t* src) {
   for (int64_t i = 0; i < m; ++i) off[idx[i] + 1]++;
+  for (int64_t t = 0; t < n; ++t) off[t + 1] += off[t];
+  std::vector<int32_t> pos(off, off + n);
+  for (int64_t i = 0; i < m; ++i) src[pos[idx[i]]++] = (int32_t)i;
+}
+// Appends the chunk tables to a plan whose first n + 1 entries are the offsets, when some target has
+// more than kPlanChunk sources (see scatter_plan); returns the number of chunks (0: nothing appended).
+int64_t append_chunks(std::vector<int32_t>& h, int64_t n) {
   int64_t longest = 0;
-  for (int64_t t = 0; t < n; ++t) {
-    longest = std::max<int64_t>(longest, off[t + 1]);
-    off[t + 1] += off[t];
-  }
-  {
-    std::vector<int32_t> pos(off, off + n);
-    for (int64_t i = 0; i < m; ++i) src[pos[idx[i]]++] = (int32_t)i;
-  }
+  for (int64_t t = 0; t < n; ++t) longest = std::max<int64_t>(longest, h[t + 1] - h[t]);
+  if (longest <= kPlanChunk) return 0;
+  const size_t first = h.size();
+  h.resize(first + n + 1);
   int64_t chunks = 0;
-  if (longest > kPlanChunk) {
-    h.resize((size_t)(n + 1 + m + n + 1));
-    off = h.data();
-    int32_t* first = off + n + 1 + m;
-    for (int64_t t = 0; t < n; ++t) {
-      first[t] = (int32_t)chunks;
-      chunks += (off[t + 1] - off[t] + kPlanChunk - 1) / kPlanChunk;
-    }
-    first[n] = (int32_t)chunks;
-    h.reserve(h.size() + chunks + 1);
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t b = h[t]; b < h[t + 1]; b += kPlanChunk) h.push_back((int32_t)b);
-    }
-    h.push_back((int32_t)m);
+  for (int64_t t = 0; t < n; ++t) {
+    h[first + t] = (int32_t)chunks;
+    chunks += (h[t + 1] - h[t] + kPlanChunk - 1) / kPlanChunk;
   }
-  const size_t bytes = h.size() * sizeof(int32_t);
-  *plan = static_cast<int32_t*>(dev_alloc(bytes));
-  h2d_async(*plan, h.data(), bytes);
+  h[first + n] = (int32_t)chunks;
+  h.reserve(h.size() + chunks + 1);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t b = h[t]; b < h[t + 1]; b += kPlanChunk) h.push_back((int32_t)b);
+  }
+  h.push_back(h[n]);
   return chunks;
+}
+}  // namespace
+
+ScatterPlan scatter_plan(const int32_t* idx, int64_t m, int64_t n) {
+  bool sorted = true, strict = true;
+  for (int64_t i = 1; i < m && sorted; ++i) {
+    sorted = idx[i] >= idx[i - 1];
+    strict = strict && idx[i] > idx[i - 1];
+  }
+  if (sorted ? strict : distinct_targets(idx, m, n)) return {PlanKind::kUnique, nullptr, 0};
+  std::vector<int32_t> h((size_t)(n + 1 + (sorted ? 0 : m)));
+  if (sorted) run_offsets(idx, m, n, h.data());
+  else counting_sort(idx, m, n, h.data(), h.data() + n + 1);
+  const int64_t chunks = append_chunks(h, n);
+  const size_t bytes = h.size() * sizeof(int32_t);
+  int32_t* plan = static_cast<int32_t*>(dev_alloc(bytes));
+  h2d_async(plan, h.data(), bytes);
+  return {sorted ? PlanKind::kSorted : PlanKind::kListed, plan, chunks};
 }
 
 void synchronize() { check(cudaStreamSynchronize(g_stream), "synchronize"); }

@@ -67,17 +67,25 @@ export interface CudaAddon {
   /** out (m, d) = rows idx[i] of x (indices validated by the caller). */
   gatherRows(x: Ptr, idx: Ptr, out: Ptr, m: number, d: number, op: string): void;
   /**
-   * out[t] (+)= Σ src[j] over the sources j of target t in plan order (a plan of m sources with `chunks`
-   * chunks, from scatterPlan); src (·, d), out (n, d); init: out starts from zeros (every row written)
-   * instead of its content.
+   * out[t] (+)= Σ src[j] over the sources j of target t in plan order (a 'sorted' or 'listed' plan of m
+   * sources with `chunks` chunks, from scatterPlan; listed: the plan is 'listed'); src (·, d), out (n, d);
+   * init: out starts from zeros (every row written) instead of its content.
    */
-  segmentSum(src: Ptr, plan: Ptr, n: number, m: number, chunks: number, out: Ptr, d: number, init: boolean, op: string): void;
+  segmentSum(src: Ptr, plan: Ptr, n: number, m: number, chunks: number, listed: boolean, out: Ptr, d: number, init: boolean,
+    op: string): void;
   /**
-   * The scatter plan of targets idx (each in [0, n), validated by the caller), uploaded asynchronously
-   * to a new device block (free with `free`): per target its sources in ascending order, cut into
-   * chunks of at most 32 when some target has more (chunks 0: not chunked).
+   * out[idx[i]] = (init ? 0 : out[idx[i]]) + src[i] for i < m, the targets distinct (a 'unique' plan);
+   * src (m, d), out (·, d).
    */
-  scatterPlan(idx: Int32Array, n: number): { ptr: Ptr; chunks: number };
+  scatterUnique(src: Ptr, idx: Ptr, m: number, out: Ptr, d: number, init: boolean, op: string): void;
+  /**
+   * The scatter plan of targets idx (each in [0, n), validated by the caller), built in O(m + n):
+   * 'unique' when the targets are distinct (nothing uploaded, ptr 0); else uploaded asynchronously to a
+   * new device block (free with `free`): per target its sources in ascending order ('sorted': the
+   * targets are non-decreasing, so only each target's range of positions is stored), cut into chunks
+   * of at most 32 when some target has more (chunks 0: not chunked).
+   */
+  scatterPlan(idx: Int32Array, n: number): { kind: 'unique' | 'sorted' | 'listed'; ptr: Ptr; chunks: number };
   /** [smallest, largest] entry of a non-empty array. */
   intRange(a: Int32Array): [number, number];
   /** logits rows are `ld` floats apart. */

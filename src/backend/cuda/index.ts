@@ -23,8 +23,10 @@
  * targets, the row indices of grouped GEMMs) and the scatter plans read it instead of synchronising
  * with the device. A scatter plan is a target -> sources table built on the host and uploaded
  * asynchronously: scatter-adds then sum each target's rows in a fixed order (deterministic, no
- * atomics). The MoE routing is uploaded from the host (src/nn/moe.ts), so a MoE layer synchronises
- * once: when its top-k experts are downloaded for grouping.
+ * atomics). Distinct targets (the top-k and router-gate backward) need no plan, and non-decreasing
+ * ones (an expert-bias gradient) only each target's range of sources. The MoE routing is uploaded
+ * from the host (src/nn/moe.ts), so a MoE layer synchronises once: when its top-k experts are
+ * downloaded for grouping.
  *
  * The MoE products (`groupedMatmul` with `rows`) run in the built-in grouped kernel, which reads the
  * token rows through their indices while it loads its tiles; a scattered C is computed into a scratch
@@ -90,6 +92,12 @@ interface Twin {
 
 /** A scatter plan on the device (see the file comment and native scatter_plan). */
 interface ScatterPlan {
+  /**
+   * unique: distinct targets, no device plan (ptr 0), each source row is added to its target directly;
+   * sorted: non-decreasing targets, the plan holds each target's range of sources; listed: the plan
+   * lists each target's sources.
+   */
+  kind: 'unique' | 'sorted' | 'listed';
   ptr: number;
   /** Chunks of its long segments (0: none). */
   chunks: number;
@@ -357,7 +365,7 @@ export class CudaBackend implements Backend {
   /**
    * Device scatter plan (see the file comment) of entries [0, count) of an i32 buffer as targets in
    * [0, n), validated; cached on the buffer while its content is unchanged (the MoE token index serves
-   * the forward scatter and the backward one).
+   * the forward scatter and the backward one), as is the verdict that no plan is needed.
    */
   private scatterPlan(op: string, b: CudaBuf, count: number, n: number): ScatterPlan {
     const p = b.plan;
@@ -371,15 +379,21 @@ export class CudaBackend implements Backend {
   /**
    * out[idx[i]] += src row i for i < count (out (n, d), src rows d apart at device address `src`), in
    * ascending i per row of out (rows with more than 32 sources: in chunks of 32, then the chunk sums in
-   * order; a fixed blocking, so still deterministic). An output still awaiting its zero-fill is
-   * written instead (no memset).
+   * order; a fixed blocking, so still deterministic). Distinct targets are added directly, without a
+   * device plan. An output still awaiting its zero-fill is written instead (no memset) when every row
+   * is written: always through a plan (rows without sources get zeros), and for distinct targets when
+   * there are n of them.
    */
   private scatterAdd(op: string, src: number, idx: Buf, count: number, out: Buf, n: number, d: number): void {
-    const plan = this.scatterPlan(op, this.typed(op, idx, 'idx', count, 'i32'), count, n);
+    const I = this.typed(op, idx, 'idx', count, 'i32');
+    const plan = this.scatterPlan(op, I, count, n);
     const O = this.typed(op, out, 'out', n * d, 'f32');
-    const init = O.zeroPending && O.twin === null && O.size === n * d;
-    this.nat.segmentSum(src, plan.ptr, n, count, plan.chunks, init ? this.o(op, out, 'out', n * d) : this.w(op, out, 'out', n * d),
-      d, init, op);
+    const unique = plan.kind === 'unique';
+    const init = O.zeroPending && O.twin === null && O.size === n * d && (!unique || count === n);
+    const ix = unique ? this.r(op, I, 'idx', count, 'i32') : 0;
+    const o = init ? this.o(op, out, 'out', n * d) : this.w(op, out, 'out', n * d);
+    if (unique) this.nat.scatterUnique(src, ix, count, o, d, init, op);
+    else this.nat.segmentSum(src, plan.ptr, n, count, plan.chunks, plan.kind === 'listed', o, d, init, op);
   }
 
   // ------------------------------------------------------------ memory
