@@ -70,8 +70,12 @@ function sparsePhase(be: Backend, model: GPT): { opt: AdamW; k: number; dispose:
   };
 }
 
-/** Profile key of a call: the method, with the shapes of GEMMs and the transposes / row indices of grouped ones. */
+/**
+ * Profile key of a call: the method, with the shapes of GEMMs and scatter-adds and the transposes / row
+ * indices of grouped ones.
+ */
 function profileKey(method: string, args: unknown[]): string {
+  if (method === 'scatterAddRows') return `scatterAddRows ${args[3]} rows of ${args[5]} onto ${args[4]}`;
   if (method === 'matmul') {
     const g = args[3] as MatmulArgs;
     return `matmul ${g.batch}x${g.m}x${g.n}x${g.k}${g.transA ? ' tA' : ''}${g.transB ? ' tB' : ''}`;

@@ -191,6 +191,16 @@ const runs: Record<string, Run> = {
       return [b.download(v), b.download(ix)];
     });
   },
+  'top-k backward 3000x24 k=6 (repeated indices accumulate)': (b) => {
+    // the last two of each row's six indices are equal
+    const idx = Int32Array.from({ length: 3000 * 6 }, (_, i) => ((i - (i % 6 === 5 ? 1 : 0)) * 5) % 24);
+    const g = put(b, big.subarray(0, 3000 * 6)), I = b.alloc('i32', 3000 * 6), gx = b.alloc('f32', 3000 * 24);
+    b.upload(I, idx);
+    return withBufs(b, [g, I, gx], () => {
+      b.topkBackward(g, I, gx, 3000, 24, 6);
+      return [b.download(gx)];
+    });
+  },
   'elementwise: gelu fwd/bwd, exp, binary broadcast, affine, copyStrided, adamw, dropout': (b) => {
     const n = 90000;
     const x = put(b, big.subarray(0, n)), y = b.alloc('f32', n), gx = b.alloc('f32', n), gy = put(b, big.subarray(3, 3 + n));
@@ -388,6 +398,7 @@ describe('cpu backend: memory and errors', () => {
     assert.throws(() => cpu.embeddingBackward(o, ids, t, 3, 3, 4), /embeddingBackward: index 5 is outside/);
     assert.throws(() => cpu.crossEntropy(t, tg, l, l, 2, 6), /crossEntropy: target -2 is outside \[-1, 6\)/);
     assert.throws(() => cpu.gatherRows(t, ids, o, 3, 3, 4), /gatherRows: index 5 is outside/);
+    assert.throws(() => cpu.topkBackward(t, ids, o, 1, 4, 3), /topkBackward: index 5 is outside \[0, 4\)/);
     assert.throws(() => cpu.scatterAddRows(o, ids, t, 3, 3, 4), /scatterAddRows: index 5 is outside/);
     assert.throws(() => cpu.softmax(t, o, 4, 4), /cpu.softmax: x has 12 elements, needs 16/);
     // Row-indexed grouped products: an index entry outside the buffer, too few entries, beta ≠ 1 with a scatter.

@@ -282,6 +282,17 @@ if (why) {
       });
     }
 
+    it('topkBackward equals cpu exactly (repeated indices accumulate in order)', () => {
+      const rows = 8192, cols = 32, k = 8;
+      const g = randn(r, rows * k), idx = Int32Array.from({ length: rows * k }, (_, i) => ((i - (i % 8 === 7 ? 1 : 0)) * 5) % cols);
+      const res = [cpu, cuda].map((be) => {
+        const G = put(be, g), I = put(be, idx, 'i32'), O = be.alloc('f32', rows * cols);
+        be.topkBackward(G, I, O, rows, cols, k);
+        return Array.from(be.download(O));
+      });
+      assert.deepEqual(res[1], res[0]);
+    });
+
     it('activationBits equals cpu exactly (d_ff 1536 and 70 columns, with zeros and NaN)', () => {
       for (const [rows, cols] of [[2048, 1536], [33, 70]] as const) {
         const x = Float32Array.from(randn(r, rows * cols), (v, i) => (i % 17 === 0 ? 0 : i % 19 === 0 ? NaN : v));

@@ -533,6 +533,15 @@ Napi::Value TopkFn(const Napi::CallbackInfo& info) {
   topk(x.p, v.p, ix.p, r, c, k);
   return Undef(info);
 }
+Napi::Value TopkBackwardFn(const Napi::CallbackInfo& info) {
+  const char* fn = "topkBackward";
+  int64_t r = dim(info, 3, fn), c = dim(info, 4, fn), k = dim(info, 5, fn);
+  auto g = arr<float>(info, 0, fn, r * k);
+  auto idx = arr<int32_t>(info, 1, fn, r * k);
+  auto o = arr<float>(info, 2, fn, r * c);
+  topk_backward(g.p, idx.p, o.p, r, c, k);
+  return Undef(info);
+}
 Napi::Value GatherRowsFn(const Napi::CallbackInfo& info) {
   const char* fn = "gatherRows";
   int64_t m = dim(info, 3, fn), n = dim(info, 4, fn), d = dim(info, 5, fn);
@@ -618,6 +627,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("crossEntropyBackward", wrap<CrossEntropyBackwardFn>);
   def("adamw", wrap<AdamWFn>);
   def("topk", wrap<TopkFn>);
+  def("topkBackward", wrap<TopkBackwardFn>);
   def("gatherRows", wrap<GatherRowsFn>);
   def("scatterAddRows", wrap<ScatterAddRowsFn>);
   def("rowDot", wrap<RowDotFn>);

@@ -780,6 +780,17 @@ void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t
   });
 }
 
+// gx rows zeroed, then gx[r, indices[r, j]] += g[r, j] in j order (rows in parallel).
+void topk_backward(const float* g, const int32_t* indices, float* gx, int64_t rows, int64_t cols, int64_t k) {
+  check_indices("topkBackward", "index", indices, rows * k, 0, cols);
+  int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols));
+  parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+    std::fill(gx + r0 * cols, gx + r1 * cols, 0.0f);
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < k; ++j) gx[r * cols + indices[r * k + j]] += g[r * k + j];
+  });
+}
+
 void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d) {
   check_indices("gatherRows", "index", idx, m, 0, n);
   gather(x, idx, out, m, d);

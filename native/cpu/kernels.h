@@ -45,6 +45,7 @@ struct AdamW {
 };
 void adamw(float* p, const float* g, float* m, float* v, int64_t n, const AdamW& a);
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k);
+void topk_backward(const float* g, const int32_t* indices, float* gx, int64_t rows, int64_t cols, int64_t k);
 void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d);
 void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d);
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);

@@ -309,6 +309,10 @@ Napi::Value RowDot(const Napi::CallbackInfo& info) {
   row_dot(fp(info, 0), fp(info, 1), fp(info, 2), i64(info, 3), i64(info, 4));
   return U(info);
 }
+Napi::Value TopKBackward(const Napi::CallbackInfo& info) {
+  topk_backward(fp(info, 0), ip(info, 1), fp(info, 2), i64(info, 3), i64(info, 4), i64(info, 5));
+  return U(info);
+}
 Napi::Value ActivationBits(const Napi::CallbackInfo& info) {
   activation_bits(fp(info, 0), ip(info, 1), i64(info, 2), i64(info, 3));
   return U(info);
@@ -385,6 +389,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("crossEntropyBackward", CrossEntropyBackward);
   FN("topk", TopK);
   FN("activationBits", ActivationBits);
+  FN("topkBackward", TopKBackward);
   FN("rowDot", RowDot);
   FN("attention", Attention);
   FN("attentionBackward", AttentionBackward);

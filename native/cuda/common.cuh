@@ -129,6 +129,7 @@ void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targ
                             float* glogits, int64_t N, int64_t V);
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
 void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols);
+void topk_backward(const float* g, const int32_t* idx, float* gx, int64_t rows, int64_t cols, int64_t k);
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k);
 
 // gemm.cu

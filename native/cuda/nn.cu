@@ -268,6 +268,16 @@ __global__ void k_rowdot(const float* __restrict__ a, const float* __restrict__ 
   }
 }
 
+// gx rows zeroed, then gx[r, idx[r, j]] += g[r, j] in j order: one thread per row (k is small).
+__global__ void k_topk_backward(const float* __restrict__ g, const int32_t* __restrict__ idx, float* __restrict__ gx,
+                                int64_t rows, int64_t cols, int64_t k) {
+  for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < rows; r += (int64_t)gridDim.x * blockDim.x) {
+    float* o = gx + r * cols;
+    for (int64_t c = 0; c < cols; ++c) o[c] = 0.f;
+    for (int64_t j = 0; j < k; ++j) o[idx[r * k + j]] += g[r * k + j];
+  }
+}
+
 // Bit b of out[r, w] = x[r, 32w + b] > 0: one warp per word, the word is the warp's ballot.
 __global__ void k_activation_bits(const float* __restrict__ x, int32_t* __restrict__ out, int64_t rows, int64_t cols) {
   const int lane = threadIdx.x & 31;
@@ -455,6 +465,11 @@ void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t c
   if (rows == 0) return;
   k_rowdot<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(a, b, out, rows, cols);
   check_launch("rowDot");
+}
+void topk_backward(const float* g, const int32_t* idx, float* gx, int64_t rows, int64_t cols, int64_t k) {
+  if (rows == 0 || cols == 0) return;
+  k_topk_backward<<<grid_for(rows, kT), kT, 0, stream()>>>(g, idx, gx, rows, cols, k);
+  check_launch("topkBackward");
 }
 void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols) {
   if (rows == 0 || cols == 0) return;

@@ -228,6 +228,11 @@ export interface Backend {
    * value descending, ties broken by the lower index. NaN counts as smallest.
    */
   topk(x: Buf, values: Buf, indices: Buf, rows: number, cols: number, k: number): void;
+  /**
+   * Top-k backward: gx (rows, cols) = 0, then gx[r, indices[r, j]] += g[r, j] for j ascending; g (rows,
+   * k) f32, indices (rows, k) i32 (as topk writes them). Throws on an index outside [0, cols).
+   */
+  topkBackward(g: Buf, indices: Buf, gx: Buf, rows: number, cols: number, k: number): void;
   /** out[i, :] = x[idx[i], :]; x (n, d), idx (m) i32, out (m, d). Throws on an index outside [0, n). */
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void;
   /** out[idx[i], :] += src[i, :]; src (m, d), out (n, d) ACCUMULATED; deterministic order (i ascending). */

@@ -59,6 +59,7 @@ export interface NativeAddon {
   topk(x: F32, values: F32, indices: I32, rows: number, cols: number, k: number): void;
   gatherRows(x: F32, idx: I32, out: F32, m: number, n: number, d: number): void;
   scatterAddRows(src: F32, idx: I32, out: F32, m: number, n: number, d: number): void;
+  topkBackward(g: F32, indices: I32, gx: F32, rows: number, cols: number, k: number): void;
   rowDot(a: F32, b: F32, out: F32, rows: number, cols: number): void;
   activationBits(x: F32, out: I32, rows: number, cols: number): void;
   /** The bidding phases of src/moefy/auction.ts (price in/out, holder out); returns the bid count. */

@@ -434,6 +434,14 @@ export class CpuBackend implements Backend {
     this.nat.topk(this.f(op, x, 'x', rows * cols), this.f(op, values, 'values', rows * k),
       this.i(op, indices, 'indices', rows * k), rows, cols, k);
   }
+  topkBackward(g: Buf, indices: Buf, gx: Buf, rows: number, cols: number, k: number): void {
+    this.kernel(() => {
+      const op = 'topkBackward';
+      this.dims(op, { rows, cols, k });
+      const G = this.f(op, g, 'g', rows * k), I = this.i(op, indices, 'indices', rows * k);
+      this.nat.topkBackward(G, I, this.out(op, gx, 'gx', rows * cols), rows, cols, k);
+    });
+  }
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     this.kernel(() => {
       const op = 'gatherRows';

@@ -94,6 +94,7 @@ export interface CudaAddon {
   crossEntropyBackward(logits: Ptr, ld: number, targets: Ptr, lse: Ptr, gloss: Ptr, glogits: Ptr, N: number, V: number): void;
   rowDot(a: Ptr, b: Ptr, out: Ptr, rows: number, cols: number): void;
   activationBits(x: Ptr, out: Ptr, rows: number, cols: number): void;
+  topkBackward(g: Ptr, indices: Ptr, gx: Ptr, rows: number, cols: number, k: number): void;
   topk(x: Ptr, values: Ptr, indices: Ptr, rows: number, cols: number, k: number): void;
   /** impl 0: tensor cores on q16, the bf16 copy of qkv; 1: fp32 SIMT on qkv (q16 unused, 0). */
   attention(qkv: Ptr, q16: Ptr, out: Ptr, lse: Ptr, B: number, T: number, H: number, D: number, causal: boolean,

@@ -826,6 +826,13 @@ export class CudaBackend implements Backend {
     this.nat.topk(this.r(op, x, 'x', rows * cols), this.o(op, values, 'values', rows * k),
       this.o(op, indices, 'indices', rows * k, 'i32'), rows, cols, k);
   }
+  topkBackward(g: Buf, indices: Buf, gx: Buf, rows: number, cols: number, k: number): void {
+    const op = 'topkBackward';
+    this.dims(op, { rows, cols, k });
+    this.checkIndices(op, this.typed(op, indices, 'indices', rows * k, 'i32'), rows * k, 0, cols);
+    this.nat.topkBackward(this.r(op, g, 'g', rows * k), this.r(op, indices, 'indices', rows * k, 'i32'),
+      this.o(op, gx, 'gx', rows * cols), rows, cols, k);
+  }
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     this.dims('gatherRows', { m, n, d });
     this.gather('gatherRows', x, idx, out, m, n, d);

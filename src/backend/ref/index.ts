@@ -366,6 +366,13 @@ export class RefBackend implements Backend {
     }
   }
 
+  topkBackward(g: Buf, indices: Buf, gx: Buf, rows: number, cols: number, k: number): void {
+    const G = this.f(g), I = this.i(indices), O = this.f(gx);
+    O.fill(0, 0, rows * cols);
+    for (let r = 0; r < rows; r++) {
+      for (let j = 0; j < k; j++) O[r * cols + checkIndex('topkBackward', I[r * k + j]!, cols)] += G[r * k + j]!;
+    }
+  }
   topk(x: Buf, values: Buf, indices: Buf, rows: number, cols: number, k: number): void {
     const X = this.f(x), Vl = this.f(values), I = this.i(indices);
     const order = Array.from({ length: cols }, (_, j) => j);

@@ -3,7 +3,6 @@
  * and the bit-packed activation pattern that SSD's monitor compares between checks.
  */
 import { record } from '../autograd.js';
-import { tensor } from '../create.js';
 import type { Tensor } from '../tensor.js';
 import { backendOf, expectDtype, expectRank, fmt, out } from './util.js';
 
@@ -21,13 +20,8 @@ export function topk(x: Tensor, k: number): { values: Tensor; indices: Tensor } 
   const values = out([rows, k], b), indices = out([rows, k], b, 'i32');
   b.topk(x.buf('topk'), values.buf('topk'), indices.buf('topk'), rows, cols, k);
   record(values, 'topk', [x], (g) => {
-    // Scatter g back to the selected positions of a flat (rows·cols, 1) view of x.
-    const idx = indices.toArray();
-    const flat = new Int32Array(rows * k);
-    for (let r = 0; r < rows; r++) for (let j = 0; j < k; j++) flat[r * k + j] = r * cols + idx[r * k + j]!;
     const gx = out(x.shape, b);
-    const where = tensor(flat, [rows * k], { dtype: 'i32', backend: b });
-    b.scatterAddRows(g.buf('topk'), where.buf('topk'), gx.buf('topk'), rows * k, rows * cols, 1);
+    b.topkBackward(g.buf('topk'), indices.buf('topk'), gx.buf('topk'), rows, cols, k);
     return [gx];
   });
   return { values, indices };
