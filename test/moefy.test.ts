@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import { createRefBackend } from '../src/backend/ref/index.js';
 import type { Backend } from '../src/backend/contract.js';
 import { getBackend } from '../src/backend/registry.js';
+import { loadAddon } from '../src/backend/cpu/addon.js';
 import { balancedAuction } from '../src/moefy/auction.js';
 import { balancedKMeans, randomBalancedSplit } from '../src/moefy/kmeans.js';
 import { checkMoEConfig, mergeModel, moefyModel, permuteLayer } from '../src/moefy/model.js';
@@ -75,6 +76,7 @@ describe('balanced assignment (auction)', () => {
   });
 
   it('the native bidding equals the TypeScript reference to the bit (ties, E not a multiple of 4, warm prices)', () => {
+    assert.equal(typeof loadAddon().balancedAuction, 'function'); // else both runs below would be the reference
     const r = rng(8);
     for (const [n, E, tied] of [[1536, 24, false], [400, 2, true], [99, 3, true], [60, 5, false], [7, 1, false]] as const) {
       const score = Float64Array.from({ length: n * E }, () => (tied ? Math.round(-r() * 20) / 2 : -r() * 3));
@@ -85,6 +87,11 @@ describe('balanced assignment (auction)', () => {
       };
       assert.deepEqual(run(true), run(false), `n=${n} E=${E}`);
     }
+    const score = Float64Array.from({ length: 8 }, (_, i) => -i);
+    assert.throws(() => balancedAuction(score.map((v, i) => (i === 5 ? Infinity : v)), 4, 2), /score 5 is Infinity/);
+    assert.throws(() => balancedAuction(new Float64Array(0), 0, 2), /0 items cannot be split into 2/);
+    assert.throws(() => balancedAuction(score, 4, 2, { prices: new Float64Array(3) }), /warm prices must be 4 finite numbers/);
+    assert.throws(() => balancedAuction(score, 4, 2, { scaling: 1 }), /scaling > 1/);
   });
 
   it('balanced k-means gives equal clusters and beats a random split on clustered data', () => {

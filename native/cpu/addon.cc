@@ -581,12 +581,13 @@ Napi::Value ActivationBitsFn(const Napi::CallbackInfo& info) {
 Napi::Value BalancedAuctionFn(const Napi::CallbackInfo& info) {
   const char* fn = "balancedAuction";
   int64_t n = dim(info, 1, fn), E = dim(info, 2, fn);
-  if (E < 1 || n % E != 0) throw ArgError("balancedAuction: n must be a multiple of E >= 1");
+  if (E < 1 || n < 1 || n % E != 0) throw ArgError("balancedAuction: n must be a positive multiple of E >= 1");
   auto score = arr<double>(info, 0, fn, n * E);
   auto price = arr<double>(info, 3, fn, n);
   auto holder = arr<int32_t>(info, 4, fn, n);
   double eps = num(info, 5, fn), eps_final = num(info, 6, fn), factor = num(info, 7, fn);
-  if (!(eps_final > 0) || !(eps >= eps_final) || !(factor > 1)) throw ArgError("balancedAuction: needs eps >= eps_final > 0 and factor > 1");
+  if (!(eps_final > 0) || !(eps >= eps_final) || !(factor > 1) || !std::isfinite(eps) || !std::isfinite(factor))
+    throw ArgError("balancedAuction: needs finite eps >= eps_final > 0 and finite factor > 1");
   int64_t bids = balanced_auction(score.p, n, E, price.p, holder.p, eps, eps_final, factor);
   return Napi::Number::New(info.Env(), (double)bids);
 }

@@ -79,7 +79,7 @@ int64_t balanced_auction(const double* score, int64_t n, int64_t E, double* pric
       for (int64_t j = 0; j < E; ++j) value[(size_t)j] = row[j] - cheapest[(size_t)j];
       const double v1 = max_of(value.data(), E4);
       int64_t best = 0;
-      while (value[(size_t)best] != v1) ++best;
+      while (best < E - 1 && value[(size_t)best] != v1) ++best;
       value[(size_t)best] = kNegInf;
       const double v2 = max_of(value.data(), E4);
       const int64_t root = best * s;

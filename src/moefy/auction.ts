@@ -43,16 +43,20 @@ export interface AuctionOptions {
 }
 
 /**
- * Solves the balanced assignment for `score` (n × E, row-major). Throws if n is not a multiple of E.
- * The bidding runs in the native cpu addon when it is built (the same operations, so the same result
- * to the bit, ≈ 3× faster), else in `biddingPhases` below.
+ * Solves the balanced assignment for `score` (n × E, row-major). Throws if n is not a positive
+ * multiple of E, if a score or a warm price is not finite, or on ε options out of range. The bidding
+ * runs in the native cpu addon when it is built (the same operations, so the same result to the bit,
+ * ≈ 3× faster), else in `biddingPhases` below.
  */
 export function balancedAuction(score: Float64Array | Float32Array, n: number, E: number, opts: AuctionOptions = {}): AuctionResult {
-  if (n % E !== 0) throw new Error(`balancedAuction: ${n} items cannot be split into ${E} equal clusters`);
+  if (!(Number.isInteger(n) && Number.isInteger(E) && n > 0 && E > 0 && n % E === 0)) {
+    throw new Error(`balancedAuction: ${n} items cannot be split into ${E} equal clusters`);
+  }
   if (score.length !== n * E) throw new Error(`balancedAuction: score has ${score.length} entries, expected ${n} × ${E}`);
   const s = n / E;
   let lo = Infinity, hi = -Infinity;
   for (let i = 0; i < score.length; i++) {
+    if (!Number.isFinite(score[i]!)) throw new Error(`balancedAuction: score ${i} is ${score[i]} (scores must be finite)`);
     lo = Math.min(lo, score[i]!);
     hi = Math.max(hi, score[i]!);
   }
@@ -60,7 +64,13 @@ export function balancedAuction(score: Float64Array | Float32Array, n: number, E
   const epsFinal = (opts.epsilonFinal ?? 1e-4) * range;
   const factor = opts.scaling ?? 8;
   const eps = Math.max((opts.epsilonStart ?? 0.25) * range, epsFinal);
+  if (!(epsFinal > 0 && Number.isFinite(eps) && factor > 1 && Number.isFinite(factor))) {
+    throw new Error('balancedAuction: needs epsilonFinal > 0, a finite epsilonStart and scaling > 1');
+  }
   // Per cluster a binary min-heap over its s slots: (price, holder), holder −1 = free.
+  if (opts.prices && (opts.prices.length !== n || !opts.prices.every(Number.isFinite))) {
+    throw new Error(`balancedAuction: warm prices must be ${n} finite numbers (from a call with the same n and E)`);
+  }
   const price = opts.prices ? Float64Array.from(opts.prices) : new Float64Array(n);
   const holder = new Int32Array(n);
   const native = (opts.native ?? true) ? nativeAddon() : null;
