@@ -67,15 +67,15 @@ export function balancedAuction(score: Float64Array | Float32Array, n: number, E
   if (!(epsFinal > 0 && Number.isFinite(eps) && factor > 1 && Number.isFinite(factor))) {
     throw new Error('balancedAuction: needs epsilonFinal > 0, a finite epsilonStart and scaling > 1');
   }
-  // Per cluster a binary min-heap over its s slots: (price, holder), holder −1 = free.
   if (opts.prices && (opts.prices.length !== n || !opts.prices.every(Number.isFinite))) {
     throw new Error(`balancedAuction: warm prices must be ${n} finite numbers (from a call with the same n and E)`);
   }
+  // Per cluster a binary min-heap over its s slots: (price, holder), holder −1 = free.
   const price = opts.prices ? Float64Array.from(opts.prices) : new Float64Array(n);
   const holder = new Int32Array(n);
-  const native = (opts.native ?? true) ? nativeAddon() : null;
-  const bids = native
-    ? native.balancedAuction(score instanceof Float64Array ? score : Float64Array.from(score), n, E, price, holder, eps, epsFinal, factor)
+  const addon = (opts.native ?? true) ? nativeAddon() : null;
+  const bids = addon
+    ? addon.balancedAuction(score instanceof Float64Array ? score : Float64Array.from(score), n, E, price, holder, eps, epsFinal, factor)
     : biddingPhases(score, n, E, price, holder, eps, epsFinal, factor);
   const assignment = new Int32Array(n);
   let total = 0;
@@ -84,13 +84,18 @@ export function balancedAuction(score: Float64Array | Float32Array, n: number, E
   return { assignment, score: total, prices: price, bids, epsilon: epsFinal };
 }
 
-/** The native addon when it is built and loads (the reference below serves otherwise). */
+let native: NativeAddon | null | undefined;
+
+/** The native addon when it is built and loads (the reference below serves otherwise); looked up once. */
 function nativeAddon(): NativeAddon | null {
-  try {
-    return loadAddon();
-  } catch {
-    return null;
+  if (native === undefined) {
+    try {
+      native = loadAddon();
+    } catch {
+      native = null;
+    }
   }
+  return native;
 }
 
 /**

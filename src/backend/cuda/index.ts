@@ -23,7 +23,7 @@
  * targets, the row indices of grouped GEMMs) and the scatter plans read it instead of synchronising
  * with the device. A scatter plan is a target -> sources table built on the host and uploaded
  * asynchronously: scatter-adds then sum each target's rows in a fixed order (deterministic, no
- * atomics). Distinct targets (the top-k and router-gate backward) need no plan, and non-decreasing
+ * atomics). Distinct targets (the router-gate backward) need no plan, and non-decreasing
  * ones (an expert-bias gradient) only each target's range of sources. The MoE routing is uploaded
  * from the host (src/nn/moe.ts), so a MoE layer synchronises once: when its top-k experts are
  * downloaded for grouping.
