@@ -7,7 +7,7 @@
  * `--profile` prints per-entry device times of one dense and one sparse-phase step (synchronised after every
  * backend call); `--grouped` only times the MoE's grouped products alone (see `groupedBench`).
  * Usage: node dist/bench/cuda.js [--batch 8] [--steps 10] [--experts 32] [--modes bf16,fast16bf]
- *        [--profile] [--skip-infer] [--grouped] [--json out.json]
+ *        [--profile] [--skip-infer] [--grouped [--skew 0]] [--json out.json]
  */
 import * as fs from 'node:fs';
 import type { Backend, Buf, GroupedMatmulArgs, MatmulArgs } from '../src/backend/contract.js';
@@ -16,13 +16,15 @@ import { profiled } from '../src/backend/profile.js';
 import { benchInference } from '../src/infer/bench.js';
 import { makeConfig, type GPTConfig } from '../src/nn/config.js';
 import { GPT, flopsPerToken } from '../src/nn/gpt.js';
-import { groupByExpert, moeFFN } from '../src/nn/moe.js';
+import { moeFFN } from '../src/nn/moe.js';
+import { groupExperts } from '../src/backend/segments.js';
 import { normalArray } from '../src/nn/init.js';
 import * as T from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optim.js';
 
 const arg = (name: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined);
 const batch = Number(arg('--batch') ?? 8), steps = Number(arg('--steps') ?? 10), E = Number(arg('--experts') ?? 32);
+const skew = Number(arg('--skew') ?? 0);
 const modes = (arg('--modes') ?? 'bf16').split(',') as MatmulMode[];
 const PEAK = 989e12; // H200 dense bf16 tensor-core peak, FLOP/s
 const result: Record<string, unknown> = { date: new Date().toISOString(), batch, seq_len: 1024, steps };
@@ -110,7 +112,7 @@ function profileSteps(be: CudaBackend, n: number, sparse: boolean): void {
   const sum = rows.reduce((s, [, e]) => s + e.ms, 0) / (n + 3);
   console.log(`profile of the ${sparse ? 'sparse-phase' : 'dense'} step (synchronised after every call): ${total.toFixed(1)} ms/step, ` +
     `of which backend calls ${sum.toFixed(1)} ms`);
-  for (const [key, e] of rows.slice(0, 25)) {
+  for (const [key, e] of rows.slice(0, 45)) {
     console.log(`  ${key.padEnd(40)} ${(e.ms / (n + 3)).toFixed(2).padStart(8)} ms/step  ${(e.calls / (n + 3)).toFixed(0).padStart(5)} calls/step`);
   }
   if (phase) phase.dispose();
@@ -121,53 +123,65 @@ function profileSteps(be: CudaBackend, n: number, sparse: boolean): void {
 
 /**
  * The six grouped products of a sparse-phase MoE layer alone, at the bench's sizes (batch × 1024
- * tokens, d_model 768, E experts of d_ff / E neurons, top-E/4 of a uniform random routing): forward
+ * tokens, d_model 768, E experts of d_ff / E neurons, top-E/4 of a random routing): forward
  * x[tok]·W_inᵀ and h·W_outᵀ scattered onto the tokens, backward gy[tok]·W_out, gy[tok]ᵀ·h (∂W_out),
  * gh·W_in scattered, ghᵀ·x[tok] (∂W_in); then the bias gradient (gh's rows summed per expert). Each
- * product is timed with its row indices, on contiguous copies (no indices, no scatter), and as one
- * cuBLAS GEMM of the same FLOPs; 10 calls queued, then one synchronisation.
+ * product is timed as the model runs it (row indices and segment offsets from `expertGroups` on the
+ * device), on contiguous copies with host problems (no indices, no scatter), and as one cuBLAS GEMM of
+ * the same FLOPs; 10 calls queued, then one synchronisation. `--skew z` draws experts with weights
+ * (e + 1)^-z instead of uniformly (an unbalanced routing, as trained routers give).
  */
 function groupedBench(be: CudaBackend): void {
   const N = batch * 1024, d = 768, dff = 3072, s = dff / E, k = Math.round(E / 4), M = N * k;
   let seed = 7;
   const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+  // Each token's k distinct experts drawn with weights (e + 1)^-skew (0: uniform).
+  const weight = Array.from({ length: E }, (_, e) => (e + 1) ** -skew);
   const experts = new Int32Array(M);
   for (let t = 0; t < N; t++) {
-    const perm = Array.from({ length: E }, (_, e) => e);
+    const left = [...weight];
     for (let j = 0; j < k; j++) {
-      const q = j + Math.floor(rand() * (E - j));
-      [perm[j], perm[q]] = [perm[q]!, perm[j]!];
-      experts[t * k + j] = perm[j]!;
+      let u = rand() * left.reduce((a, w) => a + w, 0), e = 0;
+      while (e < E - 1 && (u -= left[e]!) >= 0) e++;
+      experts[t * k + j] = e;
+      left[e] = 0;
     }
   }
-  const r = groupByExpert(experts, N, k, E), off = r.offsets;
+  const off = groupExperts(experts, N, k, E).offsets;
+  console.log(`expert loads (skew ${skew}): ${Math.min(...off.subarray(1).map((o, e) => o - off[e]!))} to ` +
+    `${Math.max(...off.subarray(1).map((o, e) => o - off[e]!))} rows (mean ${M / E})`);
   const f32 = (n: number) => {
     const b = be.alloc('f32', n);
     be.upload(b, Float32Array.from({ length: n }, () => rand() - 0.5));
     return b;
   };
-  const tok = be.alloc('i32', M), ex = be.alloc('i32', M);
-  be.upload(tok, r.rowToken);
-  be.upload(ex, r.rowExpert);
+  // The routing as the model makes it: grouped on the device, the segment offsets never on the host.
+  const exIn = be.alloc('i32', M), tok = be.alloc('i32', M), slot = be.alloc('i32', M), ex = be.alloc('i32', M);
+  const segments = be.alloc('i32', E + 1);
+  be.upload(exIn, experts);
+  be.expertGroups(exIn, segments, tok, slot, ex, N, k, E);
   const x = f32(N * d), gy = f32(N * d), h = f32(M * s), gh = f32(M * s), wIn = f32(dff * d), wOut = f32(d * dff);
   const xg = f32(M * d), gyg = f32(M * d), outMd = be.alloc('f32', M * d), outMs = be.alloc('f32', M * s);
   const outNd = be.alloc('f32', N * d), gWin = be.alloc('f32', dff * d), gWout = be.alloc('f32', d * dff), gb = be.alloc('f32', E * s);
-  const probs = (f: (e: number, m: number, o: number) => number[]) =>
+  // With device segments a problem gives 0 for the token dimension and the offsets along it.
+  const probs = (f: (e: number, m: number, o: number) => number[]) => Int32Array.from(Array.from({ length: E }, (_, e) => f(e, 0, 0)).flat());
+  const plainProbs = (f: (e: number, m: number, o: number) => number[]) =>
     Int32Array.from(Array.from({ length: E }, (_, e) => f(e, off[e + 1]! - off[e]!, off[e]!)).flat());
-  type Case = { name: string; a: Buf; b: Buf; c: Buf; p: Int32Array; tA: boolean; tB: boolean; rows: GroupedMatmulArgs['rows'];
-    plain: [Buf, Buf, Buf]; dense: [number, number, number, boolean] };
+  type Problems = (f: (e: number, m: number, o: number) => number[]) => Int32Array;
+  type Case = { name: string; a: Buf; b: Buf; c: Buf; p: (q: Problems) => Int32Array;
+    tA: boolean; tB: boolean; rows: GroupedMatmulArgs['rows']; plain: [Buf, Buf, Buf]; dense: [number, number, number, boolean] };
   const cases: Case[] = [
-    { name: 'fwd  x[tok]·W_inᵀ', a: x, b: wIn, c: outMs, p: probs((e, m, o) => [m, s, d, o * d, d, e * s * d, d, o * s, s]), tA: false, tB: true,
+    { name: 'fwd  x[tok]·W_inᵀ', a: x, b: wIn, c: outMs, p: (q) => q((e, m, o) => [m, s, d, o * d, d, e * s * d, d, o * s, s]), tA: false, tB: true,
       rows: { a: tok }, plain: [xg, wIn, outMs], dense: [M, s, d, false] },
-    { name: 'fwd  h·W_outᵀ → tok', a: h, b: wOut, c: outNd, p: probs((e, m, o) => [m, d, s, o * s, s, e * s, dff, o * d, d]), tA: false, tB: true,
+    { name: 'fwd  h·W_outᵀ → tok', a: h, b: wOut, c: outNd, p: (q) => q((e, m, o) => [m, d, s, o * s, s, e * s, dff, o * d, d]), tA: false, tB: true,
       rows: { c: tok }, plain: [h, wOut, outMd], dense: [M, d, s, false] },
-    { name: 'bwd  gy[tok]·W_out', a: gy, b: wOut, c: outMs, p: probs((e, m, o) => [m, s, d, o * d, d, e * s, dff, o * s, s]), tA: false, tB: false,
+    { name: 'bwd  gy[tok]·W_out', a: gy, b: wOut, c: outMs, p: (q) => q((e, m, o) => [m, s, d, o * d, d, e * s, dff, o * s, s]), tA: false, tB: false,
       rows: { a: tok }, plain: [gyg, wOut, outMs], dense: [M, s, d, false] },
-    { name: 'bwd  gy[tok]ᵀ·h (∂W_out)', a: gy, b: h, c: gWout, p: probs((e, m, o) => [d, s, m, o * d, d, o * s, s, e * s, dff]), tA: true, tB: false,
+    { name: 'bwd  gy[tok]ᵀ·h (∂W_out)', a: gy, b: h, c: gWout, p: (q) => q((e, m, o) => [d, s, m, o * d, d, o * s, s, e * s, dff]), tA: true, tB: false,
       rows: { a: tok }, plain: [gyg, h, gWout], dense: [d, s, M, true] },
-    { name: 'bwd  gh·W_in → tok', a: gh, b: wIn, c: outNd, p: probs((e, m, o) => [m, d, s, o * s, s, e * s * d, d, o * d, d]), tA: false, tB: false,
+    { name: 'bwd  gh·W_in → tok', a: gh, b: wIn, c: outNd, p: (q) => q((e, m, o) => [m, d, s, o * s, s, e * s * d, d, o * d, d]), tA: false, tB: false,
       rows: { c: tok }, plain: [gh, wIn, outMd], dense: [M, d, s, false] },
-    { name: 'bwd  ghᵀ·x[tok] (∂W_in)', a: gh, b: x, c: gWin, p: probs((e, m, o) => [s, d, m, o * s, s, o * d, d, e * s * d, d]), tA: true, tB: false,
+    { name: 'bwd  ghᵀ·x[tok] (∂W_in)', a: gh, b: x, c: gWin, p: (q) => q((e, m, o) => [s, d, m, o * s, s, o * d, d, e * s * d, d]), tA: true, tB: false,
       rows: { b: tok }, plain: [gh, xg, gWin], dense: [s, d, M, true] },
   ];
   const time = (f: () => void) => {
@@ -185,9 +199,11 @@ function groupedBench(be: CudaBackend): void {
   const results: Record<string, number[]> = {};
   for (const q of cases) {
     const beta = q.rows?.c ? 1 : 0;
-    const fused = time(() => be.groupedMatmul(q.a, q.b, q.c, { problems: q.p, transA: q.tA, transB: q.tB, alpha: 1, beta, rows: q.rows }));
+    const fused = time(() => be.groupedMatmul(q.a, q.b, q.c,
+      { problems: q.p(probs), transA: q.tA, transB: q.tB, alpha: 1, beta, rows: q.rows, segments }));
     // The product on contiguous operands: a scattered C's problems already address its (M, d) virtual matrix.
-    const plain = time(() => be.groupedMatmul(q.plain[0], q.plain[1], q.plain[2], { problems: q.p, transA: q.tA, transB: q.tB, alpha: 1, beta: 0 }));
+    const plain = time(() => be.groupedMatmul(q.plain[0], q.plain[1], q.plain[2],
+      { problems: q.p(plainProbs), transA: q.tA, transB: q.tB, alpha: 1, beta: 0 }));
     const [m, n, kk, tA] = q.dense;
     const dense = time(() => be.matmul(q.plain[0], q.plain[1], tA ? gWout : outMd, { batch: 1, m, n, k: kk, transA: tA, transB: false,
       strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 }));
@@ -197,7 +213,7 @@ function groupedBench(be: CudaBackend): void {
   const bias = time(() => be.scatterAddRows(gh, ex, gb, M, E, s));
   console.log(`  bias gradient (scatter-add of ${M} rows of ${s} onto ${E}): ${bias.toFixed(0)} µs`);
   result['grouped'] = { ...results, bias_grad_us: bias };
-  for (const b of [tok, ex, x, gy, h, gh, wIn, wOut, xg, gyg, outMd, outMs, outNd, gWin, gWout, gb]) be.free(b);
+  for (const b of [exIn, tok, slot, ex, segments, x, gy, h, gh, wIn, wOut, xg, gyg, outMd, outMs, outNd, gWin, gWout, gb]) be.free(b);
 }
 
 if (process.argv.includes('--grouped')) {

@@ -8,8 +8,9 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Backend, Buf } from '../src/backend/contract.js';
+import type { Backend, Buf, GroupedMatmulArgs } from '../src/backend/contract.js';
 import { createCpuBackend } from '../src/backend/cpu/index.js';
+import { groupExperts, resolveSegments } from '../src/backend/segments.js';
 import { createCudaBackend, cudaUnavailableReason, type CudaBackend } from '../src/backend/cuda/index.js';
 import { GPT } from '../src/nn/gpt.js';
 import { makeConfig } from '../src/nn/config.js';
@@ -318,6 +319,64 @@ if (why) {
       assert.deepEqual(res[1]![0], res[0]![0]);
       assert.ok(relErr(res[1]![1] as number[], res[0]![1] as number[]) < 1e-6);
       assert.ok(relErr(res[1]![2] as number[], res[0]![2] as number[]) < 1e-6);
+    });
+
+    it('expertGroups on the device: the reference grouping, its scatter plans and device segments give the host paths\' bits', () => {
+      // many chunks of the counting sort, experts with more than 32 rows (chunked sums), more than 96
+      // groups (two launches of the grouped kernel), and k > 32 (a chunked token plan)
+      for (const [N, k, E] of [[3000, 4, 40], [2000, 2, 100], [300, 40, 64]] as const) {
+        const M = N * k, d = 24;
+        const experts = new Int32Array(M);
+        for (let n = 0; n < N; n++) {
+          const perm = Array.from({ length: E }, (_, e) => e);
+          for (let j = 0; j < k; j++) {
+            const q = j + Math.floor(r() * (E - j));
+            [perm[j], perm[q]] = [perm[q]!, perm[j]!];
+            experts[n * k + j] = perm[j]!;
+          }
+        }
+        const want = groupExperts(experts, N, k, E);
+        const X = put(cuda, experts, 'i32'), off = cuda.alloc('i32', E + 1);
+        const rows = [cuda.alloc('i32', M), cuda.alloc('i32', M), cuda.alloc('i32', M)] as const; // token, slot, expert
+        cuda.expertGroups(X, off, rows[0], rows[1], rows[2], N, k, E);
+        assert.deepEqual([...cuda.download(off)], [...want.offsets], `offsets (N ${N}, k ${k}, E ${E})`);
+        [want.rowToken, want.rowSlot, want.rowExpert].forEach((w, i) => assert.deepEqual([...cuda.download(rows[i])], [...w]));
+        // Scatter-adds through the device plans and through host plans of uploaded copies: same bits.
+        const src = put(cuda, randn(r, M * d));
+        const scatter = (idx: Buf, n: number) => {
+          const o = cuda.alloc('f32', n * d);
+          cuda.scatterAddRows(src, idx, o, M, n, d);
+          const out = Array.from(cuda.download(o));
+          cuda.free(o);
+          return out;
+        };
+        const device = [scatter(rows[0], N), scatter(rows[1], M), scatter(rows[2], E)];
+        const host = rows.map((b) => put(cuda, cuda.download(b), 'i32')); // uploaded copies: host-built plans
+        assert.deepEqual(device, [scatter(host[0]!, N), scatter(host[1]!, M), scatter(host[2]!, E)]);
+        // A gathered product, a scattered one and a weight gradient over device segments vs explicit problems.
+        const s = 8, dm = 16, x = put(cuda, randn(r, N * dm)), w = put(cuda, randn(r, E * s * dm)), h = put(cuda, randn(r, M * s));
+        const template = (f: (e: number) => number[]) => Int32Array.from(Array.from({ length: E }, (_, e) => f(e)).flat());
+        const cases = [
+          { a: x, b: w, size: M * s, args: { problems: template((e) => [0, s, dm, 0, dm, e * s * dm, dm, 0, s]), transA: false, transB: true,
+            alpha: 1, beta: 0, rows: { a: rows[0] } } },
+          { a: h, b: w, size: N * dm, args: { problems: template((e) => [0, dm, s, 0, s, e * s * dm, dm, 0, dm]), transA: false, transB: false,
+            alpha: 1, beta: 1, rows: { c: rows[0] } } },
+          { a: h, b: x, size: E * s * dm, args: { problems: template((e) => [s, dm, 0, 0, s, 0, dm, e * s * dm, dm]), transA: true, transB: false,
+            alpha: 1, beta: 0, rows: { b: rows[0] } } },
+        ];
+        for (const c of cases) {
+          const run = (args: GroupedMatmulArgs) => {
+            const o = cuda.alloc('f32', c.size);
+            cuda.groupedMatmul(c.a, c.b, o, args);
+            const out = cuda.download(o);
+            cuda.free(o);
+            return out;
+          };
+          const got = run({ ...c.args, segments: off }), ref = run(resolveSegments(c.args, want.offsets));
+          assert.ok(relErr(got, ref) <= 1e-6, `transA ${c.args.transA}, rows ${Object.keys(c.args.rows)}: ${relErr(got, ref)}`);
+        }
+        for (const b of [X, off, ...rows, src, ...host, x, w, h]) cuda.free(b);
+      }
     });
 
     it('errors: bad ids, bad targets, out of memory', () => {

@@ -15,7 +15,7 @@ import { partitionPermutation } from '../src/moefy/permute.js';
 import { makeConfig } from '../src/nn/config.js';
 import type { FFNParams } from '../src/nn/ffn.js';
 import { GPT } from '../src/nn/gpt.js';
-import { capturedActivationMass, moeFFN } from '../src/nn/moe.js';
+import { capturedActivationMass, expertLoad, moeFFN } from '../src/nn/moe.js';
 import * as T from '../src/tensor/index.js';
 import { relErr, rng } from './helpers.js';
 
@@ -151,8 +151,9 @@ for (const name of names) {
       const router = T.tensor(Float32Array.from({ length: dm * E }, () => r() - 0.5), [dm, E], { backend: b });
       const { y, routing } = T.noGrad(() => moeFFN(x, p, router, { nExpert: E, topK: 1, activation: 'relu' }));
       const X = x.toArray(), Y = y.toArray(), Win = p.w_in.toArray(), Bin = p.b_in!.toArray(), Wout = p.w_out.toArray(), Bout = p.b_out!.toArray();
+      const experts = routing.experts.toArray();
       for (let n = 0; n < N; n++) {
-        const e = routing.experts[n]!;
+        const e = experts[n]!;
         for (let o = 0; o < dm; o++) {
           let acc = Bout[o]!;
           for (let i = e * 3; i < e * 3 + 3; i++) {
@@ -163,7 +164,7 @@ for (const name of names) {
           assert.ok(Math.abs(Y[n * dm + o]! - acc) < 1e-5);
         }
       }
-      assert.equal(routing.load.reduce((a, c) => a + c, 0), N);
+      assert.deepEqual([...expertLoad(routing)], [0, 1].map((e) => experts.filter((v) => v === e).length));
       // Captured activation mass: per token, the selected expert's share of Σ relu(h), averaged.
       let share = 0;
       for (let n = 0; n < N; n++) {
@@ -172,7 +173,7 @@ for (const name of names) {
           let h = Bin[i]!;
           for (let k = 0; k < dm; k++) h += X[n * dm + k]! * Win[i * dm + k]!;
           total += Math.max(0, h);
-          if (Math.floor(i / 3) === routing.experts[n]) kept += Math.max(0, h);
+          if (Math.floor(i / 3) === experts[n]) kept += Math.max(0, h);
         }
         share += total > 0 ? kept / total : 1;
       }
@@ -226,10 +227,10 @@ for (const name of names) {
       const contrib = T.tidy(() => T.noGrad(() => {
         const t = build(oracle, init);
         const perSlot = new Float64Array(N * k);
-        const { routing } = loss(t, false);
+        const experts = loss(t, false).routing.experts.toArray();
         for (let j = 0; j < k; j++) {
           // y restricted to slot j: route everything through slot j's expert only.
-          const single = new Int32Array(N).map((_, n) => routing.experts[n * k + j]!);
+          const single = new Int32Array(N).map((_, n) => experts[n * k + j]!);
           for (let n = 0; n < N; n++) perSlot[n * k + j] = expertOutputDot(init, W, n, single[n]!, dm, dff / E);
         }
         return perSlot;
@@ -269,6 +270,26 @@ for (const name of names) {
       assert.deepEqual(gx({ trainRouter: true }), none, 'detached by default: x gets only the experts\' gradient');
       assert.ok(relErr(gx({ trainRouter: true, routerInputGrad: true }), none) > 1e-4, 'with routerInputGrad the router path adds to x');
       for (const t of [router, ...Object.values(p)]) t?.dispose();
+    });
+
+    it('expertGroups: a known grouping (stable by token), errors for experts out of range and bad segments', () => {
+      T.tidy(() => {
+        // tokens: 0 -> experts (1, 0), 1 -> (0, 2), 2 -> (2, 1); E = 4 (expert 3 unused)
+        const ex = T.tensor(Int32Array.from([1, 0, 0, 2, 2, 1]), [3, 2], { dtype: 'i32', backend: b });
+        const g = T.expertGroups(ex, 4);
+        assert.deepEqual([...g.offsets.toArray()], [0, 2, 4, 6, 6]);
+        assert.deepEqual([...g.rowToken.toArray()], [0, 1, 0, 2, 1, 2]);
+        assert.deepEqual([...g.rowSlot.toArray()], [1, 2, 0, 5, 3, 4]);
+        assert.deepEqual([...g.rowExpert.toArray()], [0, 0, 1, 1, 2, 2]);
+        assert.throws(() => T.expertGroups(ex, 2), /expert 2 of token 1 is outside \[0, 2\)|index 2 is outside \[0, 2\)/);
+        const x = T.tensor(Float32Array.from({ length: 12 }, (_, i) => i), [6, 2], { backend: b });
+        const w = T.tensor(new Float32Array(4 * 2 * 3), [4, 2, 3], { backend: b });
+        const layout = { nExpert: 4, k: 2, n: 3, stride: 6, ld: 3, transB: false };
+        const bad = (o: number[]) => T.segmentMatmul(x, w, T.tensor(Int32Array.from(o), [5], { dtype: 'i32', backend: b }), layout);
+        assert.throws(() => bad([0, 2, 1, 6, 6]), /segments decrease at group 1/);
+        assert.throws(() => bad([1, 2, 4, 6, 6]), /segments must start at 0/);
+        assert.throws(() => bad([0, 2, 4, 6, 7]), /needs|out of|exceed|outside|fit/);
+      });
     });
 
     it('gives clear errors for MoE configs that do not fit', () => {

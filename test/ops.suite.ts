@@ -143,21 +143,20 @@ function cases(): OpCase[] {
     fn: ([s, i]) => T.scatterAddRows(s!, i!, 6),
   });
   for (const transB of [false, true]) {
-    const E = 4, k = 6, n = 5, offsets = [0, 3, 3, 10, 11];
+    const E = 4, k = 6, n = 5, offsets = index([0, 3, 3, 10, 11]);
     out.push({
-      name: `segmentMatmul transB=${transB} (empty segment)`, inputs: [f([11, k], r), f(transB ? [E, n, k] : [E, k, n], r)],
-      fn: ([x, w]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k, n, stride: k * n, ld: transB ? k : n, transB }),
+      name: `segmentMatmul transB=${transB} (empty segment)`, inputs: [f([11, k], r), f(transB ? [E, n, k] : [E, k, n], r), offsets],
+      fn: ([x, w, o]) => T.segmentMatmul(x!, w!, o!, { nExpert: E, k, n, stride: k * n, ld: transB ? k : n, transB }),
     });
   }
   for (const transB of [false, true]) {
     // Token rows gathered into and scattered out of the product (repeated rows, an empty segment).
-    const E = 3, k = 4, n = 5, offsets = [0, 4, 4, 9];
-    const gather = { data: [2, 0, 6, 2, 1, 3, 3, 5, 0], shape: [9], dtype: 'i32' as const, noGrad: true };
-    const scatter = { data: [1, 4, 1, 0, 3, 3, 2, 1, 5], shape: [9], dtype: 'i32' as const, noGrad: true };
+    const E = 3, k = 4, n = 5, offsets = index([0, 4, 4, 9]);
+    const gather = index([2, 0, 6, 2, 1, 3, 3, 5, 0]), scatter = index([1, 4, 1, 0, 3, 3, 2, 1, 5]);
     out.push({
       name: `segmentMatmul gather + scatter transB=${transB}`,
-      inputs: [f([7, k], r), f(transB ? [E, n, k] : [E, k, n], r), gather, scatter],
-      fn: ([x, w, g, s]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k, n, stride: k * n, ld: transB ? k : n, transB },
+      inputs: [f([7, k], r), f(transB ? [E, n, k] : [E, k, n], r), gather, scatter, offsets],
+      fn: ([x, w, g, s, o]) => T.segmentMatmul(x!, w!, o!, { nExpert: E, k, n, stride: k * n, ld: transB ? k : n, transB },
         { gather: g!, scatter: s!, outRows: 6 }),
     });
   }
@@ -169,24 +168,62 @@ function cases(): OpCase[] {
   });
   {
     // Experts as column blocks of a (d_model, d_ff) matrix, as for W_out: x (rows, s) · W[:, e·s:(e+1)·s]ᵀ.
-    const E = 3, s = 4, dm = 5, offsets = [0, 2, 2, 7];
+    const E = 3, s = 4, dm = 5, offsets = index([0, 2, 2, 7]);
     out.push({
-      name: 'segmentMatmul column-block experts (W_out layout)', inputs: [f([7, s], r), f([dm, E * s], r)],
-      fn: ([x, w]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k: s, n: dm, stride: s, ld: E * s, transB: true }),
+      name: 'segmentMatmul column-block experts (W_out layout)', inputs: [f([7, s], r), f([dm, E * s], r), offsets],
+      fn: ([x, w, o]) => T.segmentMatmul(x!, w!, o!, { nExpert: E, k: s, n: dm, stride: s, ld: E * s, transB: true }),
     });
   }
   {
     // Product rows scattered to distinct output rows that cover only part of the output (5 groups).
-    const E = 5, k = 4, n = 3, offsets = [0, 2, 2, 3, 5, 6];
-    const scatter = { data: [7, 1, 4, 0, 6, 2], shape: [6], dtype: 'i32' as const, noGrad: true };
+    const E = 5, k = 4, n = 3, offsets = index([0, 2, 2, 3, 5, 6]), scatter = index([7, 1, 4, 0, 6, 2]);
     out.push({
-      name: 'segmentMatmul scatter to distinct rows (part of the output)', inputs: [f([6, k], r), f([E, n, k], r), scatter],
-      fn: ([x, w, sc]) => T.segmentMatmul(x!, w!, offsets, { nExpert: E, k, n, stride: k * n, ld: k, transB: true },
+      name: 'segmentMatmul scatter to distinct rows (part of the output)', inputs: [f([6, k], r), f([E, n, k], r), scatter, offsets],
+      fn: ([x, w, sc, o]) => T.segmentMatmul(x!, w!, o!, { nExpert: E, k, n, stride: k * n, ld: k, transB: true },
         { scatter: sc!, outRows: 9 }),
     });
   }
+  out.push(...moeRoutingCases(r));
   out.push(...scatterAddCases(r));
   return out;
+}
+
+/** An i32 index input (no gradient). */
+function index(data: number[], shape = [data.length]): Input {
+  return { data, shape, dtype: 'i32', noGrad: true };
+}
+
+/**
+ * The MoE routing on the backend: `expertGroups` itself (exact), and a MoE FFN whose grouping never
+ * leaves the backend (expertGroups, then gathered and scattered segment products on its offsets; on
+ * cuda the indices and offsets are then device-written, not uploaded), forward and gradients.
+ */
+function moeRoutingCases(r: () => number): OpCase[] {
+  // 9 tokens, top-3 of 5 experts (expert 3 unused, expert 0 picked by most tokens).
+  const N = 9, k = 3, E = 5, s = 4, dm = 6;
+  const experts = [0, 2, 4, 1, 0, 2, 4, 0, 1, 2, 1, 0, 0, 4, 2, 1, 2, 0, 0, 1, 4, 2, 4, 0, 4, 1, 0];
+  const groups = (t: Tensor) => T.expertGroups(t, E);
+  return [{
+    name: 'expertGroups (offsets, rowToken, rowSlot, rowExpert)', forwardOnly: true, exact: true, inputs: [index(experts, [N, k])],
+    fn: ([ex]) => {
+      const g = groups(ex!);
+      return T.concat([g.offsets, g.rowToken, g.rowSlot, g.rowExpert], 0);
+    },
+  }, {
+    name: 'MoE FFN on backend-side routing (expertGroups + gathered / scattered segment products)',
+    inputs: [f([N, dm], r), f([E * s, dm], r), f([dm, E * s], r), { ...f([N, k], r), noGrad: true }, index(experts, [N, k])],
+    fn: ([x, wIn, wOut, gate, ex]) => {
+      const g = groups(ex!);
+      const h = T.segmentMatmul(x!, wIn!, g.offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true },
+        { gather: g.rowToken });
+      const b = T.gatherRows(T.reshape(T.affine(wIn!, 0.5, 0), [E, s * dm]), g.rowExpert); // a per-expert term, (N·k, s·dm)
+      // The router gate's value is its input (its straight-through gradient into `gate`, through
+      // rowSlot, is computed but not checked: finite differences see 0).
+      const hb = T.routerGate(T.add(h, T.sum(T.reshape(b, [N * k, s, dm]), 2)), gate!, g.rowSlot);
+      return T.segmentMatmul(hb, wOut!, g.offsets, { nExpert: E, k: s, n: dm, stride: s, ld: E * s, transB: true },
+        { scatter: g.rowToken, outRows: N });
+    },
+  }];
 }
 
 /**

@@ -223,12 +223,13 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
        flag(info, 15), flag(info, 16), (float)num(info, 17), (float)num(info, 18), (int)i64(info, 19));
   return U(info);
 }
-// groupedGemm(A16, rowsA, B16, rowsB, C, problems Int32Array, tA, tB, alpha, beta); rows 0: not indexed
+// groupedGemm(A16, rowsA, B16, rowsB, C, problems Int32Array, tA, tB, alpha, beta, segments, total, cBf16); rows
+// and segments 0: not indexed / sizes in the problems; cBf16: C is bf16
 Napi::Value GroupedGemm(const Napi::CallbackInfo& info) {
   HostView h = host(info, 5);
-  grouped_gemm((const uint16_t*)ptr(info, 0), ip(info, 1), (const uint16_t*)ptr(info, 2), ip(info, 3), fp(info, 4),
-               (const int32_t*)h.p, (int64_t)(h.bytes / 36), flag(info, 6), flag(info, 7), (float)num(info, 8),
-               (float)num(info, 9));
+  grouped_gemm((const uint16_t*)ptr(info, 0), ip(info, 1), (const uint16_t*)ptr(info, 2), ip(info, 3), ptr(info, 4),
+               flag(info, 12), (const int32_t*)h.p, (int64_t)(h.bytes / 36), flag(info, 6), flag(info, 7),
+               (float)num(info, 8), (float)num(info, 9), ip(info, 10), i64(info, 11));
   return U(info);
 }
 
@@ -254,11 +255,23 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   gather_rows(fp(info, 0), ip(info, 1), fp(info, 2), i64(info, 3), i64(info, 4), op.c_str());
   return U(info);
 }
-// segmentSum(src, plan, n, m, chunks, listed, out, d, init, opName)
+// segmentSum(src, plan, n, m, chunks, listed, out, d, init, opName, srcBf16)
 Napi::Value SegmentSum(const Napi::CallbackInfo& info) {
   std::string op = info[9].As<Napi::String>().Utf8Value();
-  segment_sum(fp(info, 0), ip(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), flag(info, 5), fp(info, 6), i64(info, 7),
-              flag(info, 8), op.c_str());
+  segment_sum(ptr(info, 0), flag(info, 10), ip(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), flag(info, 5), fp(info, 6),
+              i64(info, 7), flag(info, 8), op.c_str());
+  return U(info);
+}
+// segmentSumBounds(src, plan, n, m, out, d, init, opName)
+Napi::Value SegmentSumBounds(const Napi::CallbackInfo& info) {
+  std::string op = info[7].As<Napi::String>().Utf8Value();
+  segment_sum_bounds(fp(info, 0), ip(info, 1), i64(info, 2), i64(info, 3), fp(info, 4), i64(info, 5), flag(info, 6), op.c_str());
+  return U(info);
+}
+// expertGroups(experts, N, k, E, offsets, rowToken, rowSlot, rowExpert, tokenPlan, expertPlan)
+Napi::Value ExpertGroups(const Napi::CallbackInfo& info) {
+  expert_groups(ip(info, 0), i64(info, 1), i64(info, 2), i64(info, 3), ip(info, 4), ip(info, 5), ip(info, 6), ip(info, 7),
+                ip(info, 8), ip(info, 9));
   return U(info);
 }
 // scatterUnique(src, idx, m, out, d, init, opName)
@@ -382,6 +395,8 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("layerNormBackward", LayerNormBackward);
   FN("gatherRows", GatherRows);
   FN("segmentSum", SegmentSum);
+  FN("segmentSumBounds", SegmentSumBounds);
+  FN("expertGroups", ExpertGroups);
   FN("scatterUnique", ScatterUnique);
   FN("scatterPlan", ScatterPlan);
   FN("intRange", IntRange);

@@ -115,10 +115,10 @@ void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int6
 // Deterministic scatter-add by a kSorted or kListed plan of m sources over n targets with `chunks`
 // chunks (scatter_plan; listed: whether it lists the sources): out[t] (+)= Σ src[j] over the sources j
 // of target t, in plan order (in chunks of kPlanChunk, then the chunk sums in order, when the plan is
-// chunked); src (·, d), out (n, d). init: out starts from zeros (every row written) instead of its
-// content.
-void segment_sum(const float* src, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, bool listed, float* out,
-                 int64_t d, bool init, const char* op);
+// chunked); src (·, d) fp32, or bf16 with src_bf16 (summed in fp32), out (n, d). init: out starts from
+// zeros (every row written) instead of its content.
+void segment_sum(const void* src, bool src_bf16, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, bool listed,
+                 float* out, int64_t d, bool init, const char* op);
 // out[idx[i]] = (init ? 0 : out[idx[i]]) + src[i] for i < m, the targets idx distinct (a kUnique plan:
 // each row of out has at most one source, so the result is that of segment_sum); src (m, d), out (·, d).
 void scatter_unique(const float* src, const int32_t* idx, int64_t m, float* out, int64_t d, bool init, const char* op);
@@ -132,6 +132,22 @@ void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols);
 void topk_backward(const float* g, const int32_t* idx, float* gx, int64_t rows, int64_t cols, int64_t k);
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k);
 
+// moe.cu
+// Most experts expertGroups takes (a shared-memory counter each).
+constexpr int64_t kMaxRouteExperts = 12288;
+// The MoE routing (Backend.expertGroups) of experts (N·k, each in [0, E), validated by the caller):
+// offsets (E + 1), rowToken / rowSlot / rowExpert (N·k); token_plan gets the kListed scatter plan of
+// rowToken as targets in [0, N) (N + 1 + N·k ints, plus N + 1 + N·C + 1 when C = ceil(k / kPlanChunk) > 1:
+// then chunked into N·C chunks), expert_plan the bounds of rowExpert (E + 1) and then whether some
+// expert has more than kPlanChunk rows (the plan of segment_sum_bounds).
+void expert_groups(const int32_t* experts, int64_t N, int64_t k, int64_t E, int32_t* offsets, int32_t* row_token,
+                   int32_t* row_slot, int32_t* row_expert, int32_t* token_plan, int32_t* expert_plan);
+// Deterministic scatter-add of m sources onto n non-decreasing targets whose bounds (n + 1) and chunk
+// flag live on the device (expert_groups' expert_plan): the sums segment_sum makes with the kSorted
+// plan scatter_plan would build for the same targets, bit for bit.
+void segment_sum_bounds(const float* src, const int32_t* plan, int64_t n, int64_t m, float* out, int64_t d, bool init,
+                        const char* op);
+
 // gemm.cu
 // compute: 0 bf16 tensor cores (operands bf16), 1 tf32, 2 plain f32. aType/bType: 0 f32, 1 bf16.
 std::string cublas_load(const std::vector<std::string>& paths);
@@ -141,9 +157,12 @@ void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int 
           float beta, int compute);
 // Grouped GEMM with the built-in tensor-core kernel on bf16 operands (fp32 C); problems: 9 ints per
 // group (GroupedMatmulArgs). rowsA / rowsB (or null): row indices of A / B, device i32, validated by
-// the caller (the virtual-matrix addressing of GroupedMatmulArgs.rows).
-void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, const int32_t* rowsB, float* C,
-                  const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta);
+// the caller (the virtual-matrix addressing of GroupedMatmulArgs.rows). seg (or null): device segment
+// offsets (groups + 1, validated by the caller, the last = total): GroupedMatmulArgs.segments. c_bf16:
+// C is bf16 (rounded to nearest even; beta must be 0), else fp32.
+void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, const int32_t* rowsB, void* C, bool c_bf16,
+                  const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta, const int32_t* seg,
+                  int64_t total);
 
 // attention.cu. impl 0: tensor cores (D in {16, 32, 64, 128}), reading the bf16 copies q16 of qkv and
 // go16 of gout; impl 1: plain fp32 SIMT kernels on qkv / gout (the bf16 pointers unused, may be null).

@@ -150,6 +150,14 @@ void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int 
 // products instead of stalling the copies. Three block shapes of 8 warps (128x128, 128x96, 96x128)
 // fit the MoE's expert width (96) and model width (768) without padded rows or columns; the launcher
 // takes the one with the least padded work.
+// With device-held segments (GroupedMatmulArgs.segments: the MoE routing never visits the host), each
+// group's token rows come from the segment offsets in device memory: the grid covers an upper bound of
+// the work and each block derives the groups' first work items itself (a warp scan of the segment
+// lengths); blocks past the last item exit. Along M (the token products) a work item is an output
+// tile. Along K (the weight gradients, where an expert chosen by many tokens would leave a few blocks
+// running long after the rest) it is an output tile over one chunk of at most KC rows: each item writes
+// its partial tile to a scratch, and a second kernel adds each tile's partials in chunk order
+// (deterministic) into C.
 namespace {
 
 constexpr int kMaxGroups = 96;
@@ -233,30 +241,101 @@ template <int BM, int BN, bool TA, bool TB> struct Smem {
 
 // WM x WN warps, each computing TM x TN mma tiles (16 x 8): a block tile of BM = 16·WM·TM rows and
 // BN = 8·WN·TN columns.
+// Output tiles of group g (its m and n from the problems; along M the token rows L_g instead of m).
+template <int BM, int BN>
+__device__ __forceinline__ int group_tiles(const GroupArgs& ga, int g, int m) {
+  return (m + BM - 1) / BM * ((ga.prob[9 * g + 1] + BN - 1) / BN);
+}
+// First work item of each group (and the total after the last) over device segments: along M
+// (KC = 0) its tiles over the L_g token rows; along K its tiles times ceil(L_g / KC) chunks. Run by one
+// warp; lane l scans groups 3l .. 3l + 2.
+template <int BM, int BN>
+__device__ __forceinline__ void segment_work_starts(const GroupArgs& ga, const int32_t* __restrict__ seg, int groups,
+                                                    int KC, int32_t* start) {
+  static_assert(kMaxGroups <= 96, "three groups per lane");
+  const int lane = threadIdx.x;
+  int t[3], sum = 0;
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    const int g = 3 * lane + i, len = g < groups ? seg[g + 1] - seg[g] : 0;
+    t[i] = g >= groups ? 0 : KC == 0 ? group_tiles<BM, BN>(ga, g, len) : (len + KC - 1) / KC * group_tiles<BM, BN>(ga, g, ga.prob[9 * g]);
+    sum += t[i];
+  }
+  int incl = sum;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int v = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += v;
+  }
+  int run = incl - sum;
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    const int g = 3 * lane + i;
+    if (g < groups) start[g] = run;
+    run += t[i];
+  }
+  if (lane == 31) start[groups] = incl;
+}
+
 template <int WM, int WN, int TM, int TN, bool TA, bool TB>
 __global__ void __launch_bounds__(WM * WN * 32, 2)
     k_grouped(const bf16* __restrict__ A, const int32_t* __restrict__ rowsA, const bf16* __restrict__ B,
               const int32_t* __restrict__ rowsB, float* __restrict__ C, const __grid_constant__ GroupArgs ga,
-              int groups, bool vecA, bool vecB, bool vecC, float alpha, float beta) {
+              const int32_t* __restrict__ seg, int groups, bool vecA, bool vecB, bool vecC, float alpha, float beta,
+              int KC, float* __restrict__ partial, int32_t* __restrict__ starts_out, bf16* __restrict__ C16) {
   constexpr int BM = WM * TM * 16, BN = WN * TN * 8, NT = WM * WN * 32;
   using S = Smem<BM, BN, TA, TB>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* As = reinterpret_cast<bf16*>(smem_raw);
   bf16* Bs = As + STAGES * S::SA;
 
+  // First work items: from the host, or (segments) derived here; blocks past the last item exit. With
+  // segments along K (TA) block 0 also leaves them for the reduction of the partial tiles.
+  __shared__ int32_t seg_start[kMaxGroups + 1];
+  const int32_t* tile_start = ga.tile_start;
+  if (seg) {
+    if (threadIdx.x < 32) segment_work_starts<BM, BN>(ga, seg, groups, TA ? KC : 0, seg_start);
+    __syncthreads();
+    if (TA && blockIdx.x == 0)
+      for (int g = threadIdx.x; g <= groups; g += blockDim.x) starts_out[g] = seg_start[g];
+    if ((int)blockIdx.x >= seg_start[groups]) return;
+    tile_start = seg_start;
+  }
   // Which group: the last g with tile_start[g] <= blockIdx.x (empty groups share the next one's start).
   int lo = 0, hi = groups - 1;
   const int bid = blockIdx.x;
   while (lo < hi) {
     const int mid = (lo + hi + 1) >> 1;
-    if (ga.tile_start[mid] <= bid) lo = mid;
+    if (tile_start[mid] <= bid) lo = mid;
     else hi = mid - 1;
   }
   const int32_t* p = ga.prob + 9 * lo;
-  const int m = p[0], n = p[1], K = p[2];
-  const View va = view_of(A, rowsA, p[3], p[4]), vb = view_of(B, rowsB, p[5], p[6]);
-  const int64_t offC = p[7], ldc = p[8];
-  const int local = bid - ga.tile_start[lo], tiles_n = (n + BN - 1) / BN;
+  int m = p[0], K = p[2];
+  const int n = p[1];
+  int64_t offA = p[3], offB = p[5], offC = p[7];
+  int local = bid - tile_start[lo];
+  // Where this block's tile goes: C at offC (rows ldc apart), or (split) its own partial tile.
+  const bool split = TA && seg;  // segments along K: split-K partial tiles
+  const int64_t ldc = p[8];
+  if (seg) {
+    // The group's token rows: L = seg[g + 1] - seg[g] along M (A and C rows) or K (A and B rows; this
+    // block takes chunk local / tiles of them).
+    int s0 = seg[lo], len = seg[lo + 1] - s0;
+    if (TA) {
+      const int tiles = group_tiles<BM, BN>(ga, lo, m), chunk = local / tiles;
+      s0 += chunk * KC;
+      len = min(KC, len - chunk * KC);
+      local -= chunk * tiles;
+      K = len;
+      offB += (int64_t)s0 * p[6];
+    } else {
+      m = len;
+      offC += (int64_t)s0 * p[8];
+    }
+    offA += (int64_t)s0 * p[4];
+  }
+  const View va = view_of(A, rowsA, offA, p[4]), vb = view_of(B, rowsB, offB, p[6]);
+  const int tiles_n = (n + BN - 1) / BN;
   const int m0 = (local / tiles_n) * BM, n0 = (local % tiles_n) * BN;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wm0 = (warp / WN) * TM * 16, wn0 = (warp % WN) * TN * 8;
@@ -343,7 +422,23 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
     for (int h = 0; h < 2; ++h) {
       const int row = m0 + wm0 + i * 16 + g + 8 * h;
       if (row >= m) continue;
-      float* out = C + offC + (int64_t)row * ldc;
+      if (C16) {  // a bf16 C (beta 0): a scattered product's scratch, half the bytes of fp32
+        bf16* out = C16 + offC + (int64_t)row * ldc;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+          const int col = n0 + wn0 + j * 8 + 2 * c;
+          const float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
+          if (vecC && col + 1 < n) {
+            *reinterpret_cast<__nv_bfloat162*>(out + col) = __floats2bfloat162_rn(v0, v1);
+          } else {
+            if (col < n) out[col] = __float2bfloat16(v0);
+            if (col + 1 < n) out[col + 1] = __float2bfloat16(v1);
+          }
+        }
+        continue;
+      }
+      // A partial tile (BM x BN, rows BN apart) is addressed from the block's first row and column.
+      float* out = split ? partial + (int64_t)bid * BM * BN + (int64_t)(row - m0) * BN - n0 : C + offC + (int64_t)row * ldc;
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
         const int col = n0 + wn0 + j * 8 + 2 * c;
@@ -365,12 +460,47 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
   }
 }
 
+// The reduction of split-K partial tiles (segments along K): per group its C (m x n at offC, rows ldc
+// apart) and its first element in the concatenation of the groups' C.
+struct SplitArgs {
+  int32_t m[kMaxGroups], n[kMaxGroups], ldc[kMaxGroups];
+  int64_t offC[kMaxGroups], elem_start[kMaxGroups + 1];
+};
+// C[g] (+)= the sum of element (r, c)'s partials in chunk order, scaled by alpha (beta: as the product).
+template <int BM, int BN>
+__global__ void k_split_reduce(const __grid_constant__ SplitArgs sa, const int32_t* __restrict__ seg, int groups, int KC,
+                               const float* __restrict__ partial, const int32_t* __restrict__ starts,
+                               float* __restrict__ C, float alpha, float beta) {
+  const int64_t total = sa.elem_start[groups];
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    int lo = 0, hi = groups - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (sa.elem_start[mid] <= i) lo = mid;
+      else hi = mid - 1;
+    }
+    const int64_t e = i - sa.elem_start[lo];
+    const int m = sa.m[lo], n = sa.n[lo], r = (int)(e / n), c = (int)(e - (int64_t)r * n);
+    const int tiles_n = (n + BN - 1) / BN, tiles = (m + BM - 1) / BM * tiles_n, t = r / BM * tiles_n + c / BN;
+    const int chunks = (seg[lo + 1] - seg[lo] + KC - 1) / KC;
+    const float* p = partial + ((int64_t)starts[lo] + t) * BM * BN + (r % BM) * BN + c % BN;
+    float acc = 0.f;
+    for (int j = 0; j < chunks; ++j) acc += p[(int64_t)j * tiles * BM * BN];
+    float* o = C + sa.offC[lo] + (int64_t)r * sa.ldc[lo] + c;
+    *o = beta == 0.f ? alpha * acc : alpha * acc + beta * *o;
+  }
+}
+
 struct GroupedCall {
   const bf16* A;
   const int32_t* rowsA;
   const bf16* B;
   const int32_t* rowsB;
   float* C;
+  bf16* C16;           // or, when set, a bf16 C (beta 0)
+  const int32_t* seg;  // device segments (groups + 1) or null
+  int64_t total;       // seg: the last offset (bounds the work)
+  int KC;              // seg along K (tA): rows per chunk of the split-K products
   bool vecA, vecB, vecC;
   float alpha, beta;
 };
@@ -392,16 +522,48 @@ void launch_shape(const GroupedCall& q, const int32_t* problems, int64_t groups)
     const int ng = (int)std::min<int64_t>(kMaxGroups, groups - g0);
     GroupArgs ga;
     int64_t tiles = 0;
+    int64_t tiles_n_max = 0;
     for (int g = 0; g < ng; ++g) {
       const int32_t* p = problems + 9 * (g0 + g);
       std::copy(p, p + 9, ga.prob + 9 * g);
       ga.tile_start[g] = (int32_t)tiles;
       tiles += (int64_t)((p[0] + BM - 1) / BM) * ((p[1] + BN - 1) / BN);
+      tiles_n_max = std::max<int64_t>(tiles_n_max, (p[1] + BN - 1) / BN);
+    }
+    const int32_t* seg = q.seg ? q.seg + g0 : nullptr;
+    // Segments along M: at most Σ ceil(L_g / BM) <= (total + ng (BM - 1)) / BM row tiles per column tile.
+    if (seg && !TA) tiles = (q.total + (int64_t)ng * (BM - 1)) / BM * tiles_n_max;
+    if (seg && TA) {
+      // Split-K: at most (total + ng (KC - 1)) / KC chunks, each over a group's tiles; then the reduction.
+      int64_t most = 0;
+      SplitArgs sa;
+      sa.elem_start[0] = 0;
+      for (int g = 0; g < ng; ++g) {
+        const int32_t* p = ga.prob + 9 * g;
+        most = std::max<int64_t>(most, (int64_t)((p[0] + BM - 1) / BM) * ((p[1] + BN - 1) / BN));
+        sa.m[g] = p[0];
+        sa.n[g] = p[1];
+        sa.ldc[g] = p[8];
+        sa.offC[g] = p[7];
+        sa.elem_start[g + 1] = sa.elem_start[g] + (int64_t)p[0] * p[1];
+      }
+      const int64_t items = std::max<int64_t>(1, (q.total + (int64_t)ng * (q.KC - 1)) / q.KC * most);
+      if (items > 0x7fffffff) throw CudaError("groupedMatmul: too many tiles");
+      Scratch partial((size_t)items * BM * BN * sizeof(float)), starts((size_t)(ng + 1) * sizeof(int32_t));
+      kernel<<<(unsigned)items, WM * WN * 32, smem, stream()>>>(q.A, q.rowsA, q.B, q.rowsB, q.C, ga, seg, ng, q.vecA, q.vecB,
+                                                               true, 1.f, 0.f, q.KC, partial.as<float>(), starts.as<int32_t>(),
+                                                               nullptr);
+      check_launch("groupedMatmul");
+      if (sa.elem_start[ng] == 0) continue;
+      k_split_reduce<BM, BN><<<grid_for(sa.elem_start[ng], 256), 256, 0, stream()>>>(
+          sa, seg, ng, q.KC, partial.as<float>(), starts.as<int32_t>(), q.C, q.alpha, q.beta);
+      check_launch("groupedMatmul (split-K reduction)");
+      continue;
     }
     if (tiles == 0) continue;
     if (tiles > 0x7fffffff) throw CudaError("groupedMatmul: too many tiles");
-    kernel<<<(unsigned)tiles, WM * WN * 32, smem, stream()>>>(q.A, q.rowsA, q.B, q.rowsB, q.C, ga, ng, q.vecA, q.vecB,
-                                                             q.vecC, q.alpha, q.beta);
+    kernel<<<(unsigned)tiles, WM * WN * 32, smem, stream()>>>(q.A, q.rowsA, q.B, q.rowsB, q.C, ga, seg, ng, q.vecA, q.vecB,
+                                                             q.vecC, q.alpha, q.beta, 0, nullptr, nullptr, q.C16);
     check_launch("groupedMatmul");
   }
 }
@@ -419,19 +581,29 @@ constexpr int kShapes[3][2] = {{128, 128}, {128, 96}, {96, 128}};
 bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 }  // namespace
 
-void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, const int32_t* rowsB, float* C,
-                  const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta) {
-  GroupedCall q{reinterpret_cast<const bf16*>(A), rowsA, reinterpret_cast<const bf16*>(B), rowsB, C,
-                aligned16(A), aligned16(B), ((uintptr_t)C & 7) == 0, alpha, beta};
+void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, const int32_t* rowsB, void* C, bool c_bf16,
+                  const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta, const int32_t* seg,
+                  int64_t total) {
+  if (c_bf16 && (beta != 0.f || (seg && tA))) throw CudaError("groupedMatmul: a bf16 C needs beta 0 and no split-K");
+  // Split-K chunks of about half an average segment (two per group when they are balanced), in whole
+  // BK stages; at least 256 rows.
+  const int64_t half = groups > 0 ? (total + 2 * groups - 1) / (2 * groups) : 0;
+  const int KC = (int)std::min<int64_t>(1 << 20, std::max<int64_t>(256, (half + BK - 1) / BK * BK));
+  GroupedCall q{reinterpret_cast<const bf16*>(A), rowsA, reinterpret_cast<const bf16*>(B), rowsB,
+                c_bf16 ? nullptr : static_cast<float*>(C), c_bf16 ? static_cast<bf16*>(C) : nullptr, seg, total, KC,
+                aligned16(A), aligned16(B), ((uintptr_t)C & (c_bf16 ? 3 : 7)) == 0, alpha, beta};
   int64_t padded[3] = {0, 0, 0};
+  // With segments the token dimension is on the device: the checks and the block shape use its
+  // mean (offsets along it are multiples of the leading dimensions checked below).
+  const int64_t mean_len = seg && groups > 0 ? (total + groups - 1) / groups : 0;
   for (int64_t g = 0; g < groups; ++g) {
     const int32_t* p = problems + 9 * g;
-    const int64_t m = p[0], n = p[1], k = p[2];
+    const int64_t m = seg && !tA ? mean_len : p[0], n = p[1], k = seg && tA ? mean_len : p[2];
     if (m == 0 || n == 0) continue;
     // 16-byte chunks need every row start and the contiguous extent (k, or m / n when transposed)
     // at multiples of 8 elements; float2 stores need even C offsets.
     q.vecA = q.vecA && p[3] % 8 == 0 && p[4] % 8 == 0 && (tA ? m : k) % 8 == 0;
-    q.vecB = q.vecB && p[5] % 8 == 0 && p[6] % 8 == 0 && (tB ? k : n) % 8 == 0;
+    q.vecB = q.vecB && p[5] % 8 == 0 && p[6] % 8 == 0 && (tB ? k : n) % 8 == 0 && !(seg && tA && tB);
     q.vecC = q.vecC && p[7] % 2 == 0 && p[8] % 2 == 0;
     for (int s = 0; s < 3; ++s) {
       const int64_t bm = kShapes[s][0], bn = kShapes[s][1];

@@ -5,6 +5,8 @@
 #include <cfloat>
 #include <cmath>
 #include <string>
+#include <cuda_bf16.h>
+
 #include <type_traits>
 
 #include "common.cuh"
@@ -153,13 +155,34 @@ __global__ void k_gather(const float* __restrict__ x, const int32_t* __restrict_
     o[i] = x[(int64_t)idx[r] * d + j];
   }
 }
+// V consecutive source elements as floats: fp32, or bf16 (a scattered product's scratch) widened.
+template <int V, class S> struct SrcVec;
+template <> struct SrcVec<4, float> {
+  __device__ static float4 load(const float* p) { return *reinterpret_cast<const float4*>(p); }
+};
+template <> struct SrcVec<1, float> {
+  __device__ static float load(const float* p) { return *p; }
+};
+template <> struct SrcVec<4, __nv_bfloat16> {
+  __device__ static float4 load(const __nv_bfloat16* p) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+  }
+};
+template <> struct SrcVec<1, __nv_bfloat16> {
+  __device__ static float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+};
+
 // out[t] = (init ? 0 : out[t]) + Σ src[list[p]] over p in [bounds[t], bounds[t + 1]), in order of p
 // (list null: src[p]). One thread per (row t, column chunk of V floats); the loads of 4 rows are
 // issued before their in-order adds. The scatter plans (see scatter_plan) run it once (list = the
 // sources by target, or null for non-decreasing targets), or for long segments twice: chunks of
-// kPlanChunk sources into partial sums, then each target's partials in chunk order.
-template <int V>
-__global__ void k_segment_sum(const float* __restrict__ src, const int32_t* __restrict__ list,
+// kPlanChunk sources into partial sums, then each target's partials in chunk order. Sources are fp32
+// or bf16 (S), the sums fp32.
+template <int V, class S = float>
+__global__ void k_segment_sum(const S* __restrict__ src, const int32_t* __restrict__ list,
                               const int32_t* __restrict__ bounds, int64_t n, float* __restrict__ out, int64_t d,
                               bool init) {
   using Vec = typename std::conditional<V == 4, float4, float>::type;
@@ -176,7 +199,7 @@ __global__ void k_segment_sum(const float* __restrict__ src, const int32_t* __re
       const Vec v = *o;
       for (int q = 0; q < V; ++q) acc[q] = reinterpret_cast<const float*>(&v)[q];
     }
-    auto row = [&](int32_t p) { return reinterpret_cast<const Vec*>(src + (int64_t)(list ? list[p] : p) * d)[c]; };
+    auto row = [&](int32_t p) { return SrcVec<V, S>::load(src + (int64_t)(list ? list[p] : p) * d + c * V); };
     int32_t p = beg;
     for (; p + 4 <= end; p += 4) {
       Vec v[4];
@@ -413,29 +436,34 @@ namespace {
 bool vec4(const float* src, const float* out, int64_t d) {
   return d % 4 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)out & 15) == 0;
 }
-void segment_sum_launch(const float* src, const int32_t* list, const int32_t* bounds, int64_t n, float* out, int64_t d,
+template <class S>
+void segment_sum_launch(const S* src, const int32_t* list, const int32_t* bounds, int64_t n, float* out, int64_t d,
                         bool init, const char* op) {
-  if (vec4(src, out, d)) {
-    k_segment_sum<4><<<grid_for(n * d / 4, kT), kT, 0, stream()>>>(src, list, bounds, n, out, d, init);
+  if (d % 4 == 0 && ((uintptr_t)src & (4 * sizeof(S) - 1)) == 0 && ((uintptr_t)out & 15) == 0) {
+    k_segment_sum<4, S><<<grid_for(n * d / 4, kT), kT, 0, stream()>>>(src, list, bounds, n, out, d, init);
   } else {
-    k_segment_sum<1><<<grid_for(n * d, kT), kT, 0, stream()>>>(src, list, bounds, n, out, d, init);
+    k_segment_sum<1, S><<<grid_for(n * d, kT), kT, 0, stream()>>>(src, list, bounds, n, out, d, init);
   }
   check_launch(op);
 }
 }  // namespace
 
-void segment_sum(const float* src, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, bool listed, float* out,
-                 int64_t d, bool init, const char* op) {
+void segment_sum(const void* src_, bool src_bf16, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, bool listed,
+                 float* out, int64_t d, bool init, const char* op) {
   if (n == 0 || d == 0) return;
   const int32_t* sources = listed ? plan + n + 1 : nullptr;
+  const float* src = static_cast<const float*>(src_);
+  const __nv_bfloat16* src16 = static_cast<const __nv_bfloat16*>(src_);
   if (chunks == 0) {
-    segment_sum_launch(src, sources, plan, n, out, d, init, op);
+    if (src_bf16) segment_sum_launch(src16, sources, plan, n, out, d, init, op);
+    else segment_sum_launch(src, sources, plan, n, out, d, init, op);
     return;
   }
   const int32_t* target_chunks = plan + n + 1 + (listed ? m : 0);
   const int32_t* chunk_bounds = target_chunks + n + 1;
   Scratch partial((size_t)chunks * d * sizeof(float));
-  segment_sum_launch(src, sources, chunk_bounds, chunks, partial.as<float>(), d, true, op);
+  if (src_bf16) segment_sum_launch(src16, sources, chunk_bounds, chunks, partial.as<float>(), d, true, op);
+  else segment_sum_launch(src, sources, chunk_bounds, chunks, partial.as<float>(), d, true, op);
   segment_sum_launch(partial.as<float>(), nullptr, target_chunks, n, out, d, init, op);
 }
 

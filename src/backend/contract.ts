@@ -92,6 +92,16 @@ export interface GroupedMatmulArgs {
    * indices). Throws when any entry of an index is outside those rows.
    */
   rows?: { a?: Buf; b?: Buf; c?: Buf };
+  /**
+   * Group sizes held by the backend instead of the host (the MoE routing of `expertGroups`, so no
+   * synchronisation is needed): an i32 buffer of groups + 1 offsets, non-decreasing from 0. Group g
+   * then covers the token rows segments[g] .. segments[g + 1]: its token dimension (m when !transA, k
+   * when transA) is L_g = segments[g + 1] − segments[g] whatever its problem entry says (write 0), and
+   * the operands whose rows run along that dimension (A and C when !transA, A and B when transA) start
+   * segments[g] rows later: segments[g] · ld is added to their offsets. Throws if the buffer does not
+   * have groups + 1 entries, does not start at 0 or decreases.
+   */
+  segments?: Buf;
 }
 
 export interface AdamWArgs {
@@ -233,6 +243,14 @@ export interface Backend {
    * k) f32, indices (rows, k) i32 (as topk writes them). Throws on an index outside [0, cols).
    */
   topkBackward(g: Buf, indices: Buf, gx: Buf, rows: number, cols: number, k: number): void;
+  /**
+   * MoE routing, the token permutation by expert: groups the (N, k) expert choices `experts` (i32, each
+   * in [0, E)) by expert with a stable counting sort (an expert's rows keep token order). Writes offsets
+   * (E + 1): expert e's rows are offsets[e] .. offsets[e + 1] of the N·k grouped rows; and for each
+   * grouped row r: rowToken[r] = its token n, rowSlot[r] = its position n·k + j in `experts`, rowExpert[r]
+   * = its expert (non-decreasing). All i32. Throws if an expert is outside [0, E).
+   */
+  expertGroups(experts: Buf, offsets: Buf, rowToken: Buf, rowSlot: Buf, rowExpert: Buf, N: number, k: number, E: number): void;
   /** out[i, :] = x[idx[i], :]; x (n, d), idx (m) i32, out (m, d). Throws on an index outside [0, n). */
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void;
   /** out[idx[i], :] += src[i, :]; src (m, d), out (n, d) ACCUMULATED; deterministic order (i ascending). */

@@ -32,43 +32,19 @@ export interface MoEOptions {
   wOutT?: Tensor;
 }
 
-/** The routing of one batch: which experts each token uses and how rows are grouped by expert. */
-export interface Routing {
-  /** Selected experts per token, (N, k) row-major. */
-  experts: Int32Array;
-  /** Tokens per expert, (E). */
-  load: Int32Array;
-  /** Row offsets of each expert's segment in the grouped order, (E + 1). */
-  offsets: number[];
-  /** For each grouped row: its token (N·k). */
-  rowToken: Int32Array;
-  /** For each grouped row: its (token, slot) position n·k + j (N·k). */
-  rowSlot: Int32Array;
-  /** For each grouped row: its expert (N·k). */
-  rowExpert: Int32Array;
+/**
+ * The routing of one batch: which experts each token uses and how rows are grouped by expert. All i32
+ * tensors on the model's backend (the grouping runs there: no host round trip per layer).
+ */
+export interface Routing extends T.ExpertGrouping {
+  /** Selected experts per token, (N, k), best first. */
+  experts: Tensor;
 }
 
-/**
- * Groups the (N, k) expert choices by expert with a stable counting sort (token order within an expert).
- * Runs on the host between the download of the top-k experts and the expert products, so it is kept
- * to integer typed-array loops (no division per row).
- */
-export function groupByExpert(experts: Int32Array, N: number, k: number, E: number): Routing {
-  const load = new Int32Array(E);
-  for (let i = 0; i < N * k; i++) load[experts[i]!]!++;
-  const offsets = new Array<number>(E + 1).fill(0);
-  for (let e = 0; e < E; e++) offsets[e + 1] = offsets[e]! + load[e]!;
-  const next = Int32Array.from(offsets.slice(0, E));
-  const rowToken = new Int32Array(N * k), rowSlot = new Int32Array(N * k), rowExpert = new Int32Array(N * k);
-  for (let n = 0, i = 0; n < N; n++) {
-    for (let j = 0; j < k; j++, i++) {
-      const e = experts[i]!, r = next[e]!++;
-      rowToken[r] = n;
-      rowSlot[r] = i;
-      rowExpert[r] = e;
-    }
-  }
-  return { experts, load, offsets, rowToken, rowSlot, rowExpert };
+/** Tokens routed to each expert, (E), read from the routing's offsets (a download). */
+export function expertLoad(r: Routing): Int32Array {
+  const off = r.offsets.toArray() as Int32Array;
+  return off.subarray(1).map((o, e) => o - off[e]!);
 }
 
 /**
@@ -76,11 +52,11 @@ export function groupByExpert(experts: Int32Array, N: number, k: number, E: numb
  * `inputGrad` false the scores take no gradient into x (only into the router).
  */
 export function route(x: Tensor, router: Tensor, topK: number, inputGrad = true): { values: Tensor; routing: Routing } {
-  const E = router.shape[1]!, N = x.shape[0]!;
+  const E = router.shape[1]!;
   if (!Number.isInteger(topK) || topK < 1 || topK > E) throw new Error(`MoE: top_k = ${topK} is outside [1, ${E}]`);
   const scores = T.matmul(inputGrad ? x : T.detach(x), router); // (N, E)
   const { values, indices } = T.topk(scores, topK); // (N, k)
-  return { values, routing: groupByExpert(indices.toArray() as Int32Array, N, topK, E) };
+  return { values, routing: { experts: indices, ...T.expertGroups(indices, E) } };
 }
 
 /**
@@ -96,20 +72,19 @@ export function moeFFN(x: Tensor, p: FFNParams, router: Tensor, o: MoEOptions): 
   }
   const s = dff / E;
   const { values, routing } = route(x, router, k, o.routerInputGrad ?? false);
-  const index = (a: Int32Array) => T.tensor(a, [N * k], { dtype: 'i32', backend: x.backend });
-  const rowToken = index(routing.rowToken);
+  const { offsets, rowToken } = routing;
   // Token rows are gathered inside the first grouped product and scatter-added inside the second:
   // no (N·k, d_model) copy of the input or output exists.
-  let h = T.segmentMatmul(x, p.w_in, routing.offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true },
+  let h = T.segmentMatmul(x, p.w_in, offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true },
     { gather: rowToken }); // (N·k, s), grouped by expert
-  if (p.b_in) h = T.add(h, T.gatherRows(T.reshape(p.b_in, [E, s]), index(routing.rowExpert)));
+  if (p.b_in) h = T.add(h, T.gatherRows(T.reshape(p.b_in, [E, s]), routing.rowExpert));
   h = o.activation === 'relu' ? T.relu(h) : T.gelu(h);
   // Output weights 1 + s − stopgrad(s), s = softmax of the selected scores: 1 in value, router gradient via s.
-  if ((o.trainRouter ?? true) && T.isGradEnabled()) h = T.routerGate(h, T.softmax(values), index(routing.rowSlot));
+  if ((o.trainRouter ?? true) && T.isGradEnabled()) h = T.routerGate(h, T.softmax(values), routing.rowSlot);
   const scatter = { scatter: rowToken, outRows: N };
   let y = o.wOutT // (N, d_model)
-    ? T.segmentMatmul(h, o.wOutT, routing.offsets, { nExpert: E, k: s, n: dm, stride: s * dm, ld: dm, transB: false }, scatter)
-    : T.segmentMatmul(h, p.w_out, routing.offsets, { nExpert: E, k: s, n: dm, stride: s, ld: dff, transB: true }, scatter);
+    ? T.segmentMatmul(h, o.wOutT, offsets, { nExpert: E, k: s, n: dm, stride: s * dm, ld: dm, transB: false }, scatter)
+    : T.segmentMatmul(h, p.w_out, offsets, { nExpert: E, k: s, n: dm, stride: s, ld: dff, transB: true }, scatter);
   if (p.b_out) y = T.add(y, p.b_out);
   return { y, routing };
 }
@@ -125,12 +100,12 @@ export function capturedActivationMass(x: Tensor, p: FFNParams, routing: Routing
     const [N, dff] = h.shape as [number, number];
     // Positive mass per token and expert: relu(h) (N, d_ff) viewed as (N, E, d_ff / E), summed over each expert's neurons.
     const mass = T.sum(T.reshape(T.relu(h), [N, nExpert, dff / nExpert]), 2).toArray(); // (N, E)
-    const k = routing.experts.length / N;
+    const experts = routing.experts.toArray(), k = experts.length / N;
     let share = 0;
     for (let n = 0; n < N; n++) {
       let total = 0, kept = 0;
       for (let e = 0; e < nExpert; e++) total += mass[n * nExpert + e]!;
-      for (let j = 0; j < k; j++) kept += mass[n * nExpert + routing.experts[n * k + j]!]!;
+      for (let j = 0; j < k; j++) kept += mass[n * nExpert + experts[n * k + j]!]!;
       share += total > 0 ? kept / total : 1;
     }
     return share / N;

@@ -9,7 +9,7 @@ import type { GPT } from '../nn/gpt.js';
 import { ffnHidden, ffnOut } from '../nn/ffn.js';
 import { balancedKMeans } from '../moefy/kmeans.js';
 import { backendDot, routerName } from '../moefy/model.js';
-import { capturedActivationMass, route } from '../nn/moe.js';
+import { capturedActivationMass, expertLoad, route } from '../nn/moe.js';
 import * as T from '../tensor/index.js';
 
 export interface CheckResult {
@@ -145,7 +145,7 @@ export class ActivationMonitor {
     const load: number[][] = [], capturedMass: number[] = [];
     model.ffnOverride = (layer, x, p) => {
       const { routing } = route(x, model.p(routerName(layer)), this.o.topK);
-      load[layer] = [...routing.load];
+      load[layer] = [...expertLoad(routing)];
       capturedMass[layer] = capturedActivationMass(x, p, routing, nExpert);
       return moe(layer, x, p);
     };

@@ -10,4 +10,5 @@ export { sum, mean, sumTo } from './ops/reduce.js';
 export { matmul, segmentMatmul } from './ops/matmul.js';
 export type { MatmulOpts, ExpertLayout, SegmentRows } from './ops/matmul.js';
 export { softmax, layerNorm, embedding, attention, attentionCached, crossEntropy } from './ops/nn.js';
-export { topk, gatherRows, scatterAddRows, routerGate, activationBits } from './ops/moe.js';
+export { topk, expertGroups, gatherRows, scatterAddRows, routerGate, activationBits } from './ops/moe.js';
+export type { ExpertGrouping } from './ops/moe.js';

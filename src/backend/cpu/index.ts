@@ -8,6 +8,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 import { ArrayPool } from './pool.js';
+import { groupExperts, resolveSegments } from '../segments.js';
 
 type Arr = Float32Array | Uint16Array | Int32Array;
 
@@ -295,6 +296,7 @@ export class CpuBackend implements Backend {
     });
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
+    if (g.segments) { this.groupedMatmul(a, b, c, resolveSegments(g, this.i('groupedMatmul', g.segments, 'segments'))); return; }
     this.kernel(() => {
       const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b');
       need('groupedMatmul', g.problems instanceof Int32Array, () => 'problems must be an Int32Array');
@@ -441,6 +443,15 @@ export class CpuBackend implements Backend {
       const G = this.f(op, g, 'g', rows * k), I = this.i(op, indices, 'indices', rows * k);
       this.nat.topkBackward(G, I, this.out(op, gx, 'gx', rows * cols), rows, cols, k);
     });
+  }
+  expertGroups(experts: Buf, offsets: Buf, rowToken: Buf, rowSlot: Buf, rowExpert: Buf, N: number, k: number, E: number): void {
+    const op = 'expertGroups';
+    this.dims(op, { N, k, E });
+    const g = groupExperts(this.i(op, experts, 'experts', N * k), N, k, E);
+    this.i(op, offsets, 'offsets', E + 1).set(g.offsets);
+    for (const [b, v, what] of [[rowToken, g.rowToken, 'rowToken'], [rowSlot, g.rowSlot, 'rowSlot'], [rowExpert, g.rowExpert, 'rowExpert']] as const) {
+      this.i(op, b, what, N * k).set(v);
+    }
   }
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     this.kernel(() => {

@@ -55,10 +55,27 @@ export interface CudaAddon {
     compute: number): void;
   /**
    * Built-in grouped GEMM on bf16 operands a16, b16 (fp32 c); rowsA / rowsB: i32 row indices of A / B
-   * (GroupedMatmulArgs.rows, validated by the caller), or 0.
+   * (GroupedMatmulArgs.rows, validated by the caller), or 0; segments: device segment offsets
+   * (GroupedMatmulArgs.segments, validated by the caller; their last entry `total`), or 0. cBf16: c is
+   * bf16 (beta 0, not over segments along K), else fp32.
    */
   groupedGemm(a16: Ptr, rowsA: Ptr, b16: Ptr, rowsB: Ptr, c: Ptr, problems: Int32Array, tA: boolean, tB: boolean,
-    alpha: number, beta: number): void;
+    alpha: number, beta: number, segments: Ptr, total: number, cBf16: boolean): void;
+  /**
+   * The MoE routing of experts (N·k entries in [0, E), validated by the caller) into offsets, rowToken,
+   * rowSlot, rowExpert (Backend.expertGroups); tokenPlan receives the 'listed' scatter plan of rowToken
+   * as targets in [0, N) (N + 1 + N·k ints, and when k > 32 its chunk tables: N + 1 + N·ceil(k / 32) + 1
+   * more, N·ceil(k / 32) chunks), expertPlan the bounds of rowExpert plus a chunk flag (E + 2 ints, the
+   * plan of `segmentSumBounds`). At most 12288 experts.
+   */
+  expertGroups(experts: Ptr, N: number, k: number, E: number, offsets: Ptr, rowToken: Ptr, rowSlot: Ptr, rowExpert: Ptr,
+    tokenPlan: Ptr, expertPlan: Ptr): void;
+  /**
+   * out[t] (+)= Σ src[j] for j in [bounds[t], bounds[t + 1]) by the device plan of non-decreasing targets
+   * from `expertGroups` (bounds (n + 1), then a chunk flag), in the order `segmentSum` adds a 'sorted'
+   * plan's sources; m sources.
+   */
+  segmentSumBounds(src: Ptr, plan: Ptr, n: number, m: number, out: Ptr, d: number, init: boolean, op: string): void;
 
   softmax(x: Ptr, out: Ptr, rows: number, cols: number): void;
   softmaxBackward(y: Ptr, gy: Ptr, gx: Ptr, rows: number, cols: number): void;
@@ -69,10 +86,10 @@ export interface CudaAddon {
   /**
    * out[t] (+)= Σ src[j] over the sources j of target t in plan order (a 'sorted' or 'listed' plan of m
    * sources with `chunks` chunks, from scatterPlan; listed: the plan is 'listed'); src (·, d), out (n, d);
-   * init: out starts from zeros (every row written) instead of its content.
+   * init: out starts from zeros (every row written) instead of its content. srcBf16: src is bf16 (summed in fp32).
    */
   segmentSum(src: Ptr, plan: Ptr, n: number, m: number, chunks: number, listed: boolean, out: Ptr, d: number, init: boolean,
-    op: string): void;
+    op: string, srcBf16: boolean): void;
   /**
    * out[idx[i]] = (init ? 0 : out[idx[i]]) + src[i] for i < m, the targets distinct (a 'unique' plan);
    * src (m, d), out (·, d).

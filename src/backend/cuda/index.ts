@@ -24,9 +24,14 @@
  * with the device. A scatter plan is a target -> sources table built on the host and uploaded
  * asynchronously: scatter-adds then sum each target's rows in a fixed order (deterministic, no
  * atomics). Distinct targets (the router-gate backward) need no plan, and non-decreasing
- * ones (an expert-bias gradient) only each target's range of sources. The MoE routing is uploaded
- * from the host (src/nn/moe.ts), so a MoE layer synchronises once: when its top-k experts are
- * downloaded for grouping.
+ * ones (an expert-bias gradient) only each target's range of sources.
+ *
+ * The MoE routing never visits the host: `expertGroups` sorts the top-k experts by expert on the device
+ * and leaves on its outputs what the later calls would otherwise ask the host for: the range of each
+ * index (as `topk` does for its indices, so validating them needs no download), the total of the
+ * segment offsets, and the scatter plans of the token, slot and expert indices, built by the same
+ * kernels. Grouped products then read their group sizes from the device offsets
+ * (`GroupedMatmulArgs.segments`), and a MoE layer runs without a synchronisation.
  *
  * The MoE products (`groupedMatmul` with `rows`) run in the built-in grouped kernel, which reads the
  * token rows through their indices while it loads its tiles; a scattered C is computed into a scratch
@@ -41,12 +46,15 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { cublasCandidates, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
+import { checkProblems, checkSegments, resolveSegments } from '../segments.js';
 
 const UNARY_CODE: Record<UnaryOp, number> = { relu: 0, gelu: 1, neg: 2, exp: 3, log: 4, sqrt: 5, square: 6, tanh: 7 };
 const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3 };
 const KIND: Record<DType, number> = { f32: 0, bf16: 1, i32: 2 };
 
 export type MatmulMode = 'bf16' | 'tf32' | 'f32' | 'fast16bf' | 'own';
+/** Most experts `expertGroups` takes (native kMaxRouteExperts: a shared-memory counter each). */
+const MAX_ROUTE_EXPERTS = 12288;
 /** Elements from which misaligned GEMM operands are padded (a copy pays off only on large matrices). */
 const PAD_MIN = 1 << 22;
 /** Largest i32 buffer (elements) that keeps a host copy of its content. */
@@ -95,9 +103,10 @@ interface ScatterPlan {
   /**
    * unique: distinct targets, no device plan (ptr 0), each source row is added to its target directly;
    * sorted: non-decreasing targets, the plan holds each target's range of sources; listed: the plan
-   * lists each target's sources.
+   * lists each target's sources; bounds: non-decreasing targets whose bounds (and chunk flag) were
+   * written on the device by `expertGroups` (native segment_sum_bounds).
    */
-  kind: 'unique' | 'sorted' | 'listed';
+  kind: 'unique' | 'sorted' | 'listed' | 'bounds';
   ptr: number;
   /** Chunks of its long segments (0: none). */
   chunks: number;
@@ -126,6 +135,13 @@ class CudaBuf implements Buf {
   hostRange: [number, number] | null = null;
   /** Device scatter plan of the first `count` entries as targets in [0, n), for content `version`. */
   plan: ScatterPlan | null = null;
+  /**
+   * Entries [0, count) of an i32 buffer lie in [lo, hi], as the kernel that wrote content `version`
+   * guarantees (top-k indices, the MoE routing): they are valid indices without a look at the host.
+   */
+  known: { version: number; count: number; lo: number; hi: number } | null = null;
+  /** Segment offsets written by `expertGroups` (content `version`): from 0, non-decreasing, to `total`. */
+  segments: { version: number; total: number } | null = null;
   constructor(readonly dtype: DType, readonly size: number, ptr: number) {
     this.ptr = ptr;
   }
@@ -174,6 +190,29 @@ function tilesRows(p: Int32Array, size: number): boolean {
     end = to;
   }
   return end === size / ld;
+}
+
+/**
+ * `tilesRows` for products whose groups are device segments along M (GroupedMatmulArgs.segments,
+ * !transA): the groups cover rows [0, total) of width ld in order when each writes whole rows from its
+ * segment start (offC 0, n = ldc = ld), so C is overwritten whole when total · ld is its size.
+ */
+function segmentsTileRows(p: Int32Array, total: number, size: number): boolean {
+  const ld = p[8]!;
+  if (!(ld > 0) || total * ld !== size) return false;
+  for (let q = 0; q < p.length; q += 9) if (p[q + 1] !== ld || p[q + 7] !== 0 || p[q + 8] !== ld) return false;
+  return true;
+}
+
+/**
+ * Problems that bound every group of a product over device segments (GroupedMatmulArgs.segments): the
+ * token dimension of each set to the segments' total, at their common start. Extents that fit these
+ * fit every segment.
+ */
+function boundingProblems(p: Int32Array, transA: boolean, total: number): Int32Array {
+  const b = Int32Array.from(p), dim = transA ? 2 : 0;
+  for (let q = 0; q < b.length; q += 9) b[q + dim] = total;
+  return b;
 }
 
 const f32buf = new Float32Array(1);
@@ -351,6 +390,8 @@ export class CudaBackend implements Backend {
    */
   private checkIndices(op: string, b: CudaBuf, count: number, lo: number, hi: number): void {
     if (count === 0) return;
+    const kn = b.known;
+    if (kn && kn.version === b.version && count <= kn.count && kn.lo >= lo && kn.hi < hi) return;
     const h = this.hostInts(b);
     if (h === b.host && b.hostRange === null) b.hostRange = this.nat.intRange(h);
     if (h === b.host && b.hostRange![0] >= lo && b.hostRange![1] < hi) return;
@@ -384,16 +425,18 @@ export class CudaBackend implements Backend {
    * is written: always through a plan (rows without sources get zeros), and for distinct targets when
    * there are n of them.
    */
-  private scatterAdd(op: string, src: number, idx: Buf, count: number, out: Buf, n: number, d: number): void {
+  private scatterAdd(op: string, src: number, idx: Buf, count: number, out: Buf, n: number, d: number, srcBf16 = false): void {
     const I = this.typed(op, idx, 'idx', count, 'i32');
     const plan = this.scatterPlan(op, I, count, n);
+    need(op, !srcBf16 || plan.kind === 'listed', () => 'bf16 sources need a listed plan');
     const O = this.typed(op, out, 'out', n * d, 'f32');
     const unique = plan.kind === 'unique';
     const init = O.zeroPending && O.twin === null && O.size === n * d && (!unique || count === n);
     const ix = unique ? this.r(op, I, 'idx', count, 'i32') : 0;
     const o = init ? this.o(op, out, 'out', n * d) : this.w(op, out, 'out', n * d);
     if (unique) this.nat.scatterUnique(src, ix, count, o, d, init, op);
-    else this.nat.segmentSum(src, plan.ptr, n, count, plan.chunks, plan.kind === 'listed', o, d, init, op);
+    else if (plan.kind === 'bounds') this.nat.segmentSumBounds(src, plan.ptr, n, count, o, d, init, op);
+    else this.nat.segmentSum(src, plan.ptr, n, count, plan.chunks, plan.kind === 'listed', o, d, init, op, srcBf16);
   }
 
   // ------------------------------------------------------------ memory
@@ -597,7 +640,7 @@ export class CudaBackend implements Backend {
     if (this.matmulMode === 'own') {
       const p = new Int32Array(9 * batch);
       for (let t = 0; t < batch; t++) p.set([m, n, k, t * g.strideA, lda, t * g.strideB, ldb, t * g.strideC, n], 9 * t);
-      this.nat.groupedGemm(this.shadow(A), 0, this.shadow(B), 0, C, p, g.transA, g.transB, g.alpha, g.beta);
+      this.nat.groupedGemm(this.shadow(A), 0, this.shadow(B), 0, C, p, g.transA, g.transB, g.alpha, g.beta, 0, 0, false);
       return;
     }
     const bf = this.matmulMode === 'bf16';
@@ -634,12 +677,26 @@ export class CudaBackend implements Backend {
     if (this.matmulMode === 'own' || this.groupedRoute === 'own') return false;
     return this.groupedRoute === 'cublas' || groups <= 4;
   }
+  /**
+   * The total of a segments buffer (GroupedMatmulArgs.segments) of `groups` + 1 entries, validated:
+   * known without a synchronisation when `expertGroups` wrote it, else read from its host copy or
+   * downloaded.
+   */
+  private segmentTotal(op: string, s: Buf, groups: number): { S: CudaBuf; total: number } {
+    const S = this.typed(op, s, 'segments', 0, 'i32');
+    need(op, S.size === groups + 1, () => `segments has ${S.size} entries, expected ${groups + 1} (groups + 1)`);
+    if (!S.segments || S.segments.version !== S.version) S.segments = { version: S.version, total: checkSegments(this.hostInts(S), groups) };
+    return { S, total: S.segments.total };
+  }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
     const op = 'groupedMatmul';
     const p = g.problems;
     need(op, p instanceof Int32Array, () => 'problems must be an Int32Array');
     need(op, p.length % 9 === 0, () => `problems length ${p.length} is not a multiple of 9`);
     const groups = p.length / 9, rows = g.rows ?? {};
+    const seg = g.segments ? this.segmentTotal(op, g.segments, groups) : null;
+    // cuBLAS takes its sizes from the host: device segments are read back (a synchronisation).
+    if (seg && this.groupedByCublas(groups)) { this.groupedMatmul(a, b, c, resolveSegments(g, this.hostInts(seg.S))); return; }
     const indexed = !!(rows.a || rows.b || rows.c);
     // cuBLAS cannot read rows through indices: the generic path gathers copies for it.
     if (indexed && this.groupedByCublas(groups)) { groupedMatmulByCopies(this, a, b, c, g); return; }
@@ -659,21 +716,8 @@ export class CudaBackend implements Backend {
     const Ia = index(rows.a, 4, 'a', A), Ib = index(rows.b, 6, 'b', B), Ic = index(rows.c, 8, 'c', Cb);
     // An indexed operand's groups address the virtual matrix of its indexed rows.
     const sizeA = Ia ? Ia.size * p[4]! : A.size, sizeB = Ib ? Ib.size * p[6]! : B.size, sizeC = Ic ? Ic.size * p[8]! : Cb.size;
-    /** Checks that rows x cols at `off` with leading dimension ld fit `size` elements (problem entries at q + o). */
-    const ext = (q: number, rs: number, cs: number, o: number, size: number, what: string) => {
-      if (rs === 0 || cs === 0) return;
-      const off = p[q + o]!, ld = p[q + o + 1]!;
-      need(op, ld >= cs, () => `group ${q / 9}: leading dimension ${ld} of ${what} < ${cs}`);
-      const last = off + (rs - 1) * ld + cs - 1;
-      need(op, last < size, () => `group ${q / 9}: ${what} needs ${last + 1} elements, has ${size}`);
-    };
-    for (let q = 0; q < p.length; q += 9) {
-      for (let i = q; i < q + 9; i++) need(op, p[i]! >= 0, () => `group ${q / 9}: negative entry in [${p.subarray(q, q + 9)}]`);
-      const m = p[q]!, n = p[q + 1]!, k = p[q + 2]!;
-      ext(q, g.transA ? k : m, g.transA ? m : k, 3, sizeA, 'a');
-      ext(q, g.transB ? n : k, g.transB ? k : n, 5, sizeB, 'b');
-      ext(q, m, n, 7, sizeC, 'c');
-    }
+    // Device segments: the extents are checked on problems that bound every segment.
+    checkProblems(`cuda.${op}`, seg ? boundingProblems(p, g.transA, seg.total) : p, g.transA, g.transB, sizeA, sizeB, sizeC);
     if (groups === 0) {
       this.r(op, a, 'a');
       this.r(op, b, 'b');
@@ -692,21 +736,29 @@ export class CudaBackend implements Backend {
       }
       return;
     }
-    // The built-in kernel on the bf16 copies, row indices read in place.
+    // The built-in kernel on the bf16 copies, row indices and segments read in place.
     const pa = this.shadow(A), pb = this.shadow(B);
     const ra = Ia ? this.r(op, Ia, 'rows.a', 0, 'i32') : 0, rb = Ib ? this.r(op, Ib, 'rows.b', 0, 'i32') : 0;
+    const sp = seg ? this.r(op, seg.S, 'segments', groups + 1, 'i32') : 0, total = seg?.total ?? 0;
+    /** Whether the groups overwrite all `size` elements of their C. */
+    const covers = (size: number) => (seg && !g.transA ? segmentsTileRows(p, total, size) : tilesRows(p, size));
     if (!Ic) {
-      const C = g.beta === 0 && tilesRows(p, Cb.size) ? this.o(op, c, 'c', Cb.size) : this.w(op, c, 'c');
-      this.nat.groupedGemm(pa, ra, pb, rb, C, p, g.transA, g.transB, g.alpha, g.beta);
+      const C = g.beta === 0 && covers(Cb.size) ? this.o(op, c, 'c', Cb.size) : this.w(op, c, 'c');
+      this.nat.groupedGemm(pa, ra, pb, rb, C, p, g.transA, g.transB, g.alpha, g.beta, sp, total, false);
       return;
     }
     // Scattered C: the product rows go to a scratch (the virtual C), then each row of C receives its
-    // product rows in ascending order (a scatter plan), deterministically and without atomics.
-    const ldc = p[8]!, scratchBytes = sizeC * 4;
+    // product rows in ascending order (a scatter plan), deterministically and without atomics. Rows with
+    // several sources (a listed plan: the MoE's k experts per token) sum a bf16 scratch in fp32, as
+    // autocast's bf16 product outputs would: the scratch is k times the output, and its traffic is
+    // most of the product's time.
+    const ldc = p[8]!, rowsC = ldc > 0 ? Math.floor(Cb.size / ldc) : 0;
+    const half = this.scatterPlan(op, Ic, Ic.size, rowsC).kind === 'listed' && !(seg && g.transA);
+    const scratchBytes = sizeC * (half ? 2 : 4);
     const scratch = this.nat.malloc(Math.max(scratchBytes, 1));
-    if (!tilesRows(p, sizeC)) this.nat.zero(scratch, scratchBytes);
-    this.nat.groupedGemm(pa, ra, pb, rb, scratch, p, g.transA, g.transB, g.alpha, 0);
-    this.scatterAdd(op, scratch, Ic, Ic.size, c, ldc > 0 ? Math.floor(Cb.size / ldc) : 0, ldc);
+    if (!covers(sizeC)) this.nat.zero(scratch, scratchBytes);
+    this.nat.groupedGemm(pa, ra, pb, rb, scratch, p, g.transA, g.transB, g.alpha, 0, sp, total, half);
+    this.scatterAdd(op, scratch, Ic, Ic.size, c, rowsC, ldc, half);
     this.nat.free(scratch);
   }
 
@@ -825,6 +877,8 @@ export class CudaBackend implements Backend {
     need(op, k <= cols, () => `k ${k} > cols ${cols}`);
     this.nat.topk(this.r(op, x, 'x', rows * cols), this.o(op, values, 'values', rows * k),
       this.o(op, indices, 'indices', rows * k, 'i32'), rows, cols, k);
+    const I = indices as CudaBuf;
+    I.known = { version: I.version, count: rows * k, lo: 0, hi: cols - 1 };
   }
   topkBackward(g: Buf, indices: Buf, gx: Buf, rows: number, cols: number, k: number): void {
     const op = 'topkBackward';
@@ -832,6 +886,42 @@ export class CudaBackend implements Backend {
     this.checkIndices(op, this.typed(op, indices, 'indices', rows * k, 'i32'), rows * k, 0, cols);
     this.nat.topkBackward(this.r(op, g, 'g', rows * k), this.r(op, indices, 'indices', rows * k, 'i32'),
       this.o(op, gx, 'gx', rows * cols), rows, cols, k);
+  }
+  expertGroups(experts: Buf, offsets: Buf, rowToken: Buf, rowSlot: Buf, rowExpert: Buf, N: number, k: number, E: number): void {
+    const op = 'expertGroups';
+    this.dims(op, { N, k, E });
+    need(op, E >= 1 && E <= MAX_ROUTE_EXPERTS, () => `n_expert ${E} is outside [1, ${MAX_ROUTE_EXPERTS}] on cuda`);
+    const M = N * k;
+    need(op, M < 2 ** 31, () => `${M} grouped rows exceed the i32 indices`);
+    const X = this.typed(op, experts, 'experts', M, 'i32');
+    this.checkIndices(op, X, M, 0, E);
+    const x = this.r(op, X, 'experts', M, 'i32');
+    const C = Math.ceil(k / 32), chunks = C > 1 ? N * C : 0;
+    const outs = [[offsets, 'offsets', E + 1], [rowToken, 'rowToken', M], [rowSlot, 'rowSlot', M], [rowExpert, 'rowExpert', M]] as const;
+    for (const [b, what, n] of outs) this.typed(op, b, what, n, 'i32');
+    const tokenPlan = this.nat.malloc(4 * (N + 1 + M + (chunks > 0 ? N + 1 + chunks + 1 : 0)));
+    const expertPlan = this.nat.malloc(4 * (E + 2));
+    try {
+      const [o, t, sl, ex] = outs.map(([b, what, n]) => this.o(op, b, what, n, 'i32'));
+      this.nat.expertGroups(x, N, k, E, o!, t!, sl!, ex!, tokenPlan, expertPlan);
+    } catch (e) {
+      this.nat.free(tokenPlan);
+      this.nat.free(expertPlan);
+      throw e;
+    }
+    /** What the kernels guarantee of an output: entries [0, count) in [0, hi], and its scatter plan (which it owns). */
+    const mark = (b: Buf, count: number, hi: number, plan: Omit<ScatterPlan, 'version'> | null) => {
+      const B = b as CudaBuf;
+      B.known = { version: B.version, count, lo: 0, hi };
+      if (!plan) return;
+      if (B.plan) this.nat.free(B.plan.ptr);
+      B.plan = { ...plan, version: B.version };
+    };
+    mark(offsets, E + 1, M, null);
+    (offsets as CudaBuf).segments = { version: (offsets as CudaBuf).version, total: M };
+    mark(rowToken, M, N - 1, { kind: 'listed', ptr: tokenPlan, chunks, count: M, n: N });
+    mark(rowSlot, M, M - 1, { kind: 'unique', ptr: 0, chunks: 0, count: M, n: M });
+    mark(rowExpert, M, E - 1, { kind: 'bounds', ptr: expertPlan, chunks: 0, count: M, n: E });
   }
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     this.dims('gatherRows', { m, n, d });

@@ -7,6 +7,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { uniform } from '../rng.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
+import { checkProblems, groupExperts, resolveSegments } from '../segments.js';
 import { roundBf16 } from './bf16.js';
 
 type F = Float32Array | Float64Array;
@@ -155,10 +156,12 @@ export class RefBackend implements Backend {
     }
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
+    if (g.segments) { this.groupedMatmul(a, b, c, resolveSegments(g, this.i(g.segments))); return; }
     if (g.rows) { groupedMatmulByCopies(this, a, b, c, g); return; }
     const A = this.f(a), B = this.f(b), C = this.f(c);
     const p = g.problems;
     if (p.length % 9 !== 0) throw new Error(`ref.groupedMatmul: problems length ${p.length} is not a multiple of 9`);
+    checkProblems('ref.groupedMatmul', p, g.transA, g.transB, A.length, B.length, C.length);
     for (let q = 0; q < p.length; q += 9) {
       gemm(g.transA, g.transB, p[q]!, p[q + 1]!, p[q + 2]!, g.alpha, A, p[q + 3]!, p[q + 4]!, B, p[q + 5]!, p[q + 6]!,
         g.beta, C, p[q + 7]!, p[q + 8]!);
@@ -385,6 +388,13 @@ export class RefBackend implements Backend {
       }
       order.sort((p, q) => p - q);
     }
+  }
+  expertGroups(experts: Buf, offsets: Buf, rowToken: Buf, rowSlot: Buf, rowExpert: Buf, N: number, k: number, E: number): void {
+    const g = groupExperts(this.i(experts), N, k, E);
+    this.i(offsets).set(g.offsets);
+    this.i(rowToken).set(g.rowToken);
+    this.i(rowSlot).set(g.rowSlot);
+    this.i(rowExpert).set(g.rowExpert);
   }
   gatherRows(x: Buf, idx: Buf, out: Buf, m: number, n: number, d: number): void {
     const X = this.f(x), I = this.i(idx), O = this.f(out);

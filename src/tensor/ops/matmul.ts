@@ -105,22 +105,26 @@ export interface SegmentRows {
  * Grouped matmul over contiguous row segments (the MoE expert kernel, MegaBlocks-style):
  * y[seg_e] = x[seg_e] · op(w_e) for product rows offsets[e] .. offsets[e+1], total = offsets[E];
  * x (total, k) -> y (total, n), or with `rows` x read through `rows.gather` and y (outRows, n)
- * scattered through `rows.scatter`. `offsets` is a host array of E + 1 non-decreasing row offsets
- * from 0 to total. The weight gradient is written only inside the experts' regions (zero elsewhere).
- * The input gradient is the same product with gather and scatter swapped.
+ * scattered through `rows.scatter`. `offsets` is an i32 tensor of E + 1 non-decreasing row offsets
+ * from 0 on the backend (as `expertGroups` writes them: the group sizes never visit the host). The
+ * weight gradient is written only inside the experts' regions (zero elsewhere). The input gradient is
+ * the same product with gather and scatter swapped. Throws on mismatched shapes here, and on offsets
+ * that decrease or overrun the rows in the backend.
  */
-export function segmentMatmul(x: Tensor, w: Tensor, offsets: readonly number[], L: ExpertLayout, rows: SegmentRows = {}): Tensor {
-  const be = backendOf('segmentMatmul', x, w);
+export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLayout, rows: SegmentRows = {}): Tensor {
+  const be = backendOf('segmentMatmul', x, w, offsets);
   expectRank('segmentMatmul', x, 2, 'x');
   expectDtype('segmentMatmul', x, 'f32', 'x');
   expectDtype('segmentMatmul', w, 'f32', 'w');
-  const E = L.nExpert, total = offsets[E] ?? 0, { k, n } = L;
+  expectDtype('segmentMatmul', offsets, 'i32', 'offsets');
+  const E = L.nExpert, { k, n } = L;
+  if (offsets.size !== E + 1) throw new Error(`segmentMatmul: offsets ${fmt(offsets)} must have ${E + 1} entries (n_expert + 1)`);
   if (x.shape[1] !== k) throw new Error(`segmentMatmul: x ${fmt(x)} has ${x.shape[1]} columns, the experts take ${k}`);
   const rowsStored = L.transB ? n : k, colsStored = L.transB ? k : n;
   if (colsStored > L.ld || (E - 1) * L.stride + (rowsStored - 1) * L.ld + colsStored > w.size) {
     throw new Error(`segmentMatmul: ${E} experts of (${rowsStored}, ${colsStored}) with stride ${L.stride}, ld ${L.ld} do not fit w ${fmt(w)}`);
   }
-  checkOffsets(offsets, E, rows.gather ? rows.gather.size : x.shape[0]!);
+  const total = rows.gather ? rows.gather.size : x.shape[0]!;
   for (const [name, idx] of [['gather', rows.gather], ['scatter', rows.scatter]] as const) {
     if (!idx) continue;
     expectDtype('segmentMatmul', idx, 'i32', name);
@@ -130,32 +134,30 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: readonly number[], 
     throw new Error(`segmentMatmul: rows.scatter needs outRows, a non-negative integer (got ${rows.outRows})`);
   }
   const y = out([rows.scatter ? rows.outRows! : total, n], be);
+  // Expert e's problem; its row count and row offsets come from `offsets` (GroupedMatmulArgs.segments).
   const problems = new Int32Array(9 * E);
-  for (let e = 0; e < E; e++) {
-    const m = offsets[e + 1]! - offsets[e]!;
-    problems.set([m, n, k, offsets[e]! * k, k, e * L.stride, L.ld, offsets[e]! * n, n], 9 * e);
-  }
+  for (let e = 0; e < E; e++) problems.set([0, n, k, 0, k, e * L.stride, L.ld, 0, n], 9 * e);
   be.groupedMatmul(x.buf('segmentMatmul'), w.buf('segmentMatmul'), y.buf('segmentMatmul'), {
     problems, transA: false, transB: L.transB, alpha: 1, beta: rows.scatter ? 1 : 0,
-    rows: bufs({ a: rows.gather, c: rows.scatter }),
+    rows: bufs({ a: rows.gather, c: rows.scatter }), segments: offsets.buf('segmentMatmul'),
   });
   return record(y, 'segmentMatmul', [x, w], (g) => {
     // gx = g[seg_e] · op(w_e)ᵀ: the same memory read with the transpose flipped, gather and scatter swapped.
     const gx = !needsGrad(x) ? null : segmentMatmul(g, w, offsets, { ...L, k: n, n: k, transB: !L.transB },
       { gather: rows.scatter, scatter: rows.gather, outRows: x.shape[0] });
     if (!needsGrad(w)) return [gx, null];
-    // gw_e = (x[seg_e]ᵀ · g[seg_e]) (k, n), stored transposed (n, k) when transB; both read through their rows.
+    // gw_e = (x[seg_e]ᵀ · g[seg_e]) (k, n), stored transposed (n, k) when transB; both read through their
+    // rows, the segment along the reduction (token) dimension.
     const gw = out(w.shape, be);
     const p = new Int32Array(9 * E);
     for (let e = 0; e < E; e++) {
-      const m = offsets[e + 1]! - offsets[e]!;
-      p.set(L.transB
-        ? [n, k, m, offsets[e]! * n, n, offsets[e]! * k, k, e * L.stride, L.ld]
-        : [k, n, m, offsets[e]! * k, k, offsets[e]! * n, n, e * L.stride, L.ld], 9 * e);
+      p.set(L.transB ? [n, k, 0, 0, n, 0, k, e * L.stride, L.ld] : [k, n, 0, 0, k, 0, n, e * L.stride, L.ld], 9 * e);
     }
     const [A, B, rowsA, rowsB] = L.transB ? [g, x, rows.scatter, rows.gather] : [x, g, rows.gather, rows.scatter];
-    be.groupedMatmul(A.buf('segmentMatmul'), B.buf('segmentMatmul'), gw.buf('segmentMatmul'),
-      { problems: p, transA: true, transB: false, alpha: 1, beta: 0, rows: bufs({ a: rowsA, b: rowsB }) });
+    be.groupedMatmul(A.buf('segmentMatmul'), B.buf('segmentMatmul'), gw.buf('segmentMatmul'), {
+      problems: p, transA: true, transB: false, alpha: 1, beta: 0, rows: bufs({ a: rowsA, b: rowsB }),
+      segments: offsets.buf('segmentMatmul'),
+    });
     return [gx, gw];
   });
 }
@@ -164,13 +166,4 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: readonly number[], 
 function bufs(r: { a?: Tensor | undefined; b?: Tensor | undefined; c?: Tensor | undefined }): GroupedMatmulArgs['rows'] {
   if (!r.a && !r.b && !r.c) return undefined;
   return { a: r.a?.buf('segmentMatmul'), b: r.b?.buf('segmentMatmul'), c: r.c?.buf('segmentMatmul') };
-}
-
-function checkOffsets(offsets: readonly number[], E: number, total: number): void {
-  if (offsets.length !== E + 1 || offsets[0] !== 0 || offsets[E] !== total) {
-    throw new Error(`segmentMatmul: offsets must have ${E + 1} entries from 0 to ${total}, got [${offsets.slice(0, 8)}${offsets.length > 8 ? ', …' : ''}]`);
-  }
-  for (let e = 0; e < E; e++) {
-    if (!(offsets[e + 1]! >= offsets[e]!)) throw new Error(`segmentMatmul: offsets decrease at expert ${e}`);
-  }
 }

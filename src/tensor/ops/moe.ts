@@ -1,6 +1,7 @@
 /**
- * MoE primitives: top-k over the last axis, gather rows by index, scatter-add rows, the router gate,
- * and the bit-packed activation pattern that SSD's monitor compares between checks.
+ * MoE primitives: top-k over the last axis, the token permutation by expert, gather rows by index,
+ * scatter-add rows, the router gate, and the bit-packed activation pattern that SSD's monitor compares
+ * between checks.
  */
 import { record } from '../autograd.js';
 import type { Tensor } from '../tensor.js';
@@ -25,6 +26,39 @@ export function topk(x: Tensor, k: number): { values: Tensor; indices: Tensor } 
     return [gx];
   });
   return { values, indices };
+}
+
+/** The (N, k) expert choices grouped by expert (see `expertGroups`); all i32, on the backend. */
+export interface ExpertGrouping {
+  /** Row offsets of each expert's segment in the grouped order, (E + 1). */
+  offsets: Tensor;
+  /** For each grouped row: its token (N·k). */
+  rowToken: Tensor;
+  /** For each grouped row: its (token, slot) position n·k + j (N·k). */
+  rowSlot: Tensor;
+  /** For each grouped row: its expert, non-decreasing (N·k). */
+  rowExpert: Tensor;
+}
+
+/**
+ * Groups the expert choices `experts` (N, k) i32 (as `topk` returns them) of E experts by expert, with a
+ * stable counting sort (token order within an expert), on the backend: no host round trip. Not
+ * differentiable. Throws if experts is not a 2-D i32 tensor or, on the backend, if an entry is outside
+ * [0, E).
+ */
+export function expertGroups(experts: Tensor, nExpert: number): ExpertGrouping {
+  const b = backendOf('expertGroups', experts);
+  expectRank('expertGroups', experts, 2);
+  expectDtype('expertGroups', experts, 'i32');
+  if (!Number.isInteger(nExpert) || nExpert < 1) throw new Error(`expertGroups: n_expert = ${nExpert} is not a positive integer`);
+  const [N, k] = experts.shape as [number, number];
+  const g: ExpertGrouping = {
+    offsets: out([nExpert + 1], b, 'i32'), rowToken: out([N * k], b, 'i32'), rowSlot: out([N * k], b, 'i32'),
+    rowExpert: out([N * k], b, 'i32'),
+  };
+  b.expertGroups(experts.buf('expertGroups'), g.offsets.buf('expertGroups'), g.rowToken.buf('expertGroups'),
+    g.rowSlot.buf('expertGroups'), g.rowExpert.buf('expertGroups'), N, k, nExpert);
+  return g;
 }
 
 /** out[i] = x[idx[i]]: x (n, d), idx i32 (m) -> (m, d). Throws on an index outside [0, n). */
