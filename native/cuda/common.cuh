@@ -119,6 +119,11 @@ void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int6
 // zeros (every row written) instead of its content.
 void segment_sum(const void* src, bool src_bf16, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, bool listed,
                  float* out, int64_t d, bool init, const char* op);
+// Deterministic scatter-add of m sources onto n non-decreasing targets whose bounds (n + 1) and chunk
+// flag live on the device (expert_groups' expert_plan): the sums segment_sum makes with the kSorted
+// plan scatter_plan would build for the same targets, bit for bit.
+void segment_sum_bounds(const float* src, const int32_t* plan, int64_t n, int64_t m, float* out, int64_t d, bool init,
+                        const char* op);
 // out[idx[i]] = (init ? 0 : out[idx[i]]) + src[i] for i < m, the targets idx distinct (a kUnique plan:
 // each row of out has at most one source, so the result is that of segment_sum); src (m, d), out (·, d).
 void scatter_unique(const float* src, const int32_t* idx, int64_t m, float* out, int64_t d, bool init, const char* op);
@@ -142,11 +147,6 @@ constexpr int64_t kMaxRouteExperts = 12288;
 // expert has more than kPlanChunk rows (the plan of segment_sum_bounds).
 void expert_groups(const int32_t* experts, int64_t N, int64_t k, int64_t E, int32_t* offsets, int32_t* row_token,
                    int32_t* row_slot, int32_t* row_expert, int32_t* token_plan, int32_t* expert_plan);
-// Deterministic scatter-add of m sources onto n non-decreasing targets whose bounds (n + 1) and chunk
-// flag live on the device (expert_groups' expert_plan): the sums segment_sum makes with the kSorted
-// plan scatter_plan would build for the same targets, bit for bit.
-void segment_sum_bounds(const float* src, const int32_t* plan, int64_t n, int64_t m, float* out, int64_t d, bool init,
-                        const char* op);
 
 // gemm.cu
 // compute: 0 bf16 tensor cores (operands bf16), 1 tf32, 2 plain f32. aType/bType: 0 f32, 1 bf16.

@@ -239,16 +239,14 @@ template <int BM, int BN, bool TA, bool TB> struct Smem {
   static constexpr size_t bytes = (size_t)STAGES * (SA + SB) * sizeof(bf16);
 };
 
-// WM x WN warps, each computing TM x TN mma tiles (16 x 8): a block tile of BM = 16·WM·TM rows and
-// BN = 8·WN·TN columns.
 // Output tiles of group g (its m and n from the problems; along M the token rows L_g instead of m).
 template <int BM, int BN>
 __device__ __forceinline__ int group_tiles(const GroupArgs& ga, int g, int m) {
   return (m + BM - 1) / BM * ((ga.prob[9 * g + 1] + BN - 1) / BN);
 }
 // First work item of each group (and the total after the last) over device segments: along M
-// (KC = 0) its tiles over the L_g token rows; along K its tiles times ceil(L_g / KC) chunks. Run by one
-// warp; lane l scans groups 3l .. 3l + 2.
+// (KC = 0) its tiles over the L_g token rows; along K its tiles times ceil(L_g / KC) chunks. Run by
+// warp 0 alone (threadIdx.x is the lane); lane l scans groups 3l .. 3l + 2.
 template <int BM, int BN>
 __device__ __forceinline__ void segment_work_starts(const GroupArgs& ga, const int32_t* __restrict__ seg, int groups,
                                                     int KC, int32_t* start) {
@@ -277,6 +275,8 @@ __device__ __forceinline__ void segment_work_starts(const GroupArgs& ga, const i
   if (lane == 31) start[groups] = incl;
 }
 
+// WM x WN warps, each computing TM x TN mma tiles (16 x 8): a block tile of BM = 16·WM·TM rows and
+// BN = 8·WN·TN columns.
 template <int WM, int WN, int TM, int TN, bool TA, bool TB>
 __global__ void __launch_bounds__(WM * WN * 32, 2)
     k_grouped(const bf16* __restrict__ A, const int32_t* __restrict__ rowsA, const bf16* __restrict__ B,
@@ -416,46 +416,67 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
 
   // Accumulator layout: lane = 4·g + c holds rows g and g + 8 of each 16x8 tile, columns 2c and 2c + 1.
   const int g = lane >> 2, c = lane & 3;
+  if (!C16) {
+    // fp32 C straight from the fragments (4 lanes cover 32 bytes of a row, a whole sector); a split-K
+    // block's partial tile (BM x BN, rows BN apart) is addressed from its first row and column.
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
+    for (int i = 0; i < TM; ++i)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = m0 + wm0 + i * 16 + g + 8 * h;
-      if (row >= m) continue;
-      if (C16) {  // a bf16 C (beta 0): a scattered product's scratch, half the bytes of fp32
-        bf16* out = C16 + offC + (int64_t)row * ldc;
+      for (int h = 0; h < 2; ++h) {
+        const int row = m0 + wm0 + i * 16 + g + 8 * h;
+        if (row >= m) continue;
+        float* out = split ? partial + (int64_t)bid * BM * BN + (int64_t)(row - m0) * BN - n0 : C + offC + (int64_t)row * ldc;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
           const int col = n0 + wn0 + j * 8 + 2 * c;
           const float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
           if (vecC && col + 1 < n) {
-            *reinterpret_cast<__nv_bfloat162*>(out + col) = __floats2bfloat162_rn(v0, v1);
+            float2* q = reinterpret_cast<float2*>(out + col);
+            if (beta == 0.f) {
+              *q = make_float2(v0, v1);
+            } else {
+              const float2 o = *q;
+              *q = make_float2(v0 + beta * o.x, v1 + beta * o.y);
+            }
           } else {
-            if (col < n) out[col] = __float2bfloat16(v0);
-            if (col + 1 < n) out[col + 1] = __float2bfloat16(v1);
+            if (col < n) out[col] = beta == 0.f ? v0 : v0 + beta * out[col];
+            if (col + 1 < n) out[col + 1] = beta == 0.f ? v1 : v1 + beta * out[col + 1];
           }
         }
-        continue;
       }
-      // A partial tile (BM x BN, rows BN apart) is addressed from the block's first row and column.
-      float* out = split ? partial + (int64_t)bid * BM * BN + (int64_t)(row - m0) * BN - n0 : C + offC + (int64_t)row * ldc;
+    return;
+  }
+  // A bf16 C (beta 0: a scattered product's scratch, half the bytes of fp32) goes through shared
+  // memory (the pipeline's buffers, free now), so that each thread then writes 8 bytes along a row
+  // (a fragment's pair of bf16 would leave half-filled sectors).
+  constexpr int LDS = BN + 8;  // (pad: the fragments' float2 stores hit distinct banks per half-warp)
+  static_assert((size_t)BM * LDS * sizeof(float) <= S::bytes, "the staged C tile fits the pipeline buffers");
+  float* stage = reinterpret_cast<float*>(smem_raw);
+  __syncthreads();  // every warp is done reading the last stage
 #pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        const int col = n0 + wn0 + j * 8 + 2 * c;
-        const float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
-        if (vecC && col + 1 < n) {
-          float2* q = reinterpret_cast<float2*>(out + col);
-          if (beta == 0.f) {
-            *q = make_float2(v0, v1);
-          } else {
-            const float2 o = *q;
-            *q = make_float2(v0 + beta * o.x, v1 + beta * o.y);
-          }
-        } else {
-          if (col < n) out[col] = beta == 0.f ? v0 : v0 + beta * out[col];
-          if (col + 1 < n) out[col + 1] = beta == 0.f ? v1 : v1 + beta * out[col + 1];
-        }
-      }
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < TN; ++j)
+        *reinterpret_cast<float2*>(stage + (wm0 + i * 16 + g + 8 * h) * LDS + wn0 + j * 8 + 2 * c) =
+            make_float2(alpha * acc[i][j][2 * h], alpha * acc[i][j][2 * h + 1]);
+  __syncthreads();
+  constexpr int Q = BN / 4;  // 4-column quads per tile row
+  for (int e = threadIdx.x; e < BM * Q; e += NT) {
+    const int r = e / Q, col = n0 + (e - r * Q) * 4, row = m0 + r;
+    if (row >= m || col >= n) continue;
+    const float4 v = *reinterpret_cast<const float4*>(stage + r * LDS + (col - n0));
+    bf16* out = C16 + offC + (int64_t)row * ldc + col;
+    if (vecC && col + 3 < n) {
+      __nv_bfloat162 lo2 = __floats2bfloat162_rn(v.x, v.y), hi2 = __floats2bfloat162_rn(v.z, v.w);
+      uint2 u;
+      u.x = *reinterpret_cast<uint32_t*>(&lo2);
+      u.y = *reinterpret_cast<uint32_t*>(&hi2);
+      *reinterpret_cast<uint2*>(out) = u;
+    } else {
+      const float w[4] = {v.x, v.y, v.z, v.w};
+      for (int q = 0; q < 4 && col + q < n; ++q) out[q] = __float2bfloat16(w[q]);
     }
   }
 }
@@ -591,7 +612,7 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
   const int KC = (int)std::min<int64_t>(1 << 20, std::max<int64_t>(256, (half + BK - 1) / BK * BK));
   GroupedCall q{reinterpret_cast<const bf16*>(A), rowsA, reinterpret_cast<const bf16*>(B), rowsB,
                 c_bf16 ? nullptr : static_cast<float*>(C), c_bf16 ? static_cast<bf16*>(C) : nullptr, seg, total, KC,
-                aligned16(A), aligned16(B), ((uintptr_t)C & (c_bf16 ? 3 : 7)) == 0, alpha, beta};
+                aligned16(A), aligned16(B), ((uintptr_t)C & 7) == 0, alpha, beta};
   int64_t padded[3] = {0, 0, 0};
   // With segments the token dimension is on the device: the checks and the block shape use its
   // mean (offsets along it are multiples of the leading dimensions checked below).
@@ -601,10 +622,10 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
     const int64_t m = seg && !tA ? mean_len : p[0], n = p[1], k = seg && tA ? mean_len : p[2];
     if (m == 0 || n == 0) continue;
     // 16-byte chunks need every row start and the contiguous extent (k, or m / n when transposed)
-    // at multiples of 8 elements; float2 stores need even C offsets.
+    // at multiples of 8 elements; float2 stores need even C offsets, a bf16 C's quads multiples of 4.
     q.vecA = q.vecA && p[3] % 8 == 0 && p[4] % 8 == 0 && (tA ? m : k) % 8 == 0;
     q.vecB = q.vecB && p[5] % 8 == 0 && p[6] % 8 == 0 && (tB ? k : n) % 8 == 0 && !(seg && tA && tB);
-    q.vecC = q.vecC && p[7] % 2 == 0 && p[8] % 2 == 0;
+    q.vecC = q.vecC && p[7] % (c_bf16 ? 4 : 2) == 0 && p[8] % (c_bf16 ? 4 : 2) == 0;
     for (int s = 0; s < 3; ++s) {
       const int64_t bm = kShapes[s][0], bn = kShapes[s][1];
       padded[s] += (m + bm - 1) / bm * bm * ((n + bn - 1) / bn * bn);

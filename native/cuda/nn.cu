@@ -5,9 +5,9 @@
 #include <cfloat>
 #include <cmath>
 #include <string>
-#include <cuda_bf16.h>
-
 #include <type_traits>
+
+#include <cuda_bf16.h>
 
 #include "common.cuh"
 
@@ -446,6 +446,77 @@ void segment_sum_launch(const S* src, const int32_t* list, const int32_t* bounds
   }
   check_launch(op);
 }
+// Scatter-add by non-decreasing targets with device bounds: plan = bounds (n + 1), then the chunked
+// flag. Chunk slot q of target t (its sources bounds[t] + 32c ..) is q = t + bounds[t] / 32 + c: distinct
+// for all (t, c) and below n + m / 32 + 1. Pass 1 sums each chunk into partial[q] (flag set only).
+template <int V>
+__global__ void k_bounds_chunks(const float* __restrict__ src, const int32_t* __restrict__ plan, int64_t n,
+                                int64_t slots, float* __restrict__ partial, int64_t d) {
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
+  if (plan[n + 1] == 0) return;
+  const int64_t vecs = d / V;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < slots * vecs; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t q = i / vecs, c = i - q * vecs;
+    int lo = 0, hi = (int)n - 1;  // the last target t with t + bounds[t] / 32 <= q
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (mid + plan[mid] / kPlanChunk <= q) lo = mid;
+      else hi = mid - 1;
+    }
+    const int64_t beg = plan[lo] + (q - lo - plan[lo] / kPlanChunk) * kPlanChunk;
+    const int64_t end = beg + kPlanChunk < plan[lo + 1] ? beg + kPlanChunk : (int64_t)plan[lo + 1];
+    if (beg >= end) continue;
+    float acc[V];
+    for (int u = 0; u < V; ++u) acc[u] = 0.f;
+    for (int64_t p = beg; p < end; ++p) {
+      const Vec v = reinterpret_cast<const Vec*>(src + p * d)[c];
+      for (int u = 0; u < V; ++u) acc[u] += reinterpret_cast<const float*>(&v)[u];
+    }
+    Vec r;
+    for (int u = 0; u < V; ++u) reinterpret_cast<float*>(&r)[u] = acc[u];
+    reinterpret_cast<Vec*>(partial + q * d)[c] = r;
+  }
+}
+// Pass 2: out[t] (+)= its chunk sums in order (flag set), or its sources in order (flag clear).
+template <int V>
+__global__ void k_bounds_sum(const float* __restrict__ src, const float* __restrict__ partial,
+                             const int32_t* __restrict__ plan, int64_t n, float* __restrict__ out, int64_t d, bool init) {
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
+  const bool chunked = plan[n + 1] != 0;
+  const int64_t vecs = d / V;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n * vecs; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = i / vecs, c = i - t * vecs;
+    const int32_t beg = plan[t], end = plan[t + 1];
+    if (beg == end && !init) continue;
+    Vec* o = reinterpret_cast<Vec*>(out + t * d) + c;
+    float acc[V];
+    if (init) {
+      for (int u = 0; u < V; ++u) acc[u] = 0.f;
+    } else {
+      const Vec v = *o;
+      for (int u = 0; u < V; ++u) acc[u] = reinterpret_cast<const float*>(&v)[u];
+    }
+    const float* base = chunked ? partial : src;
+    const int64_t first = chunked ? t + beg / kPlanChunk : beg;
+    const int64_t count = chunked ? (end - beg + kPlanChunk - 1) / kPlanChunk : end - beg;
+    for (int64_t p = first; p < first + count; ++p) {
+      const Vec v = reinterpret_cast<const Vec*>(base + p * d)[c];
+      for (int u = 0; u < V; ++u) acc[u] += reinterpret_cast<const float*>(&v)[u];
+    }
+    Vec r;
+    for (int u = 0; u < V; ++u) reinterpret_cast<float*>(&r)[u] = acc[u];
+    *o = r;
+  }
+}
+
+template <int V>
+void bounds_sum_launch(const float* src, const int32_t* plan, int64_t n, int64_t m, float* out, int64_t d, bool init) {
+  const int64_t slots = n + m / kPlanChunk + 1;
+  Scratch partial((size_t)slots * d * sizeof(float));
+  k_bounds_chunks<V><<<grid_for(slots * d / V, kT), kT, 0, stream()>>>(src, plan, n, slots, partial.as<float>(), d);
+  k_bounds_sum<V><<<grid_for(n * d / V, kT), kT, 0, stream()>>>(src, partial.as<float>(), plan, n, out, d, init);
+}
+
 }  // namespace
 
 void segment_sum(const void* src_, bool src_bf16, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, bool listed,
@@ -465,6 +536,14 @@ void segment_sum(const void* src_, bool src_bf16, const int32_t* plan, int64_t n
   if (src_bf16) segment_sum_launch(src16, sources, chunk_bounds, chunks, partial.as<float>(), d, true, op);
   else segment_sum_launch(src, sources, chunk_bounds, chunks, partial.as<float>(), d, true, op);
   segment_sum_launch(partial.as<float>(), nullptr, target_chunks, n, out, d, init, op);
+}
+
+void segment_sum_bounds(const float* src, const int32_t* plan, int64_t n, int64_t m, float* out, int64_t d, bool init,
+                        const char* op) {
+  if (n == 0 || d == 0) return;
+  if (vec4(src, out, d)) bounds_sum_launch<4>(src, plan, n, m, out, d, init);
+  else bounds_sum_launch<1>(src, plan, n, m, out, d, init);
+  check_launch(op);
 }
 
 void scatter_unique(const float* src, const int32_t* idx, int64_t m, float* out, int64_t d, bool init, const char* op) {

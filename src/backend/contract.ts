@@ -98,8 +98,9 @@ export interface GroupedMatmulArgs {
    * then covers the token rows segments[g] .. segments[g + 1]: its token dimension (m when !transA, k
    * when transA) is L_g = segments[g + 1] − segments[g] whatever its problem entry says (write 0), and
    * the operands whose rows run along that dimension (A and C when !transA, A and B when transA) start
-   * segments[g] rows later: segments[g] · ld is added to their offsets. Throws if the buffer does not
-   * have groups + 1 entries, does not start at 0 or decreases.
+   * segments[g] rows later: segments[g] · ld is added to their offsets. Not with transA and transB
+   * together (B's rows would not run along the segments). Throws if the buffer does not have
+   * groups + 1 entries, does not start at 0 or decreases, or with transA and transB.
    */
   segments?: Buf;
 }
@@ -248,7 +249,7 @@ export interface Backend {
    * in [0, E)) by expert with a stable counting sort (an expert's rows keep token order). Writes offsets
    * (E + 1): expert e's rows are offsets[e] .. offsets[e + 1] of the N·k grouped rows; and for each
    * grouped row r: rowToken[r] = its token n, rowSlot[r] = its position n·k + j in `experts`, rowExpert[r]
-   * = its expert (non-decreasing). All i32. Throws if an expert is outside [0, E).
+   * = its expert (non-decreasing). All i32, five distinct buffers. Throws if an expert is outside [0, E).
    */
   expertGroups(experts: Buf, offsets: Buf, rowToken: Buf, rowSlot: Buf, rowExpert: Buf, N: number, k: number, E: number): void;
   /** out[i, :] = x[idx[i], :]; x (n, d), idx (m) i32, out (m, d). Throws on an index outside [0, n). */

@@ -21,13 +21,9 @@ export interface ExpertGroups {
  */
 export function groupExperts(experts: Int32Array, N: number, k: number, E: number): ExpertGroups {
   const M = N * k;
-  if (experts.length < M) throw new Error(`expertGroups: experts has ${experts.length} entries, needs ${M}`);
+  checkExperts(experts, N, k, E);
   const offsets = new Int32Array(E + 1);
-  for (let i = 0; i < M; i++) {
-    const e = experts[i]!;
-    if (!(e >= 0 && e < E)) throw new RangeError(`expertGroups: expert ${e} of token ${Math.floor(i / k)} is outside [0, ${E})`);
-    offsets[e + 1]!++;
-  }
+  for (let i = 0; i < M; i++) offsets[experts[i]! + 1]!++;
   for (let e = 0; e < E; e++) offsets[e + 1] = offsets[e]! + offsets[e + 1]!;
   const next = offsets.slice(0, E);
   const rowToken = new Int32Array(M), rowSlot = new Int32Array(M), rowExpert = new Int32Array(M);
@@ -43,6 +39,19 @@ export function groupExperts(experts: Int32Array, N: number, k: number, E: numbe
 }
 
 /**
+ * Checks the (N, k) expert choices of `expertGroups`: N·k entries, each in [0, E). Throws a RangeError
+ * naming the first expert outside.
+ */
+export function checkExperts(experts: Int32Array, N: number, k: number, E: number): void {
+  const M = N * k;
+  if (experts.length < M) throw new Error(`expertGroups: experts has ${experts.length} entries, needs ${M}`);
+  for (let i = 0; i < M; i++) {
+    const e = experts[i]!;
+    if (!(e >= 0 && e < E)) throw new RangeError(`expertGroups: expert ${e} of token ${Math.floor(i / k)} is outside [0, ${E})`);
+  }
+}
+
+/**
  * Checks segment offsets (groups + 1 entries, from 0, non-decreasing) and returns their total.
  * Throws naming the first violation.
  */
@@ -55,12 +64,18 @@ export function checkSegments(seg: ArrayLike<number>, groups: number): number {
   return seg[groups]!;
 }
 
+/** Throws unless the product can take segments: not transA and transB together. */
+export function checkSegmentLayout(args: GroupedMatmulArgs): void {
+  if (args.transA && args.transB) throw new Error('groupedMatmul: segments need transA or transB false (B\'s rows must run along them)');
+}
+
 /**
  * The same product with explicit problems: the segments' sizes and row offsets written into each
  * problem (`GroupedMatmulArgs.segments`). Throws like `checkSegments`.
  */
 export function resolveSegments(args: GroupedMatmulArgs, seg: ArrayLike<number>): GroupedMatmulArgs {
   const p = Int32Array.from(args.problems), groups = p.length / 9;
+  checkSegmentLayout(args);
   checkSegments(seg, groups);
   // Token dimension: m (A and C rows follow it) when !transA, k (A and B rows) when transA.
   const [dim, x, y] = args.transA ? [2, 3, 5] : [0, 3, 7];

@@ -35,18 +35,21 @@
  *
  * The MoE products (`groupedMatmul` with `rows`) run in the built-in grouped kernel, which reads the
  * token rows through their indices while it loads its tiles; a scattered C is computed into a scratch
- * of product rows and then added to C's rows by the scatter plan (deterministic segmented sum).
+ * of product rows and then added to C's rows by the scatter plan (deterministic segmented sum). Where
+ * rows of C have several sources (a listed plan: a token's k experts) the scratch is bf16, summed in
+ * fp32 (the precision of autocast's bf16 product outputs; it halves the traffic of a scratch k times
+ * the size of C). Weight gradients over device segments run split-K (see native/cuda/gemm.cu).
  *
  * `SSD_CUDA_MATMUL=tf32|f32|fast16bf|own` picks another GEMM mode (own: the built-in kernel, no cuBLAS
  * needed); `SSD_CUDA_GROUPED=auto|cublas|own` the grouped GEMM (auto: cuBLAS per group for at most 4
- * groups without row indices, else the built-in kernel); `SSD_CUDA_ATTN=simt` the plain fp32 attention
- * kernels.
+ * groups without row indices or device segments, else the built-in kernel; cublas reads device
+ * segments back, a synchronisation); `SSD_CUDA_ATTN=simt` the plain fp32 attention kernels.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { cublasCandidates, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
-import { checkProblems, checkSegments, resolveSegments } from '../segments.js';
+import { checkExperts, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
 
 const UNARY_CODE: Record<UnaryOp, number> = { relu: 0, gelu: 1, neg: 2, exp: 3, log: 4, sqrt: 5, square: 6, tanh: 7 };
 const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3 };
@@ -140,8 +143,8 @@ class CudaBuf implements Buf {
    * guarantees (top-k indices, the MoE routing): they are valid indices without a look at the host.
    */
   known: { version: number; count: number; lo: number; hi: number } | null = null;
-  /** Segment offsets written by `expertGroups` (content `version`): from 0, non-decreasing, to `total`. */
-  segments: { version: number; total: number } | null = null;
+  /** Segment offsets (content `version`), checked: `groups` + 1 of them, from 0, non-decreasing, to `total`. */
+  segments: { version: number; groups: number; total: number } | null = null;
   constructor(readonly dtype: DType, readonly size: number, ptr: number) {
     this.ptr = ptr;
   }
@@ -685,7 +688,9 @@ export class CudaBackend implements Backend {
   private segmentTotal(op: string, s: Buf, groups: number): { S: CudaBuf; total: number } {
     const S = this.typed(op, s, 'segments', 0, 'i32');
     need(op, S.size === groups + 1, () => `segments has ${S.size} entries, expected ${groups + 1} (groups + 1)`);
-    if (!S.segments || S.segments.version !== S.version) S.segments = { version: S.version, total: checkSegments(this.hostInts(S), groups) };
+    const known = S.segments;
+    if (known && known.version === S.version && known.groups === groups) return { S, total: known.total };
+    S.segments = { version: S.version, groups, total: checkSegments(this.hostInts(S), groups) };
     return { S, total: S.segments.total };
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
@@ -694,12 +699,18 @@ export class CudaBackend implements Backend {
     need(op, p instanceof Int32Array, () => 'problems must be an Int32Array');
     need(op, p.length % 9 === 0, () => `problems length ${p.length} is not a multiple of 9`);
     const groups = p.length / 9, rows = g.rows ?? {};
+    if (g.segments) checkSegmentLayout(g);
     const seg = g.segments ? this.segmentTotal(op, g.segments, groups) : null;
-    // cuBLAS takes its sizes from the host: device segments are read back (a synchronisation).
-    if (seg && this.groupedByCublas(groups)) { this.groupedMatmul(a, b, c, resolveSegments(g, this.hostInts(seg.S))); return; }
+    // cuBLAS takes its sizes from the host: device segments go there only when it is asked for
+    // (SSD_CUDA_GROUPED=cublas), read back at the cost of a synchronisation.
+    if (seg && this.groupedRoute === 'cublas' && this.matmulMode !== 'own') {
+      this.groupedMatmul(a, b, c, resolveSegments(g, this.hostInts(seg.S)));
+      return;
+    }
     const indexed = !!(rows.a || rows.b || rows.c);
     // cuBLAS cannot read rows through indices: the generic path gathers copies for it.
-    if (indexed && this.groupedByCublas(groups)) { groupedMatmulByCopies(this, a, b, c, g); return; }
+    const cublas = this.groupedByCublas(groups) && !seg;
+    if (indexed && cublas) { groupedMatmulByCopies(this, a, b, c, g); return; }
     const A = this.buf(op, a, 'a'), B = this.buf(op, b, 'b'), Cb = this.buf(op, c, 'c');
     need(op, !rows.c || g.beta === 1, () => `a scattered C (rows.c) accumulates, beta must be 1 (got ${g.beta})`);
     /** An indexed operand's index buffer, validated against the rows of `real` (entry `at`: its shared ld). */
@@ -724,7 +735,7 @@ export class CudaBackend implements Backend {
       this.w(op, c, 'c');
       return;
     }
-    if (this.groupedByCublas(groups)) {
+    if (cublas) {
       const bf = this.matmulMode === 'bf16';
       const pa = bf ? this.shadow(A) : this.r(op, a, 'a'), pb = bf ? this.shadow(B) : this.r(op, b, 'b'), eb = bf ? 2 : 4;
       const C = g.beta === 0 && tilesRows(p, Cb.size) ? this.o(op, c, 'c', Cb.size) : this.w(op, c, 'c');
@@ -894,7 +905,10 @@ export class CudaBackend implements Backend {
     const M = N * k;
     need(op, M < 2 ** 31, () => `${M} grouped rows exceed the i32 indices`);
     const X = this.typed(op, experts, 'experts', M, 'i32');
-    this.checkIndices(op, X, M, 0, E);
+    const bufs = [experts, offsets, rowToken, rowSlot, rowExpert];
+    need(op, new Set(bufs).size === bufs.length, () => 'experts and the four outputs must be distinct buffers');
+    const kn = X.known;
+    if (!(kn && kn.version === X.version && M <= kn.count && kn.lo >= 0 && kn.hi < E)) checkExperts(this.hostInts(X), N, k, E);
     const x = this.r(op, X, 'experts', M, 'i32');
     const C = Math.ceil(k / 32), chunks = C > 1 ? N * C : 0;
     const outs = [[offsets, 'offsets', E + 1], [rowToken, 'rowToken', M], [rowSlot, 'rowSlot', M], [rowExpert, 'rowExpert', M]] as const;
@@ -918,8 +932,11 @@ export class CudaBackend implements Backend {
       B.plan = { ...plan, version: B.version };
     };
     mark(offsets, E + 1, M, null);
-    (offsets as CudaBuf).segments = { version: (offsets as CudaBuf).version, total: M };
-    mark(rowToken, M, N - 1, { kind: 'listed', ptr: tokenPlan, chunks, count: M, n: N });
+    (offsets as CudaBuf).segments = { version: (offsets as CudaBuf).version, groups: E, total: M };
+    // rowToken: each token k times (distinct targets when k = 1, as the host would find).
+    if (k === 1) this.nat.free(tokenPlan);
+    mark(rowToken, M, N - 1, k === 1 ? { kind: 'unique', ptr: 0, chunks: 0, count: M, n: N }
+      : { kind: 'listed', ptr: tokenPlan, chunks, count: M, n: N });
     mark(rowSlot, M, M - 1, { kind: 'unique', ptr: 0, chunks: 0, count: M, n: M });
     mark(rowExpert, M, E - 1, { kind: 'bounds', ptr: expertPlan, chunks: 0, count: M, n: E });
   }
