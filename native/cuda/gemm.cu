@@ -155,9 +155,9 @@ void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int 
 // the work and each block derives the groups' first work items itself (a warp scan of the segment
 // lengths); blocks past the last item exit. Along M (the token products) a work item is an output
 // tile. Along K (the weight gradients, where an expert chosen by many tokens would leave a few blocks
-// running long after the rest) it is an output tile over one chunk of at most KC rows: each item writes
-// its partial tile to a scratch, and a second kernel adds each tile's partials in chunk order
-// (deterministic) into C.
+// running long after the rest) it is an output tile over one chunk of at most KC rows (KC: the mean
+// segment): a group of one chunk writes C directly; otherwise each item writes its partial tile to a
+// scratch, and a second kernel adds each tile's partials in chunk order (deterministic) into C.
 namespace {
 
 constexpr int kMaxGroups = 96;
@@ -314,8 +314,9 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
   const int n = p[1];
   int64_t offA = p[3], offB = p[5], offC = p[7];
   int local = bid - tile_start[lo];
-  // Where this block's tile goes: C at offC (rows ldc apart), or (split) its own partial tile.
-  const bool split = TA && seg;  // segments along K: split-K partial tiles
+  // Where this block's tile goes: C at offC (rows ldc apart), or, for a chunk of a group that segments
+  // along K split into several, its own partial tile (raw sums: the reduction applies alpha and beta).
+  bool to_partial = false;
   const int64_t ldc = p[8];
   if (seg) {
     // The group's token rows: L = seg[g + 1] - seg[g] along M (A and C rows) or K (A and B rows; this
@@ -323,6 +324,7 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
     int s0 = seg[lo], len = seg[lo + 1] - s0;
     if (TA) {
       const int tiles = group_tiles<BM, BN>(ga, lo, m), chunk = local / tiles;
+      to_partial = len > KC;
       s0 += chunk * KC;
       len = min(KC, len - chunk * KC);
       local -= chunk * tiles;
@@ -417,30 +419,31 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
   // Accumulator layout: lane = 4·g + c holds rows g and g + 8 of each 16x8 tile, columns 2c and 2c + 1.
   const int g = lane >> 2, c = lane & 3;
   if (!C16) {
-    // fp32 C straight from the fragments (4 lanes cover 32 bytes of a row, a whole sector); a split-K
-    // block's partial tile (BM x BN, rows BN apart) is addressed from its first row and column.
+    // fp32 C straight from the fragments (4 lanes cover 32 bytes of a row, a whole sector); a partial
+    // tile (BM x BN, rows BN apart) is addressed from the block's first row and column.
+    const float al = to_partial ? 1.f : alpha, be = to_partial ? 0.f : beta;
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int row = m0 + wm0 + i * 16 + g + 8 * h;
         if (row >= m) continue;
-        float* out = split ? partial + (int64_t)bid * BM * BN + (int64_t)(row - m0) * BN - n0 : C + offC + (int64_t)row * ldc;
+        float* out = to_partial ? partial + (int64_t)bid * BM * BN + (int64_t)(row - m0) * BN - n0 : C + offC + (int64_t)row * ldc;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
           const int col = n0 + wn0 + j * 8 + 2 * c;
-          const float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
+          const float v0 = al * acc[i][j][2 * h], v1 = al * acc[i][j][2 * h + 1];
           if (vecC && col + 1 < n) {
             float2* q = reinterpret_cast<float2*>(out + col);
-            if (beta == 0.f) {
+            if (be == 0.f) {
               *q = make_float2(v0, v1);
             } else {
               const float2 o = *q;
-              *q = make_float2(v0 + beta * o.x, v1 + beta * o.y);
+              *q = make_float2(v0 + be * o.x, v1 + be * o.y);
             }
           } else {
-            if (col < n) out[col] = beta == 0.f ? v0 : v0 + beta * out[col];
-            if (col + 1 < n) out[col + 1] = beta == 0.f ? v1 : v1 + beta * out[col + 1];
+            if (col < n) out[col] = be == 0.f ? v0 : v0 + be * out[col];
+            if (col + 1 < n) out[col + 1] = be == 0.f ? v1 : v1 + be * out[col + 1];
           }
         }
       }
@@ -487,7 +490,8 @@ struct SplitArgs {
   int32_t m[kMaxGroups], n[kMaxGroups], ldc[kMaxGroups];
   int64_t offC[kMaxGroups], elem_start[kMaxGroups + 1];
 };
-// C[g] (+)= the sum of element (r, c)'s partials in chunk order, scaled by alpha (beta: as the product).
+// C[g] (+)= the sum of element (r, c)'s partials in chunk order, scaled by alpha (beta: as the product);
+// groups of one chunk were written by their blocks, empty ones get beta · C.
 template <int BM, int BN>
 __global__ void k_split_reduce(const __grid_constant__ SplitArgs sa, const int32_t* __restrict__ seg, int groups, int KC,
                                const float* __restrict__ partial, const int32_t* __restrict__ starts,
@@ -504,6 +508,7 @@ __global__ void k_split_reduce(const __grid_constant__ SplitArgs sa, const int32
     const int m = sa.m[lo], n = sa.n[lo], r = (int)(e / n), c = (int)(e - (int64_t)r * n);
     const int tiles_n = (n + BN - 1) / BN, tiles = (m + BM - 1) / BM * tiles_n, t = r / BM * tiles_n + c / BN;
     const int chunks = (seg[lo + 1] - seg[lo] + KC - 1) / KC;
+    if (chunks == 1) continue;  // its one block wrote C itself
     const float* p = partial + ((int64_t)starts[lo] + t) * BM * BN + (r % BM) * BN + c % BN;
     float acc = 0.f;
     for (int j = 0; j < chunks; ++j) acc += p[(int64_t)j * tiles * BM * BN];
@@ -572,8 +577,8 @@ void launch_shape(const GroupedCall& q, const int32_t* problems, int64_t groups)
       if (items > 0x7fffffff) throw CudaError("groupedMatmul: too many tiles");
       Scratch partial((size_t)items * BM * BN * sizeof(float)), starts((size_t)(ng + 1) * sizeof(int32_t));
       kernel<<<(unsigned)items, WM * WN * 32, smem, stream()>>>(q.A, q.rowsA, q.B, q.rowsB, q.C, ga, seg, ng, q.vecA, q.vecB,
-                                                               true, 1.f, 0.f, q.KC, partial.as<float>(), starts.as<int32_t>(),
-                                                               nullptr);
+                                                               q.vecC, q.alpha, q.beta, q.KC, partial.as<float>(),
+                                                               starts.as<int32_t>(), nullptr);
       check_launch("groupedMatmul");
       if (sa.elem_start[ng] == 0) continue;
       k_split_reduce<BM, BN><<<grid_for(sa.elem_start[ng], 256), 256, 0, stream()>>>(
@@ -606,10 +611,10 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
                   const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta, const int32_t* seg,
                   int64_t total) {
   if (c_bf16 && (beta != 0.f || (seg && tA))) throw CudaError("groupedMatmul: a bf16 C needs beta 0 and no split-K");
-  // Split-K chunks of about half an average segment (two per group when they are balanced), in whole
-  // BK stages; at least 256 rows.
-  const int64_t half = groups > 0 ? (total + 2 * groups - 1) / (2 * groups) : 0;
-  const int KC = (int)std::min<int64_t>(1 << 20, std::max<int64_t>(256, (half + BK - 1) / BK * BK));
+  // Split-K chunks of an average segment (balanced groups mostly run in one chunk, written straight to
+  // C), in whole BK stages; at least 256 rows.
+  const int64_t mean = groups > 0 ? (total + groups - 1) / groups : 0;
+  const int KC = (int)std::min<int64_t>(1 << 20, std::max<int64_t>(256, (mean + BK - 1) / BK * BK));
   GroupedCall q{reinterpret_cast<const bf16*>(A), rowsA, reinterpret_cast<const bf16*>(B), rowsB,
                 c_bf16 ? nullptr : static_cast<float*>(C), c_bf16 ? static_cast<bf16*>(C) : nullptr, seg, total, KC,
                 aligned16(A), aligned16(B), ((uintptr_t)C & 7) == 0, alpha, beta};

@@ -6,8 +6,9 @@
 namespace ssdc {
 namespace {
 
-// Entries of `experts` per warp in the counting passes (one warp per block, E counters in shared memory).
-constexpr int kRouteChunk = 1024;
+// Entries of `experts` per warp in the counting passes (one warp per block, E counters in shared memory):
+// 8 steps of 32 in order, so the placement's serial steps stay short.
+constexpr int kRouteChunk = 256;
 
 // counts[c · E + e] = entries of chunk c that chose expert e (shared-memory counters: exact, so the
 // result is deterministic whatever the order of the atomics).

@@ -446,6 +446,27 @@ void segment_sum_launch(const S* src, const int32_t* list, const int32_t* bounds
   }
   check_launch(op);
 }
+// acc (+)= rows p = first .. first + count − 1 of `base` (rows d floats apart, column vector c), added
+// in order of p; 8 rows are loaded before their adds, so a long run is not one load latency per row.
+template <int V>
+__device__ __forceinline__ void add_rows_in_order(float* acc, const float* __restrict__ base, int64_t first, int64_t count,
+                                                  int64_t d, int64_t c) {
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
+  int64_t p = first;
+  for (; p + 8 <= first + count; p += 8) {
+    Vec v[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q) v[q] = reinterpret_cast<const Vec*>(base + (p + q) * d)[c];
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      for (int u = 0; u < V; ++u) acc[u] += reinterpret_cast<const float*>(&v[q])[u];
+  }
+  for (; p < first + count; ++p) {
+    const Vec v = reinterpret_cast<const Vec*>(base + p * d)[c];
+    for (int u = 0; u < V; ++u) acc[u] += reinterpret_cast<const float*>(&v)[u];
+  }
+}
+
 // Scatter-add by non-decreasing targets with device bounds: plan = bounds (n + 1), then the chunked
 // flag. Chunk slot q of target t (its sources bounds[t] + 32c ..) is q = t + bounds[t] / 32 + c: distinct
 // for all (t, c) and below n + m / 32 + 1. Pass 1 sums each chunk into partial[q] (flag set only).
@@ -468,10 +489,7 @@ __global__ void k_bounds_chunks(const float* __restrict__ src, const int32_t* __
     if (beg >= end) continue;
     float acc[V];
     for (int u = 0; u < V; ++u) acc[u] = 0.f;
-    for (int64_t p = beg; p < end; ++p) {
-      const Vec v = reinterpret_cast<const Vec*>(src + p * d)[c];
-      for (int u = 0; u < V; ++u) acc[u] += reinterpret_cast<const float*>(&v)[u];
-    }
+    add_rows_in_order<V>(acc, src, beg, end - beg, d, c);
     Vec r;
     for (int u = 0; u < V; ++u) reinterpret_cast<float*>(&r)[u] = acc[u];
     reinterpret_cast<Vec*>(partial + q * d)[c] = r;
@@ -499,10 +517,7 @@ __global__ void k_bounds_sum(const float* __restrict__ src, const float* __restr
     const float* base = chunked ? partial : src;
     const int64_t first = chunked ? t + beg / kPlanChunk : beg;
     const int64_t count = chunked ? (end - beg + kPlanChunk - 1) / kPlanChunk : end - beg;
-    for (int64_t p = first; p < first + count; ++p) {
-      const Vec v = reinterpret_cast<const Vec*>(base + p * d)[c];
-      for (int u = 0; u < V; ++u) acc[u] += reinterpret_cast<const float*>(&v)[u];
-    }
+    add_rows_in_order<V>(acc, base, first, count, d, c);
     Vec r;
     for (int u = 0; u < V; ++u) reinterpret_cast<float*>(&r)[u] = acc[u];
     *o = r;
