@@ -353,6 +353,16 @@ if (why) {
         const device = [scatter(rows[0], N), scatter(rows[1], M), scatter(rows[2], E)];
         const host = rows.map((b) => put(cuda, cuda.download(b), 'i32')); // uploaded copies: host-built plans
         assert.deepEqual(device, [scatter(host[0]!, N), scatter(host[1]!, M), scatter(host[2]!, E)]);
+        // Onto data (not zeros): the expert plan's bounds path against the host's sorted plan.
+        const base = randn(r, E * d);
+        const onto = (idx: Buf) => {
+          const o = put(cuda, base);
+          cuda.scatterAddRows(src, idx, o, M, E, d);
+          const out = Array.from(cuda.download(o));
+          cuda.free(o);
+          return out;
+        };
+        assert.deepEqual(onto(rows[2]), onto(host[2]!));
         // A gathered product, a scattered one and a weight gradient over device segments vs explicit problems.
         const s = 8, dm = 16, x = put(cuda, randn(r, N * dm)), w = put(cuda, randn(r, E * s * dm)), h = put(cuda, randn(r, M * s));
         const template = (f: (e: number) => number[]) => Int32Array.from(Array.from({ length: E }, (_, e) => f(e)).flat());
@@ -377,6 +387,13 @@ if (why) {
           if (!c.args.transA) assert.deepEqual(got, ref, `rows ${Object.keys(c.args.rows)}: same bits`);
           else assert.ok(relErr(got, ref) <= 1e-6, `weight gradient: ${relErr(got, ref)}`);
         }
+        // New content in a routed index drops what expertGroups knew of it: the reversed token index
+        // scatters like its uploaded copy.
+        const reversed = Int32Array.from(want.rowToken).reverse();
+        cuda.upload(rows[0], reversed);
+        const fresh = put(cuda, reversed, 'i32');
+        assert.deepEqual(scatter(rows[0], N), scatter(fresh, N));
+        cuda.free(fresh);
         for (const b of [X, off, ...rows, src, ...host, x, w, h]) cuda.free(b);
       }
     });

@@ -148,11 +148,15 @@ __global__ void k_layer_norm_bwd_gb_final(const float* __restrict__ pg, const fl
   }
 }
 
+// out row r = x row idx[r], V floats per thread (V = 4: rows 16-byte aligned).
+template <int V>
 __global__ void k_gather(const float* __restrict__ x, const int32_t* __restrict__ idx, float* __restrict__ o, int64_t m,
                          int64_t d) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < m * d; i += (int64_t)gridDim.x * blockDim.x) {
-    int64_t r = i / d, j = i - r * d;
-    o[i] = x[(int64_t)idx[r] * d + j];
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
+  const int64_t w = d / V;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < m * w; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / w, j = i - r * w;
+    reinterpret_cast<Vec*>(o)[i] = reinterpret_cast<const Vec*>(x + (int64_t)idx[r] * d)[j];
   }
 }
 // V consecutive source elements as floats: fp32, or bf16 (a scattered product's scratch) widened.
@@ -425,17 +429,21 @@ void layer_norm_backward(const float* x, const float* g, const float* mean, cons
   check_launch("layerNormBackward");
 }
 
-void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t d, const char* op) {
-  if (m == 0 || d == 0) return;
-  k_gather<<<grid_for(m * d, kT), kT, 0, stream()>>>(x, idx, out, m, d);
-  check_launch(op);
-}
-
 namespace {
 // Whether rows of d floats at src and out can be read and written as float4.
 bool vec4(const float* src, const float* out, int64_t d) {
   return d % 4 == 0 && ((uintptr_t)src & 15) == 0 && ((uintptr_t)out & 15) == 0;
 }
+}  // namespace
+
+void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t d, const char* op) {
+  if (m == 0 || d == 0) return;
+  if (vec4(x, out, d)) k_gather<4><<<grid_for(m * d / 4, kT), kT, 0, stream()>>>(x, idx, out, m, d);
+  else k_gather<1><<<grid_for(m * d, kT), kT, 0, stream()>>>(x, idx, out, m, d);
+  check_launch(op);
+}
+
+namespace {
 template <class S>
 void segment_sum_launch(const S* src, const int32_t* list, const int32_t* bounds, int64_t n, float* out, int64_t d,
                         bool init, const char* op) {

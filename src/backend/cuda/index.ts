@@ -31,7 +31,8 @@
  * index (as `topk` does for its indices, so validating them needs no download), the total of the
  * segment offsets, and the scatter plans of the token, slot and expert indices, built by the same
  * kernels. Grouped products then read their group sizes from the device offsets
- * (`GroupedMatmulArgs.segments`), and a MoE layer runs without a synchronisation.
+ * (`GroupedMatmulArgs.segments`), and a MoE layer runs without a synchronisation. (At most 12288
+ * experts per layer: the routing keeps a shared-memory counter per expert.)
  *
  * The MoE products (`groupedMatmul` with `rows`) run in the built-in grouped kernel, which reads the
  * token rows through their indices while it loads its tiles; a scattered C is computed into a scratch
