@@ -282,6 +282,9 @@ for (const name of names) {
         assert.deepEqual([...g.rowSlot.toArray()], [1, 2, 0, 5, 3, 4]);
         assert.deepEqual([...g.rowExpert.toArray()], [0, 0, 1, 1, 2, 2]);
         assert.throws(() => T.expertGroups(ex, 2), /expert 2 of token 1 is outside \[0, 2\)/);
+        const o = b.alloc('i32', 5), r1 = b.alloc('i32', 6), r2 = b.alloc('i32', 6);
+        assert.throws(() => b.expertGroups(ex.buf('t'), o, r1, r1, r2, 3, 2, 4), /must be distinct buffers/);
+        for (const buf of [o, r1, r2]) b.free(buf);
         const x = T.tensor(Float32Array.from({ length: 12 }, (_, i) => i), [6, 2], { backend: b });
         const w = T.tensor(new Float32Array(4 * 2 * 3), [4, 2, 3], { backend: b });
         const layout = { nExpert: 4, k: 2, n: 3, stride: 6, ld: 3, transB: false };

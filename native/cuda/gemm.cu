@@ -611,6 +611,7 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
                   const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta, const int32_t* seg,
                   int64_t total) {
   if (c_bf16 && (beta != 0.f || (seg && tA))) throw CudaError("groupedMatmul: a bf16 C needs beta 0 and no split-K");
+  if (seg && tA && tB) throw CudaError("groupedMatmul: segments need transA or transB false");
   // Split-K chunks of an average segment (balanced groups mostly run in one chunk, written straight to
   // C), in whole BK stages; at least 256 rows.
   const int64_t mean = groups > 0 ? (total + groups - 1) / groups : 0;
@@ -629,7 +630,7 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
     // 16-byte chunks need every row start and the contiguous extent (k, or m / n when transposed)
     // at multiples of 8 elements; float2 stores need even C offsets, a bf16 C's quads multiples of 4.
     q.vecA = q.vecA && p[3] % 8 == 0 && p[4] % 8 == 0 && (tA ? m : k) % 8 == 0;
-    q.vecB = q.vecB && p[5] % 8 == 0 && p[6] % 8 == 0 && (tB ? k : n) % 8 == 0 && !(seg && tA && tB);
+    q.vecB = q.vecB && p[5] % 8 == 0 && p[6] % 8 == 0 && (tB ? k : n) % 8 == 0;
     q.vecC = q.vecC && p[7] % (c_bf16 ? 4 : 2) == 0 && p[8] % (c_bf16 ? 4 : 2) == 0;
     for (int s = 0; s < 3; ++s) {
       const int64_t bm = kShapes[s][0], bn = kShapes[s][1];

@@ -47,11 +47,11 @@ __device__ int block_exclusive_scan(int v, int* total) {
 }
 
 // One block: offsets (E + 1) = exclusive scan of the expert loads; counts[c · E + e] becomes the first
-// grouped row of chunk c's entries for expert e (expert-major, chunk-minor: the stable order); the
-// expert plan gets the offsets as its bounds and, after them, whether some expert has more than
-// kPlanChunk rows (the chunked two-level sum of scatter_plan). Warp w scans the chunks of experts
-// w, w + 32, ... (lanes over chunks); then the loads are scanned over the experts: thread t owns
-// experts [t·per, (t+1)·per).
+// row of chunk c's entries for expert e counted from the expert's first row (chunk-minor: the stable
+// order; k_route_place adds offsets[e]); the expert plan gets the offsets as its bounds and, after
+// them, whether some expert has more than kPlanChunk rows (the chunked two-level sum of scatter_plan).
+// Warp w scans the chunks of experts w, w + warps, ... (lanes over chunks); then the loads are scanned
+// over the experts: thread t owns experts [t·per, (t+1)·per).
 __global__ void k_route_scan(int32_t* __restrict__ counts, int64_t chunks, int E, int32_t* __restrict__ offsets,
                              int32_t* __restrict__ eplan) {
   __shared__ int total, longest;

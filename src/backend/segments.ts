@@ -51,6 +51,11 @@ export function checkExperts(experts: Int32Array, N: number, k: number, E: numbe
   }
 }
 
+/** Throws unless the experts buffer and the four outputs of `expertGroups` are distinct buffers. */
+export function checkExpertBuffers(bufs: readonly unknown[]): void {
+  if (new Set(bufs).size !== bufs.length) throw new Error('expertGroups: experts and the four outputs must be distinct buffers');
+}
+
 /**
  * Checks segment offsets (groups + 1 entries, from 0, non-decreasing) and returns their total.
  * Throws naming the first violation.

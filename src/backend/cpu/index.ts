@@ -8,7 +8,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 import { ArrayPool } from './pool.js';
-import { groupExperts, resolveSegments } from '../segments.js';
+import { checkExpertBuffers, groupExperts, resolveSegments } from '../segments.js';
 
 type Arr = Float32Array | Uint16Array | Int32Array;
 
@@ -447,6 +447,7 @@ export class CpuBackend implements Backend {
   expertGroups(experts: Buf, offsets: Buf, rowToken: Buf, rowSlot: Buf, rowExpert: Buf, N: number, k: number, E: number): void {
     const op = 'expertGroups';
     this.dims(op, { N, k, E });
+    checkExpertBuffers([experts, offsets, rowToken, rowSlot, rowExpert]);
     const g = groupExperts(this.i(op, experts, 'experts', N * k), N, k, E);
     this.i(op, offsets, 'offsets', E + 1).set(g.offsets);
     for (const [b, v, what] of [[rowToken, g.rowToken, 'rowToken'], [rowSlot, g.rowSlot, 'rowSlot'], [rowExpert, g.rowExpert, 'rowExpert']] as const) {

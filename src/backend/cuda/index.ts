@@ -50,7 +50,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { cublasCandidates, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
-import { checkExperts, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
+import { checkExpertBuffers, checkExperts, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
 
 const UNARY_CODE: Record<UnaryOp, number> = { relu: 0, gelu: 1, neg: 2, exp: 3, log: 4, sqrt: 5, square: 6, tanh: 7 };
 const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3 };
@@ -906,8 +906,7 @@ export class CudaBackend implements Backend {
     const M = N * k;
     need(op, M < 2 ** 31, () => `${M} grouped rows exceed the i32 indices`);
     const X = this.typed(op, experts, 'experts', M, 'i32');
-    const bufs = [experts, offsets, rowToken, rowSlot, rowExpert];
-    need(op, new Set(bufs).size === bufs.length, () => 'experts and the four outputs must be distinct buffers');
+    checkExpertBuffers([experts, offsets, rowToken, rowSlot, rowExpert]);
     const kn = X.known;
     if (!(kn && kn.version === X.version && M <= kn.count && kn.lo >= 0 && kn.hi < E)) checkExperts(this.hostInts(X), N, k, E);
     const x = this.r(op, X, 'experts', M, 'i32');

@@ -7,7 +7,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
 import { uniform } from '../rng.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
-import { checkProblems, groupExperts, resolveSegments } from '../segments.js';
+import { checkExpertBuffers, checkProblems, groupExperts, resolveSegments } from '../segments.js';
 import { roundBf16 } from './bf16.js';
 
 type F = Float32Array | Float64Array;
@@ -390,6 +390,7 @@ export class RefBackend implements Backend {
     }
   }
   expertGroups(experts: Buf, offsets: Buf, rowToken: Buf, rowSlot: Buf, rowExpert: Buf, N: number, k: number, E: number): void {
+    checkExpertBuffers([experts, offsets, rowToken, rowSlot, rowExpert]);
     const g = groupExperts(this.i(experts), N, k, E);
     this.i(offsets).set(g.offsets);
     this.i(rowToken).set(g.rowToken);
