@@ -179,6 +179,25 @@ template <> struct SrcVec<1, __nv_bfloat16> {
   __device__ static float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 };
 
+// An accumulator of V floats: zeros (init), or the V floats at o; and its store back to o.
+template <int V>
+__device__ __forceinline__ void acc_begin(float* acc, const float* o, bool init) {
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
+  if (init) {
+    for (int q = 0; q < V; ++q) acc[q] = 0.f;
+  } else {
+    const Vec v = *reinterpret_cast<const Vec*>(o);
+    for (int q = 0; q < V; ++q) acc[q] = reinterpret_cast<const float*>(&v)[q];
+  }
+}
+template <int V>
+__device__ __forceinline__ void acc_store(float* o, const float* acc) {
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
+  Vec r;
+  for (int q = 0; q < V; ++q) reinterpret_cast<float*>(&r)[q] = acc[q];
+  *reinterpret_cast<Vec*>(o) = r;
+}
+
 // out[t] = (init ? 0 : out[t]) + Σ src[list[p]] over p in [bounds[t], bounds[t + 1]), in order of p
 // (list null: src[p]). One thread per (row t, column chunk of V floats); the loads of 4 rows are
 // issued before their in-order adds. The scatter plans (see scatter_plan) run it once (list = the
@@ -195,14 +214,9 @@ __global__ void k_segment_sum(const S* __restrict__ src, const int32_t* __restri
     const int64_t t = i / chunks, c = i - t * chunks;
     const int32_t beg = bounds[t], end = bounds[t + 1];
     if (beg == end && !init) continue;
-    Vec* o = reinterpret_cast<Vec*>(out + t * d) + c;
+    float* o = out + t * d + c * V;
     float acc[V];
-    if (init) {
-      for (int q = 0; q < V; ++q) acc[q] = 0.f;
-    } else {
-      const Vec v = *o;
-      for (int q = 0; q < V; ++q) acc[q] = reinterpret_cast<const float*>(&v)[q];
-    }
+    acc_begin<V>(acc, o, init);
     auto row = [&](int32_t p) { return SrcVec<V, S>::load(src + (int64_t)(list ? list[p] : p) * d + c * V); };
     int32_t p = beg;
     for (; p + 4 <= end; p += 4) {
@@ -217,9 +231,7 @@ __global__ void k_segment_sum(const S* __restrict__ src, const int32_t* __restri
       const Vec v = row(p);
       for (int q = 0; q < V; ++q) acc[q] += reinterpret_cast<const float*>(&v)[q];
     }
-    Vec r;
-    for (int q = 0; q < V; ++q) reinterpret_cast<float*>(&r)[q] = acc[q];
-    *o = r;
+    acc_store<V>(o, acc);
   }
 }
 
@@ -481,7 +493,6 @@ __device__ __forceinline__ void add_rows_in_order(float* acc, const float* __res
 template <int V>
 __global__ void k_bounds_chunks(const float* __restrict__ src, const int32_t* __restrict__ plan, int64_t n,
                                 int64_t slots, float* __restrict__ partial, int64_t d) {
-  using Vec = typename std::conditional<V == 4, float4, float>::type;
   if (plan[n + 1] == 0) return;
   const int64_t vecs = d / V;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < slots * vecs; i += (int64_t)gridDim.x * blockDim.x) {
@@ -496,39 +507,29 @@ __global__ void k_bounds_chunks(const float* __restrict__ src, const int32_t* __
     const int64_t end = beg + kPlanChunk < plan[lo + 1] ? beg + kPlanChunk : (int64_t)plan[lo + 1];
     if (beg >= end) continue;
     float acc[V];
-    for (int u = 0; u < V; ++u) acc[u] = 0.f;
+    acc_begin<V>(acc, nullptr, true);
     add_rows_in_order<V>(acc, src, beg, end - beg, d, c);
-    Vec r;
-    for (int u = 0; u < V; ++u) reinterpret_cast<float*>(&r)[u] = acc[u];
-    reinterpret_cast<Vec*>(partial + q * d)[c] = r;
+    acc_store<V>(partial + q * d + c * V, acc);
   }
 }
 // Pass 2: out[t] (+)= its chunk sums in order (flag set), or its sources in order (flag clear).
 template <int V>
 __global__ void k_bounds_sum(const float* __restrict__ src, const float* __restrict__ partial,
                              const int32_t* __restrict__ plan, int64_t n, float* __restrict__ out, int64_t d, bool init) {
-  using Vec = typename std::conditional<V == 4, float4, float>::type;
   const bool chunked = plan[n + 1] != 0;
   const int64_t vecs = d / V;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n * vecs; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t t = i / vecs, c = i - t * vecs;
     const int32_t beg = plan[t], end = plan[t + 1];
     if (beg == end && !init) continue;
-    Vec* o = reinterpret_cast<Vec*>(out + t * d) + c;
+    float* o = out + t * d + c * V;
     float acc[V];
-    if (init) {
-      for (int u = 0; u < V; ++u) acc[u] = 0.f;
-    } else {
-      const Vec v = *o;
-      for (int u = 0; u < V; ++u) acc[u] = reinterpret_cast<const float*>(&v)[u];
-    }
+    acc_begin<V>(acc, o, init);
     const float* base = chunked ? partial : src;
     const int64_t first = chunked ? t + beg / kPlanChunk : beg;
     const int64_t count = chunked ? (end - beg + kPlanChunk - 1) / kPlanChunk : end - beg;
     add_rows_in_order<V>(acc, base, first, count, d, c);
-    Vec r;
-    for (int u = 0; u < V; ++u) reinterpret_cast<float*>(&r)[u] = acc[u];
-    *o = r;
+    acc_store<V>(o, acc);
   }
 }
 

@@ -676,10 +676,13 @@ export class CudaBackend implements Backend {
     this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch, m, nn, kk,
       g.transA, g.transB, g.alpha, g.beta, 0);
   }
-  /** Whether a grouped product of `groups` groups runs as one cuBLAS GEMM per group (see the file comment). */
-  private groupedByCublas(groups: number): boolean {
+  /**
+   * Whether a grouped product of `groups` groups runs as one cuBLAS GEMM per group (see the file
+   * comment): under `auto` not with device segments, whose sizes cuBLAS would need on the host.
+   */
+  private groupedByCublas(groups: number, segments: boolean): boolean {
     if (this.matmulMode === 'own' || this.groupedRoute === 'own') return false;
-    return this.groupedRoute === 'cublas' || groups <= 4;
+    return this.groupedRoute === 'cublas' || (groups <= 4 && !segments);
   }
   /**
    * The total of a segments buffer (GroupedMatmulArgs.segments) of `groups` + 1 entries, validated:
@@ -704,13 +707,13 @@ export class CudaBackend implements Backend {
     const seg = g.segments ? this.segmentTotal(op, g.segments, groups) : null;
     // cuBLAS takes its sizes from the host: device segments go there only when it is asked for
     // (SSD_CUDA_GROUPED=cublas), read back at the cost of a synchronisation.
-    if (seg && this.groupedRoute === 'cublas' && this.matmulMode !== 'own') {
+    if (seg && this.groupedByCublas(groups, true)) {
       this.groupedMatmul(a, b, c, resolveSegments(g, this.hostInts(seg.S)));
       return;
     }
     const indexed = !!(rows.a || rows.b || rows.c);
     // cuBLAS cannot read rows through indices: the generic path gathers copies for it.
-    const cublas = this.groupedByCublas(groups) && !seg;
+    const cublas = this.groupedByCublas(groups, seg !== null);
     if (indexed && cublas) { groupedMatmulByCopies(this, a, b, c, g); return; }
     const A = this.buf(op, a, 'a'), B = this.buf(op, b, 'b'), Cb = this.buf(op, c, 'c');
     need(op, !rows.c || g.beta === 1, () => `a scattered C (rows.c) accumulates, beta must be 1 (got ${g.beta})`);
