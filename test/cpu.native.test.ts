@@ -80,6 +80,17 @@ const runs: Record<string, Run> = {
       return [b.download(c)];
     });
   },
+  'matmul epilogue: batch 2, C rows strided, beta 1, bias + ReLU (NaN in C -> 0)': (b) => {
+    const m = 70, n = 33, k = 96, sC = m * n + 5;
+    const c0 = randn(rng(9), 2 * sC);
+    c0[7] = NaN;
+    const a = put(b, mmA.subarray(0, 2 * m * k)), w = put(b, mmB.subarray(0, k * n)), c = put(b, c0), bias = put(b, randn(rng(8), n));
+    return withBufs(b, [a, w, c, bias], () => {
+      b.matmul(a, w, c, { batch: 2, m, n, k, transA: false, transB: false, strideA: m * k, strideB: 0, strideC: sC,
+        alpha: 0.5, beta: 1, bias, relu: true });
+      return [b.download(c)];
+    });
+  },
   'attention B2 T150 H2 D64 causal fwd+bwd': (b) => attn(b, 2, 150, 2, 64, true),
   'attention B1 T130 H3 D32 non-causal fwd+bwd': (b) => attn(b, 1, 130, 3, 32, false),
   'attention B1 T70 H2 D24 (scalar path) fwd+bwd': (b) => attn(b, 1, 70, 2, 24, true),
@@ -262,6 +273,16 @@ describe('cpu backend: large sizes match ref', () => {
     if (name.startsWith('topk')) continue; // ranks NaN like -inf, as ref: compared exactly below
     matchesRef(name, run);
   }
+  it('matmul: a bias of the wrong size or dtype throws the same error on cpu and ref', () => {
+    for (const be of [cpu, ref]) {
+      for (const bias of [be.alloc('f32', 4), be.alloc('i32', 5)]) {
+        const a = be.alloc('f32', 6), w = be.alloc('f32', 15), c = be.alloc('f32', 10);
+        assert.throws(() => be.matmul(a, w, c, { batch: 1, m: 2, n: 5, k: 3, transA: false, transB: false, strideA: 0, strideB: 0,
+          strideC: 0, alpha: 1, beta: 0, bias }), /matmul: bias must be f32 with one entry per output column \(5\)/);
+        for (const x of [a, w, c, bias]) be.free(x);
+      }
+    }
+  });
   it('topk matches ref exactly (ties, NaN, -inf)', () => {
     const got = runs['topk 400x300 k=8 (with ties and NaN)']!(cpu), want = runs['topk 400x300 k=8 (with ties and NaN)']!(ref);
     assert.deepEqual(Array.from(got[1]!), Array.from(want[1]!));

@@ -89,6 +89,27 @@ if (why) {
       }, 1e-2);
     }
     {
+      // The matmul epilogue (bias, ReLU): fused by cuBLASLt (beta 0 and 1, both transposes), after a
+      // strided batch, after a padded width (bias over the n real columns), and in the f32 / built-in
+      // GEMM modes.
+      const f32 = createCudaBackend({ matmul: 'f32' }), own = createCudaBackend({ matmul: 'own' });
+      for (const [m, k, n, tA, tB, batch, beta, relu, on, tol] of [
+        [512, 768, 3072, false, true, 1, 0, true, cuda, 1e-2], [1000, 96, 130, true, false, 1, 1, false, cuda, 1e-2],
+        [33, 17, 65, true, true, 3, 1, true, cuda, 1e-2], [128, 64, 33333, false, true, 1, 0, true, cuda, 1e-2],
+        [300, 200, 72, false, true, 1, 0, true, f32, 1e-5], [300, 200, 72, false, true, 2, 1, true, own, 1e-2],
+      ] as const) {
+        const a = randn(r, batch * m * k), b = randn(r, batch * k * n), c0 = randn(r, batch * m * n), bias = randn(r, n);
+        close(`matmul epilogue ${batch}x${m}x${k}x${n} tA=${tA} tB=${tB} beta=${beta} bias${relu ? ' + ReLU' : ''} (matmul ${(on as CudaBackend).matmulMode})`, (be) => {
+          const A = put(be, a), B = put(be, b), C = put(be, c0), bb = put(be, bias);
+          be.matmul(A, B, C, { batch, m, n, k, transA: tA, transB: tB, strideA: m * k, strideB: k * n, strideC: m * n,
+            alpha: 0.5, beta, bias: bb, relu });
+          const res = be.download(C);
+          for (const x of [A, B, C, bb]) be.free(x);
+          return [res];
+        }, tol, on);
+      }
+    }
+    {
       // The output layer's shapes with an odd vocabulary: misaligned leading dimensions take the padded path.
       const m = 128, d = 64, V = 33333;
       const h = randn(r, m * d), w = randn(r, V * d), gl = randn(r, m * V);

@@ -63,6 +63,18 @@ function cases(): OpCase[] {
   out.push({ name: 'matmul batched (2,3,4,5)x(2,3,5,6)', inputs: [f([2, 3, 4, 5], r), f([2, 3, 5, 6], r)], fn: ([a, b]) => T.matmul(a!, b!) });
   out.push({ name: 'matmul broadcast a (1,4,5)x(3,5,2)', inputs: [f([1, 4, 5], r), f([3, 5, 2], r)], fn: ([a, b]) => T.matmul(a!, b!) });
   out.push({ name: 'matmul x·Wᵀ (2,3,5)x(4,5)ᵀ', inputs: [f([2, 3, 5], r), f([4, 5], r)], fn: ([a, b]) => T.matmul(a!, b!, { transB: true }) });
+  // linear: the bias and ReLU epilogue fused into the product. ReLU's inputs stay away from its kink:
+  // small x·Wᵀ against biases of magnitude >= 0.6.
+  const bias = (n: number): Input => ({ data: randn(r, n).map((v) => Math.sign(v || 1) * (0.6 + 0.2 * Math.abs(v))), shape: [n] });
+  out.push({ name: 'linear (2,3,5)·(4,5)ᵀ + b', inputs: [f([2, 3, 5], r), f([4, 5], r), f([4], r)], fn: ([x, w, b]) => T.linear(x!, w!, b!) });
+  out.push({ name: 'linear (3,5)·(7,5)ᵀ, no bias', inputs: [f([3, 5], r), f([7, 5], r)], fn: ([x, w]) => T.linear(x!, w!, null) });
+  for (const [rows, nIn, nOut] of [[17, 33, 9], [2 * 40, 64, 96]] as const) {
+    out.push({
+      name: `linear relu (${rows},${nIn})·(${nOut},${nIn})ᵀ + b`,
+      inputs: [f([rows, nIn], r, 0.02), f([nOut, nIn], r), bias(nOut)],
+      fn: ([x, w, b]) => T.linear(x!, w!, b!, { relu: true }),
+    });
+  }
   // broadcasting arithmetic
   out.push({ name: 'add broadcast (3,1,5)+(4,1)', inputs: [f([3, 1, 5], r), f([4, 1], r)], fn: ([a, b]) => T.add(a!, b!) });
   out.push({ name: 'sub (7)-(1)', inputs: [f([7], r), f([1], r)], fn: ([a, b]) => T.sub(a!, b!) });

@@ -298,6 +298,11 @@ Napi::Value MatmulFn(const Napi::CallbackInfo& info) {
   bool ta = flag(info, 7), tb = flag(info, 8);
   int64_t sA = dim(info, 9, fn), sB = dim(info, 10, fn), sC = dim(info, 11, fn);
   float alpha = (float)num(info, 12, fn), beta = (float)num(info, 13, fn);
+  // Epilogue (MatmulArgs.bias / relu): bias (n) or null, then the ReLU flag.
+  const bool has_bias = info.Length() > 14 && !info[14].IsNull() && !info[14].IsUndefined();
+  View<float> bias{nullptr, 0};
+  if (has_bias) bias = arr<float>(info, 14, fn, n);
+  const bool relu = flag(info, 15);
   if (batch == 0 || m == 0 || n == 0) return Undef(info);
   if (batch > 1 && sC < m * n) throw ArgError("matmul: strideC < m*n");
   if ((batch - 1) * sC + m * n > C.n) throw ArgError("matmul: C too small");
@@ -308,6 +313,7 @@ Napi::Value MatmulFn(const Napi::CallbackInfo& info) {
   const int64_t lda = ta ? m : k, ldb = tb ? k : n;
   for (int64_t b = 0; b < batch; ++b)
     sgemm(ta, tb, m, n, k, alpha, A.p + b * sA, lda, Bm.p + b * sB, ldb, beta, C.p + b * sC, n);
+  if (has_bias || relu) bias_act(C.p, sC, batch, m, n, has_bias ? bias.p : nullptr, relu);
   return Undef(info);
 }
 // Optional i32 index argument (null or undefined: absent). An empty array is present, with no entries

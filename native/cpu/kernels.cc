@@ -802,6 +802,22 @@ void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t 
 }
 
 // out[r] = sum_c a[r, c] * b[r, c], accumulated in double in column order (rows in parallel).
+void bias_act(float* C, int64_t strideC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu) {
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, n));
+  for (int64_t b = 0; b < batch; ++b) {
+    float* Cb = C + b * strideC;
+    parallel_for(m, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* row = Cb + r * n;
+        for (int64_t c = 0; c < n; ++c) {
+          const float v = row[c] + (bias ? bias[c] : 0.f);
+          row[c] = relu && !(v > 0.f) ? 0.f : v;  // NaN -> 0 under ReLU (like ref)
+        }
+      }
+    });
+  }
+}
+
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {
   int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols));
   parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {

@@ -48,6 +48,9 @@ void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t
 void topk_backward(const float* g, const int32_t* indices, float* gx, int64_t rows, int64_t cols, int64_t k);
 void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d);
 void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t m, int64_t n, int64_t d);
+// The matmul epilogue (MatmulArgs.bias / relu) on C (batch, m, n), batches strideC apart: C = act(C + bias),
+// bias (n) or null; act = ReLU when relu (NaN -> 0), else identity.
+void bias_act(float* C, int64_t strideC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu);
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
 void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols);
 

@@ -216,11 +216,18 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
 }
 
 // ---------------------------------------------------------------- GEMM
-// gemm(A, aType, lda, sA, B, bType, ldb, sB, C, ldc, sC, batch, m, n, k, tA, tB, alpha, beta, compute)
+// gemm(A, aType, lda, sA, B, bType, ldb, sB, C, ldc, sC, batch, m, n, k, tA, tB, alpha, beta, compute, bias, relu);
+// bias 0: none
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   gemm(ptr(info, 0), (int)i64(info, 1), i64(info, 2), i64(info, 3), ptr(info, 4), (int)i64(info, 5), i64(info, 6),
        i64(info, 7), fp(info, 8), i64(info, 9), i64(info, 10), i64(info, 11), i64(info, 12), i64(info, 13), i64(info, 14),
-       flag(info, 15), flag(info, 16), (float)num(info, 17), (float)num(info, 18), (int)i64(info, 19));
+       flag(info, 15), flag(info, 16), (float)num(info, 17), (float)num(info, 18), (int)i64(info, 19), fp(info, 20),
+       flag(info, 21));
+  return U(info);
+}
+// biasAct(C, ldc, sC, batch, m, n, bias, relu): the matmul epilogue alone (bias 0: none)
+Napi::Value BiasAct(const Napi::CallbackInfo& info) {
+  bias_act(fp(info, 0), i64(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), i64(info, 5), fp(info, 6), flag(info, 7));
   return U(info);
 }
 // groupedGemm(A16, rowsA, B16, rowsB, C, problems Int32Array, tA, tB, alpha, beta, segments, total, cBf16); rows
@@ -388,6 +395,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("dropout", Dropout);
   FN("adamw", AdamW);
   FN("gemm", Gemm);
+  FN("biasAct", BiasAct);
   FN("groupedGemm", GroupedGemm);
   FN("softmax", Softmax);
   FN("softmaxBackward", SoftmaxBackward);

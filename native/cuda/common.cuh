@@ -152,9 +152,14 @@ void expert_groups(const int32_t* experts, int64_t N, int64_t k, int64_t E, int3
 // compute: 0 bf16 tensor cores (operands bf16), 1 tf32, 2 plain f32. aType/bType: 0 f32, 1 bf16.
 std::string cublas_load(const std::vector<std::string>& paths);
 bool cublas_ready();
+// bias (n floats, or null) and relu: the epilogue C = act(alpha·op(A)·op(B) + beta·C + bias) (MatmulArgs),
+// fused through cuBLASLt where it has an algorithm for the product, else run by bias_act after it.
 void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
           int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
-          float beta, int compute);
+          float beta, int compute, const float* bias, bool relu);
+// The epilogue alone, in place on C (batch, m, n; rows ldc, batches sC apart): C = act(C + bias); NaN
+// -> 0 under ReLU.
+void bias_act(float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu);
 // Grouped GEMM with the built-in tensor-core kernel on bf16 operands (fp32 C); problems: 9 ints per
 // group (GroupedMatmulArgs). rowsA / rowsB (or null): row indices of A / B, device i32, validated by
 // the caller (the virtual-matrix addressing of GroupedMatmulArgs.rows). seg (or null): device segment

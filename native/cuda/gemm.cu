@@ -5,7 +5,10 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
+#include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "mma.cuh"
@@ -37,6 +40,36 @@ struct Cublas {
 };
 Cublas g_cublas;
 
+// cuBLASLt (the matmuls with a fused epilogue), from the same dlopen'ed libcublasLt. Enum values and
+// the heuristic result's layout are those of cublasLt.h (CUDA 12 and 13).
+enum { LT_DESC_TRANSA = 3, LT_DESC_TRANSB = 4, LT_DESC_EPILOGUE = 7, LT_DESC_BIAS_POINTER = 8 };
+enum { LT_EPILOGUE_DEFAULT = 1, LT_EPILOGUE_RELU = 2, LT_EPILOGUE_BIAS = 4 };
+enum { LT_PREF_MAX_WORKSPACE = 1, LT_PREF_ALIGN_A = 5, LT_PREF_ALIGN_B = 6, LT_PREF_ALIGN_C = 7, LT_PREF_ALIGN_D = 8 };
+struct LtHeuristic {
+  uint64_t algo[8];
+  size_t workspace;
+  int state;
+  float waves;
+  int reserved[4];
+};
+struct CublasLt {
+  void* h = nullptr;
+  bool tried = false;
+  cublasStatus_t (*create)(void**) = nullptr;
+  cublasStatus_t (*desc_create)(void**, int, int) = nullptr;
+  cublasStatus_t (*desc_destroy)(void*) = nullptr;
+  cublasStatus_t (*desc_set)(void*, int, const void*, size_t) = nullptr;
+  cublasStatus_t (*layout_create)(void**, int, uint64_t, uint64_t, int64_t) = nullptr;
+  cublasStatus_t (*layout_destroy)(void*) = nullptr;
+  cublasStatus_t (*pref_create)(void**) = nullptr;
+  cublasStatus_t (*pref_destroy)(void*) = nullptr;
+  cublasStatus_t (*pref_set)(void*, int, const void*, size_t) = nullptr;
+  cublasStatus_t (*heuristic)(void*, void*, void*, void*, void*, void*, void*, int, LtHeuristic*, int*) = nullptr;
+  cublasStatus_t (*matmul)(void*, void*, const void*, const void*, void*, const void*, void*, const void*, const void*,
+                           void*, void*, void*, const void*, void*, size_t, cudaStream_t) = nullptr;
+};
+CublasLt g_lt;
+
 const char* status_name(int s) {
   switch (s) {
     case 0: return "CUBLAS_STATUS_SUCCESS";
@@ -61,12 +94,11 @@ std::string cublas_load(const std::vector<std::string>& paths) {
   std::string tried;
   for (const auto& p : paths) {
     // libcublas needs libcublasLt: load it first from the same folder so the dependency resolves.
-    auto slash = p.rfind('/');
-    if (slash != std::string::npos) {
-      std::string dir = p.substr(0, slash + 1);
-      std::string base = p.substr(slash + 1);
-      std::string ver = base.substr(base.find(".so"));
-      void* lt = dlopen((dir + "libcublasLt" + ver).c_str(), RTLD_NOW | RTLD_GLOBAL);
+    const auto slash = p.rfind('/');
+    const std::string dir = slash == std::string::npos ? "" : p.substr(0, slash + 1);
+    const std::string base = p.substr(dir.size());
+    if (base.find(".so") != std::string::npos) {
+      void* lt = dlopen((dir + "libcublasLt" + base.substr(base.find(".so"))).c_str(), RTLD_NOW | RTLD_GLOBAL);
       if (lt) g_cublas.lt = lt;
     }
     void* lib = dlopen(p.c_str(), RTLD_NOW | RTLD_GLOBAL);
@@ -118,23 +150,152 @@ __global__ void k_scale_c(float* C, int64_t ldc, int64_t sC, int64_t batch, int6
 }
 }  // namespace
 
+namespace {
+__global__ void k_bias_act(float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n,
+                           const float* __restrict__ bias, bool relu) {
+  const int64_t total = batch * m * n;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = i / (m * n), r = (i / n) % m, c = i % n;
+    float* p = C + b * sC + r * ldc + c;
+    const float v = *p + (bias ? bias[c] : 0.f);
+    *p = relu && !(v > 0.f) ? 0.f : v;
+  }
+}
+
+// Loads the cuBLASLt entry points and creates its handle, once; false where libcublasLt or a symbol is
+// missing (the epilogue then runs as its own kernel).
+bool lt_ready() {
+  if (g_lt.tried) return g_lt.h != nullptr;
+  g_lt.tried = true;
+  void* lib = g_cublas.lt;
+  if (!lib) return false;
+  bool all = true;
+  auto sym = [&](auto& f, const char* name) {
+    f = reinterpret_cast<std::remove_reference_t<decltype(f)>>(dlsym(lib, name));
+    all = all && f != nullptr;
+  };
+  sym(g_lt.create, "cublasLtCreate");
+  sym(g_lt.desc_create, "cublasLtMatmulDescCreate");
+  sym(g_lt.desc_destroy, "cublasLtMatmulDescDestroy");
+  sym(g_lt.desc_set, "cublasLtMatmulDescSetAttribute");
+  sym(g_lt.layout_create, "cublasLtMatrixLayoutCreate");
+  sym(g_lt.layout_destroy, "cublasLtMatrixLayoutDestroy");
+  sym(g_lt.pref_create, "cublasLtMatmulPreferenceCreate");
+  sym(g_lt.pref_destroy, "cublasLtMatmulPreferenceDestroy");
+  sym(g_lt.pref_set, "cublasLtMatmulPreferenceSetAttribute");
+  sym(g_lt.heuristic, "cublasLtMatmulAlgoGetHeuristic");
+  sym(g_lt.matmul, "cublasLtMatmul");
+  void* h = nullptr;
+  if (!all || g_lt.create(&h) != 0) return false;
+  g_lt.h = h;
+  return true;
+}
+
+// One product shape's descriptors and algorithm (ok = false: cuBLASLt has none for it).
+struct LtPlan {
+  void* desc = nullptr;
+  void* la = nullptr;
+  void* lb = nullptr;
+  void* lc = nullptr;
+  LtHeuristic algo{};
+  bool ok = false;
+};
+std::unordered_map<std::string, LtPlan> g_lt_plans;
+constexpr size_t kLtWorkspace = 32u << 20;  // the cuBLAS workspace, shared (one stream)
+
+// The largest power of two up to 256 that divides a device address (the heuristics' alignment hint).
+uint32_t alignment(const void* p) {
+  uint32_t a = 256;
+  while (a > 1 && ((uintptr_t)p % a) != 0) a >>= 1;
+  return a;
+}
+
+// One product with its epilogue through cuBLASLt; false where cuBLASLt or an algorithm for it is
+// missing. Plans are cached by shape, types and alignments (at most 512; then they start over).
+bool gemm_lt(const void* A, int at, int64_t lda, const void* B, int bt, int64_t ldb, float* C, int64_t ldc, int64_t m,
+             int64_t n, int64_t k, bool tA, bool tB, float alpha, float beta, int ct, const float* bias, bool relu) {
+  if (!lt_ready()) return false;
+  const uint32_t epi = (bias ? LT_EPILOGUE_BIAS : 0) | (relu ? LT_EPILOGUE_RELU : 0);
+  const uint32_t alA = alignment(B), alB = alignment(A), alC = alignment(C), alBias = bias ? alignment(bias) : 0;
+  char key[256];
+  snprintf(key, sizeof key, "%d %d %d %u %lld %lld %lld %lld %lld %lld %d %d %u %u %u %u %d", at, bt, ct, epi,
+           (long long)lda, (long long)ldb, (long long)ldc, (long long)m, (long long)n, (long long)k, tA, tB, alA, alB,
+           alC, alBias, beta != 0.f);
+  auto it = g_lt_plans.find(key);
+  if (it == g_lt_plans.end()) {
+    if (g_lt_plans.size() >= 512) {
+      for (auto& [_, p] : g_lt_plans) {
+        g_lt.desc_destroy(p.desc);
+        g_lt.layout_destroy(p.la);
+        g_lt.layout_destroy(p.lb);
+        g_lt.layout_destroy(p.lc);
+      }
+      g_lt_plans.clear();
+    }
+    // Row-major C (m, n) = op(A)·op(B) is column-major Cᵀ (n, m) = op(B)ᵀ·op(A)ᵀ: cuBLASLt's A is our
+    // B, stored column-major (n, k) (or (k, n) transposed), and its B is our A; the bias runs along
+    // the rows of column-major D, i.e. along our columns.
+    LtPlan p;
+    const int32_t opa = tB ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cb_check(g_lt.desc_create(&p.desc, ct, CUDA_R_32F_), "cublasLtMatmulDescCreate");
+    cb_check(g_lt.desc_set(p.desc, LT_DESC_TRANSA, &opa, sizeof opa), "cublasLtMatmulDescSetAttribute");
+    cb_check(g_lt.desc_set(p.desc, LT_DESC_TRANSB, &opb, sizeof opb), "cublasLtMatmulDescSetAttribute");
+    cb_check(g_lt.desc_set(p.desc, LT_DESC_EPILOGUE, &epi, sizeof epi), "cublasLtMatmulDescSetAttribute");
+    if (bias) cb_check(g_lt.desc_set(p.desc, LT_DESC_BIAS_POINTER, &bias, sizeof bias), "cublasLtMatmulDescSetAttribute");
+    cb_check(g_lt.layout_create(&p.la, bt, tB ? k : n, tB ? n : k, ldb), "cublasLtMatrixLayoutCreate");
+    cb_check(g_lt.layout_create(&p.lb, at, tA ? m : k, tA ? k : m, lda), "cublasLtMatrixLayoutCreate");
+    cb_check(g_lt.layout_create(&p.lc, CUDA_R_32F_, n, m, ldc), "cublasLtMatrixLayoutCreate");
+    void* pref = nullptr;
+    cb_check(g_lt.pref_create(&pref), "cublasLtMatmulPreferenceCreate");
+    const uint64_t ws = kLtWorkspace;
+    g_lt.pref_set(pref, LT_PREF_MAX_WORKSPACE, &ws, sizeof ws);
+    g_lt.pref_set(pref, LT_PREF_ALIGN_A, &alA, sizeof alA);
+    g_lt.pref_set(pref, LT_PREF_ALIGN_B, &alB, sizeof alB);
+    g_lt.pref_set(pref, LT_PREF_ALIGN_C, &alC, sizeof alC);
+    g_lt.pref_set(pref, LT_PREF_ALIGN_D, &alC, sizeof alC);
+    int count = 0;
+    const int st = g_lt.heuristic(g_lt.h, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &p.algo, &count);
+    g_lt.pref_destroy(pref);
+    p.ok = st == 0 && count > 0 && p.algo.state == 0;
+    it = g_lt_plans.emplace(key, p).first;
+  }
+  LtPlan& p = it->second;
+  if (!p.ok) return false;
+  if (bias) cb_check(g_lt.desc_set(p.desc, LT_DESC_BIAS_POINTER, &bias, sizeof bias), "cublasLtMatmulDescSetAttribute");
+  cb_check(g_lt.matmul(g_lt.h, p.desc, &alpha, B, p.la, A, p.lb, &beta, C, p.lc, C, p.lc, p.algo.algo, g_cublas.workspace,
+                       kLtWorkspace, stream()),
+           "cublasLtMatmul");
+  return true;
+}
+}  // namespace
+
+void bias_act(float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu) {
+  if (batch == 0 || m == 0 || n == 0 || (!bias && !relu)) return;
+  k_bias_act<<<grid_for(batch * m * n, 256), 256, 0, stream()>>>(C, ldc, sC, batch, m, n, bias, relu);
+  check_launch("matmul (bias / ReLU epilogue)");
+}
+
 void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
           int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
-          float beta, int compute) {
+          float beta, int compute, const float* bias, bool relu) {
   if (batch == 0 || m == 0 || n == 0) return;
   if (k == 0) {
     k_scale_c<<<grid_for(batch * m * n, 256), 256, 0, stream()>>>(C, ldc, sC, batch, m, n, beta);
     check_launch("matmul");
+    bias_act(C, ldc, sC, batch, m, n, bias, relu);
     return;
   }
   if (!g_cublas.h) throw CudaError("matmul: cuBLAS is not loaded");
   int ct = compute == 0 ? COMPUTE_32F : compute == 1 ? COMPUTE_32F_FAST_TF32 : compute == 3 ? COMPUTE_32F_FAST_16BF : COMPUTE_32F;
   int at = aType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_, bt = bType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_;
+  if ((bias || relu) && batch == 1 && gemm_lt(A, at, lda, B, bt, ldb, C, ldc, m, n, k, tA, tB, alpha, beta, ct, bias, relu))
+    return;
   // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
   cb_check(g_cublas.gemm_sb(g_cublas.h, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n, (int)m,
                             (int)k, &alpha, B, bt, (int)ldb, (long long)sB, A, at, (int)lda, (long long)sA, &beta, C,
                             CUDA_R_32F_, (int)ldc, (long long)sC, (int)batch, ct, CUBLAS_GEMM_DEFAULT),
            "cublasGemmStridedBatchedEx");
+  bias_act(C, ldc, sC, batch, m, n, bias, relu);
 }
 
 // ---------------------------------------------------------------- grouped bf16 tensor-core kernel

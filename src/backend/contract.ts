@@ -39,10 +39,24 @@ export function checkCachePositions(pos: Int32Array, B: number, T: number, Tmax:
   }
 }
 
+/**
+ * Validates a matmul epilogue's bias (MatmulArgs.bias): one f32 entry per column of C. Shared by the
+ * backends so every one throws the same error.
+ */
+export function checkMatmulBias(biasSize: number, dtype: string, n: number): void {
+  if (dtype !== 'f32' || biasSize !== n) {
+    throw new Error(`matmul: bias must be f32 with one entry per output column (${n}), got ${dtype} of ${biasSize}`);
+  }
+}
+
 export type UnaryOp = 'relu' | 'gelu' | 'neg' | 'exp' | 'log' | 'sqrt' | 'square' | 'tanh';
 export type BinaryOp = 'add' | 'sub' | 'mul' | 'div';
 
-/** Batched strided GEMM: for each b < batch, C_b = alpha · op(A_b) · op(B_b) + beta · C_b. */
+/**
+ * Batched strided GEMM: for each b < batch, C_b = act(alpha · op(A_b) · op(B_b) + beta · C_b + bias),
+ * where the epilogue (bias, act) is optional: a linear layer's bias add and ReLU fused into the product
+ * (cuBLASLt epilogues on cuda), so its (m, n) output is written once instead of read and written again.
+ */
 export interface MatmulArgs {
   /** Number of independent products. */
   batch: number;
@@ -64,6 +78,10 @@ export interface MatmulArgs {
   alpha: number;
   /** 0: C is overwritten (not read, NaNs in C do not propagate). 1: accumulate into C. */
   beta: number;
+  /** Epilogue: f32 (n) added to every row of every C_b (the same vector for each b). */
+  bias?: Buf;
+  /** Epilogue: max(·, 0) applied last (after bias). */
+  relu?: boolean;
 }
 
 /**

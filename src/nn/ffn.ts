@@ -13,17 +13,14 @@ export interface FFNParams {
   b_out: Tensor | null;
 }
 
-/** The FFN's hidden activations act(x W_inᵀ + b_in): x (N, d_model) -> (N, d_ff). */
+/** The FFN's hidden activations act(x W_inᵀ + b_in): x (N, d_model) -> (N, d_ff); ReLU fused into the product. */
 export function ffnHidden(x: Tensor, p: FFNParams, activation: 'relu' | 'gelu'): Tensor {
-  let h = T.matmul(x, p.w_in, { transB: true }); // (N, d_ff)
-  if (p.b_in) h = T.add(h, p.b_in);
-  return activation === 'relu' ? T.relu(h) : T.gelu(h);
+  return activation === 'relu' ? T.linear(x, p.w_in, p.b_in, { relu: true }) : T.gelu(T.linear(x, p.w_in, p.b_in));
 }
 
 /** The FFN's output from its hidden activations: h (N, d_ff) -> h W_outᵀ + b_out (N, d_model). */
 export function ffnOut(h: Tensor, p: FFNParams): Tensor {
-  const y = T.matmul(h, p.w_out, { transB: true }); // (N, d_model)
-  return p.b_out ? T.add(y, p.b_out) : y;
+  return T.linear(h, p.w_out, p.b_out);
 }
 
 /** Dense FFN forward: x (N, d_model) -> (N, d_model). */

@@ -121,9 +121,9 @@ export class GPT {
     for (let i = 0; i < c.n_layer; i++) {
       const h = `h.${i}`;
       const a = T.layerNorm(x, this.p(`${h}.ln_1.weight`), this.p(`${h}.ln_1.bias`));
-      const qkv = T.add(T.matmul(a, this.p(`${h}.attn.w_qkv`), { transB: true }), this.p(`${h}.attn.b_qkv`)); // (B, T, 3·d_model)
+      const qkv = T.linear(a, this.p(`${h}.attn.w_qkv`), this.p(`${h}.attn.b_qkv`)); // (B, T, 3·d_model)
       const att = opts.cache ? opts.cache.attend(i, qkv) : T.attention(qkv, c.n_head, true); // (B, T, d_model)
-      const proj = T.add(T.matmul(att, this.p(`${h}.attn.w_proj`), { transB: true }), this.p(`${h}.attn.b_proj`));
+      const proj = T.linear(att, this.p(`${h}.attn.w_proj`), this.p(`${h}.attn.b_proj`)); // (B, T, d_model)
       x = T.add(x, drop(proj, 2 * i + 1));
       const m = T.reshape(T.layerNorm(x, this.p(`${h}.ln_2.weight`), this.p(`${h}.ln_2.bias`)), [B * Tn, c.d_model]);
       const f = this.ffnOverride ? this.ffnOverride(i, m, this.ffnParams(i)) : ffnDense(m, this.ffnParams(i), c.activation);

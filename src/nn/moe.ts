@@ -95,11 +95,10 @@ export function moeFFN(x: Tensor, p: FFNParams, router: Tensor, o: MoEOptions): 
  */
 export function capturedActivationMass(x: Tensor, p: FFNParams, routing: Routing, nExpert: number): number {
   return T.tidy(() => T.noGrad(() => {
-    let h = T.matmul(x, p.w_in, { transB: true });
-    if (p.b_in) h = T.add(h, p.b_in);
+    const h = T.linear(x, p.w_in, p.b_in, { relu: true }); // relu(x W_inᵀ + b_in) (N, d_ff)
     const [N, dff] = h.shape as [number, number];
-    // Positive mass per token and expert: relu(h) (N, d_ff) viewed as (N, E, d_ff / E), summed over each expert's neurons.
-    const mass = T.sum(T.reshape(T.relu(h), [N, nExpert, dff / nExpert]), 2).toArray(); // (N, E)
+    // Positive mass per token and expert: (N, d_ff) viewed as (N, E, d_ff / E), summed over each expert's neurons.
+    const mass = T.sum(T.reshape(h, [N, nExpert, dff / nExpert]), 2).toArray(); // (N, E)
     const experts = routing.experts.toArray(), k = experts.length / N;
     let share = 0;
     for (let n = 0; n < N; n++) {

@@ -52,7 +52,9 @@ export interface CudaAddon {
 
   gemm(a: Ptr, aType: number, lda: number, sA: number, b: Ptr, bType: number, ldb: number, sB: number, c: Ptr, ldc: number,
     sC: number, batch: number, m: number, n: number, k: number, tA: boolean, tB: boolean, alpha: number, beta: number,
-    compute: number): void;
+    compute: number, bias: Ptr, relu: boolean): void;
+  /** The matmul epilogue alone, in place: c (batch, m, n; rows ldc, batches sC apart) = act(c + bias); bias 0: none. */
+  biasAct(c: Ptr, ldc: number, sC: number, batch: number, m: number, n: number, bias: Ptr, relu: boolean): void;
   /**
    * Built-in grouped GEMM on bf16 operands a16, b16 (fp32 c); rowsA / rowsB: i32 row indices of A / B
    * (GroupedMatmulArgs.rows, validated by the caller), or 0; segments: device segment offsets

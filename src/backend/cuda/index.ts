@@ -47,7 +47,7 @@
  * segments back, a synchronisation); `SSD_CUDA_ATTN=simt` the plain fp32 attention kernels.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
+import { checkCachePositions, checkMatmulBias, DTYPE_BYTES } from '../contract.js';
 import { cublasCandidates, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
 import { checkExpertBuffers, checkExperts, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
@@ -627,6 +627,8 @@ export class CudaBackend implements Backend {
     const A = this.buf(op, a, 'a'), B = this.buf(op, b, 'b');
     this.r(op, a, 'a');
     this.r(op, b, 'b');
+    if (g.bias) checkMatmulBias(g.bias.size, g.bias.dtype, n);
+    const bias = g.bias ? this.r(op, g.bias, 'bias') : 0, relu = g.relu ?? false;
     if (batch === 0 || m === 0 || n === 0) {
       this.w(op, c, 'c');
       return;
@@ -645,12 +647,13 @@ export class CudaBackend implements Backend {
       const p = new Int32Array(9 * batch);
       for (let t = 0; t < batch; t++) p.set([m, n, k, t * g.strideA, lda, t * g.strideB, ldb, t * g.strideC, n], 9 * t);
       this.nat.groupedGemm(this.shadow(A), 0, this.shadow(B), 0, C, p, g.transA, g.transB, g.alpha, g.beta, 0, 0, false);
+      this.nat.biasAct(C, n, g.strideC, batch, m, n, bias, relu);
       return;
     }
     const bf = this.matmulMode === 'bf16';
     if (!bf) {
       this.nat.gemm(A.ptr, 0, lda, g.strideA, B.ptr, 0, ldb, g.strideB, C, n, g.strideC, batch, m, n, k, g.transA, g.transB,
-        g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>]);
+        g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>], bias, relu);
       return;
     }
     // Large single products get misaligned sizes padded to multiples of 8 (zeros in the operands):
@@ -673,8 +676,11 @@ export class CudaBackend implements Backend {
       out = this.nat.malloc(m * nn * 4);
       (c as CudaBuf).twin = { ptr: out, rows: m, cols: n, ld: nn };
     }
+    // The epilogue is fused into the product, except over a padded width (the bias has n entries).
+    const fused = nn === n;
     this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch, m, nn, kk,
-      g.transA, g.transB, g.alpha, g.beta, 0);
+      g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu);
+    if (!fused) this.nat.biasAct(out, ldc, g.strideC, batch, m, n, bias, relu);
   }
   /**
    * Whether a grouped product of `groups` groups runs as one cuBLAS GEMM per group (see the file
@@ -747,7 +753,8 @@ export class CudaBackend implements Backend {
         const m = p[q]!, n = p[q + 1]!;
         if (m === 0 || n === 0) continue;
         this.nat.gemm(pa + p[q + 3]! * eb, bf ? 1 : 0, p[q + 4]!, 0, pb + p[q + 5]! * eb, bf ? 1 : 0, p[q + 6]!, 0, C + p[q + 7]! * 4,
-          p[q + 8]!, 0, 1, m, n, p[q + 2]!, g.transA, g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>]);
+          p[q + 8]!, 0, 1, m, n, p[q + 2]!, g.transA, g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>],
+          0, false);
       }
       return;
     }

@@ -4,7 +4,7 @@
  * float64, which the finite-difference gradient checks use.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { checkCachePositions, DTYPE_BYTES } from '../contract.js';
+import { checkCachePositions, checkMatmulBias, DTYPE_BYTES } from '../contract.js';
 import { uniform } from '../rng.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
 import { checkExpertBuffers, checkProblems, groupExperts, resolveSegments } from '../segments.js';
@@ -153,6 +153,15 @@ export class RefBackend implements Backend {
     const lda = g.transA ? g.m : g.k, ldb = g.transB ? g.k : g.n;
     for (let t = 0; t < g.batch; t++) {
       gemm(g.transA, g.transB, g.m, g.n, g.k, g.alpha, A, t * g.strideA, lda, B, t * g.strideB, ldb, g.beta, C, t * g.strideC, g.n);
+    }
+    if (g.bias) checkMatmulBias(g.bias.size, g.bias.dtype, g.n);
+    const bias = g.bias ? this.f(g.bias) : null;
+    if (!bias && !g.relu) return;
+    for (let t = 0; t < g.batch; t++) {
+      for (let o = t * g.strideC, end = o + g.m * g.n, j = 0; o < end; o++, j = j + 1 === g.n ? 0 : j + 1) {
+        const v = C[o]! + (bias ? bias[j]! : 0);
+        C[o] = g.relu && !(v > 0) ? 0 : v;
+      }
     }
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {

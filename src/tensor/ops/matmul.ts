@@ -47,6 +47,45 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOpts = {}): Tensor {
   return reshape(y, [...lead, am, bn]);
 }
 
+export interface LinearOpts {
+  /** Apply ReLU to the output (fused into the product with the bias). */
+  relu?: boolean;
+}
+
+/**
+ * A linear layer with its epilogue fused into one product (MatmulArgs.bias / relu; cuBLASLt epilogues
+ * on cuda): y = act(x · Wᵀ + b). x (..., in), w (out, in), b (out) or null -> y (..., out); act is
+ * ReLU with `relu`, else the identity. Only y is kept for the backward pass: ReLU's mask is y > 0,
+ * which holds exactly where x · Wᵀ + b > 0. Throws on dtypes other than f32 or mismatched shapes.
+ */
+export function linear(x: Tensor, w: Tensor, b: Tensor | null, opts: LinearOpts = {}): Tensor {
+  const be = backendOf('linear', x, w, ...(b ? [b] : []));
+  expectDtype('linear', x, 'f32', 'x');
+  expectDtype('linear', w, 'f32', 'w');
+  if (b) expectDtype('linear', b, 'f32', 'b');
+  if (x.rank < 1 || w.rank !== 2) throw new Error(`linear: x needs rank >= 1 and w rank 2, got ${fmt(x)} and ${fmt(w)}`);
+  const [nOut, nIn] = w.shape as [number, number];
+  if (x.shape[x.rank - 1] !== nIn) throw new Error(`linear: x ${fmt(x)} has ${x.shape[x.rank - 1]} features, w ${fmt(w)} takes ${nIn}`);
+  if (b && (b.rank !== 1 || b.shape[0] !== nOut)) throw new Error(`linear: b ${fmt(b)} must be (${nOut})`);
+  const rows = shapeSize(x.shape.slice(0, -1)), relu = opts.relu ?? false;
+  const y = out([...x.shape.slice(0, -1), nOut], be);
+  be.matmul(x.buf('linear'), w.buf('linear'), y.buf('linear'), {
+    batch: 1, m: rows, n: nOut, k: nIn, transA: false, transB: true, strideA: 0, strideB: 0, strideC: rows * nOut,
+    alpha: 1, beta: 0, bias: b?.buf('linear'), relu,
+  });
+  return record(y, 'linear', b ? [x, w, b] : [x, w], (g) => {
+    let gp = g; // (..., out): the gradient before the activation
+    if (relu) {
+      gp = out(y.shape, be);
+      be.unaryBackward('relu', y.buf('linear'), g.buf('linear'), gp.buf('linear'));
+    }
+    const g2 = reshape(gp, [rows, nOut]); // (rows, out)
+    const gx = needsGrad(x) ? reshape(matmul(g2, w), x.shape) : null;
+    const gw = needsGrad(w) ? matmul(g2, reshape(x, [rows, nIn]), { transA: true }) : null;
+    return b ? [gx, gw, needsGrad(b) ? sumTo(g2, b.shape) : null] : [gx, gw];
+  });
+}
+
 /** Rank-3 batched product; batch sizes equal or one of them 1 (broadcast). */
 function bmm(a: Tensor, b: Tensor, tA: boolean, tB: boolean): Tensor {
   const be = backendOf('matmul', a, b);
