@@ -91,6 +91,19 @@ const runs: Record<string, Run> = {
       return [b.download(c)];
     });
   },
+  'matmul biasGrad: weight gradient gᵀ·x with Σ_rows g; and x·W with the row sums of x': (b) => {
+    const rows = 160, nOut = 130, nIn = 96;
+    const g = put(b, big.subarray(0, rows * nOut).map((v) => v + 0.25)), x = put(b, mmA.subarray(0, rows * nIn));
+    const gw = b.alloc('f32', nOut * nIn), gb = b.alloc('f32', nOut), y = b.alloc('f32', rows * nOut), sx = b.alloc('f32', rows);
+    const w = put(b, mmB.subarray(0, nIn * nOut));
+    return withBufs(b, [g, x, gw, gb, y, sx, w], () => {
+      b.matmul(g, x, gw, { batch: 1, m: nOut, n: nIn, k: rows, transA: true, transB: false, strideA: 0, strideB: 0, strideC: 0,
+        alpha: 1, beta: 0, biasGrad: gb });
+      b.matmul(x, w, y, { batch: 1, m: rows, n: nOut, k: nIn, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0,
+        alpha: 1, beta: 0, biasGrad: sx });
+      return [b.download(gw), b.download(gb), b.download(y), b.download(sx)];
+    });
+  },
   'attention B2 T150 H2 D64 causal fwd+bwd': (b) => attn(b, 2, 150, 2, 64, true),
   'attention B1 T130 H3 D32 non-causal fwd+bwd': (b) => attn(b, 1, 130, 3, 32, false),
   'attention B1 T70 H2 D24 (scalar path) fwd+bwd': (b) => attn(b, 1, 70, 2, 24, true),
@@ -273,6 +286,17 @@ describe('cpu backend: large sizes match ref', () => {
     if (name.startsWith('topk')) continue; // ranks NaN like -inf, as ref: compared exactly below
     matchesRef(name, run);
   }
+  it('matmul: biasGrad of the wrong size, or with batch 2 or a bias, throws the same error on cpu and ref', () => {
+    for (const be of [cpu, ref]) {
+      const a = be.alloc('f32', 12), w = be.alloc('f32', 30), c = be.alloc('f32', 20), bias = be.alloc('f32', 5);
+      const args = { batch: 1, m: 2, n: 5, k: 3, transA: false, transB: false, strideA: 6, strideB: 15, strideC: 10, alpha: 1, beta: 0 };
+      const small = be.alloc('f32', 1), gb = be.alloc('f32', 2);
+      assert.throws(() => be.matmul(a, w, c, { ...args, biasGrad: small }), /matmul: biasGrad must be f32 with one entry per output row \(2\)/);
+      assert.throws(() => be.matmul(a, w, c, { ...args, batch: 2, biasGrad: gb }), /matmul: biasGrad needs batch 1 and no bias or relu/);
+      assert.throws(() => be.matmul(a, w, c, { ...args, bias, biasGrad: gb }), /matmul: biasGrad needs batch 1 and no bias or relu/);
+      for (const x of [a, w, c, bias, small, gb]) be.free(x);
+    }
+  });
   it('matmul: a bias of the wrong size or dtype throws the same error on cpu and ref', () => {
     for (const be of [cpu, ref]) {
       for (const bias of [be.alloc('f32', 4), be.alloc('i32', 5)]) {

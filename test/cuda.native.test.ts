@@ -110,6 +110,25 @@ if (why) {
       }
     }
     {
+      // The biasGrad epilogue: a linear layer's weight gradient gᵀ·x with Σ_rows g (cuBLASLt BGRADB on
+      // the bf16 copy of g; rows 8190: the padded reduction), in f32 and built-in modes, and x·W with
+      // the row sums of x (the transposed case).
+      const f32 = createCudaBackend({ matmul: 'f32' }), own = createCudaBackend({ matmul: 'own' });
+      for (const [rows, nOut, nIn, tA, on, tol] of [[8192, 3072, 768, true, cuda, 1e-2], [8190, 768, 2304, true, cuda, 1e-2],
+        [500, 72, 40, true, f32, 1e-5], [500, 72, 40, true, own, 1e-2], [300, 65, 200, false, cuda, 1e-2]] as const) {
+        const g = randn(r, rows * nOut).map((v) => v + 0.3), x = randn(r, rows * nIn);
+        close(`matmul biasGrad ${rows}x${nOut}x${nIn} tA=${tA} (matmul ${(on as CudaBackend).matmulMode})`, (be) => {
+          const [m, n, k] = tA ? [nOut, nIn, rows] : [rows, nIn, nOut];
+          const G = put(be, g), X = put(be, x), W = be.alloc('f32', m * n), gb = be.alloc('f32', m);
+          be.matmul(G, X, W, { batch: 1, m, n, k, transA: tA, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1,
+            beta: 0, biasGrad: gb });
+          const res = [be.download(W), be.download(gb)];
+          for (const t of [G, X, W, gb]) be.free(t);
+          return res;
+        }, tol, on);
+      }
+    }
+    {
       // The output layer's shapes with an odd vocabulary: misaligned leading dimensions take the padded path.
       const m = 128, d = 64, V = 33333;
       const h = randn(r, m * d), w = randn(r, V * d), gl = randn(r, m * V);

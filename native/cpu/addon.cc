@@ -303,6 +303,12 @@ Napi::Value MatmulFn(const Napi::CallbackInfo& info) {
   View<float> bias{nullptr, 0};
   if (has_bias) bias = arr<float>(info, 14, fn, n);
   const bool relu = flag(info, 15);
+  // biasGrad (m) or null: the sums of op(A)'s rows (batch 1, checked by the caller).
+  if (info.Length() > 16 && !info[16].IsNull() && !info[16].IsUndefined()) {
+    auto gb = arr<float>(info, 16, fn, m);
+    if (k > 0 && (batch - 1) * sA + m * k > A.n) throw ArgError("matmul: A too small");
+    row_sums(A.p, ta, m, k, gb.p);
+  }
   if (batch == 0 || m == 0 || n == 0) return Undef(info);
   if (batch > 1 && sC < m * n) throw ArgError("matmul: strideC < m*n");
   if ((batch - 1) * sC + m * n > C.n) throw ArgError("matmul: C too small");

@@ -818,6 +818,28 @@ void bias_act(float* C, int64_t strideC, int64_t batch, int64_t m, int64_t n, co
   }
 }
 
+void row_sums(const float* A, bool transA, int64_t m, int64_t k, float* out) {
+  if (!transA) {
+    parallel_for(m, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, k)), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        double s = 0;
+        for (int64_t p = 0; p < k; ++p) s += A[i * k + p];
+        out[i] = (float)s;
+      }
+    });
+    return;
+  }
+  // A stored (k, m): column sums, a block of columns per task, rows in order.
+  parallel_for(m, std::max<int64_t>(64, kGrain / std::max<int64_t>(1, k)), [&](int64_t c0, int64_t c1) {
+    std::vector<double> acc((size_t)(c1 - c0), 0.0);
+    for (int64_t p = 0; p < k; ++p) {
+      const float* row = A + p * m;
+      for (int64_t c = c0; c < c1; ++c) acc[(size_t)(c - c0)] += row[c];
+    }
+    for (int64_t c = c0; c < c1; ++c) out[c] = (float)acc[(size_t)(c - c0)];
+  });
+}
+
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {
   int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols));
   parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {

@@ -51,6 +51,9 @@ void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t 
 // The matmul epilogue (MatmulArgs.bias / relu) on C (batch, m, n), batches strideC apart: C = act(C + bias),
 // bias (n) or null; act = ReLU when relu (NaN -> 0), else identity.
 void bias_act(float* C, int64_t strideC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu);
+// out[i] = Σ_p op(A)[i, p] for i < m (the matmul biasGrad epilogue): A stored (m, k), or (k, m) when
+// transA; sums in double, in order of p.
+void row_sums(const float* A, bool transA, int64_t m, int64_t k, float* out);
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
 void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols);
 

@@ -216,14 +216,15 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
 }
 
 // ---------------------------------------------------------------- GEMM
-// gemm(A, aType, lda, sA, B, bType, ldb, sB, C, ldc, sC, batch, m, n, k, tA, tB, alpha, beta, compute, bias, relu);
-// bias 0: none
+// gemm(A, aType, lda, sA, B, bType, ldb, sB, C, ldc, sC, batch, m, n, k, tA, tB, alpha, beta, compute, bias, relu,
+// biasGrad) -> whether biasGrad was written; bias, biasGrad 0: none
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
-  gemm(ptr(info, 0), (int)i64(info, 1), i64(info, 2), i64(info, 3), ptr(info, 4), (int)i64(info, 5), i64(info, 6),
-       i64(info, 7), fp(info, 8), i64(info, 9), i64(info, 10), i64(info, 11), i64(info, 12), i64(info, 13), i64(info, 14),
-       flag(info, 15), flag(info, 16), (float)num(info, 17), (float)num(info, 18), (int)i64(info, 19), fp(info, 20),
-       flag(info, 21));
-  return U(info);
+  const bool fused =
+      gemm(ptr(info, 0), (int)i64(info, 1), i64(info, 2), i64(info, 3), ptr(info, 4), (int)i64(info, 5), i64(info, 6),
+           i64(info, 7), fp(info, 8), i64(info, 9), i64(info, 10), i64(info, 11), i64(info, 12), i64(info, 13),
+           i64(info, 14), flag(info, 15), flag(info, 16), (float)num(info, 17), (float)num(info, 18), (int)i64(info, 19),
+           fp(info, 20), flag(info, 21), fp(info, 22));
+  return Napi::Boolean::New(info.Env(), fused);
 }
 // biasAct(C, ldc, sC, batch, m, n, bias, relu): the matmul epilogue alone (bias 0: none)
 Napi::Value BiasAct(const Napi::CallbackInfo& info) {

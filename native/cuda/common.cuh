@@ -154,9 +154,11 @@ std::string cublas_load(const std::vector<std::string>& paths);
 bool cublas_ready();
 // bias (n floats, or null) and relu: the epilogue C = act(alpha·op(A)·op(B) + beta·C + bias) (MatmulArgs),
 // fused through cuBLASLt where it has an algorithm for the product, else run by bias_act after it.
-void gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
+// bias_grad (m floats, or null; batch 1, no bias or relu): Σ_p op(A)[i, p] through cuBLASLt's BGRADB
+// epilogue; returns whether it was written (false: the caller sums).
+bool gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
           int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
-          float beta, int compute, const float* bias, bool relu);
+          float beta, int compute, const float* bias, bool relu, float* bias_grad);
 // The epilogue alone, in place on C (batch, m, n; rows ldc, batches sC apart): C = act(C + bias); NaN
 // -> 0 under ReLU.
 void bias_act(float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu);

@@ -40,13 +40,18 @@ export function checkCachePositions(pos: Int32Array, B: number, T: number, Tmax:
 }
 
 /**
- * Validates a matmul epilogue's bias (MatmulArgs.bias): one f32 entry per column of C. Shared by the
- * backends so every one throws the same error.
+ * Validates a matmul's epilogue (MatmulArgs.bias, relu, biasGrad). Shared by the backends so every one
+ * throws the same error.
  */
-export function checkMatmulBias(biasSize: number, dtype: string, n: number): void {
-  if (dtype !== 'f32' || biasSize !== n) {
-    throw new Error(`matmul: bias must be f32 with one entry per output column (${n}), got ${dtype} of ${biasSize}`);
+export function checkMatmulEpilogue(g: MatmulArgs): void {
+  if (g.bias && (g.bias.dtype !== 'f32' || g.bias.size !== g.n)) {
+    throw new Error(`matmul: bias must be f32 with one entry per output column (${g.n}), got ${g.bias.dtype} of ${g.bias.size}`);
   }
+  if (!g.biasGrad) return;
+  if (g.biasGrad.dtype !== 'f32' || g.biasGrad.size !== g.m) {
+    throw new Error(`matmul: biasGrad must be f32 with one entry per output row (${g.m}), got ${g.biasGrad.dtype} of ${g.biasGrad.size}`);
+  }
+  if (g.batch !== 1 || g.bias || g.relu) throw new Error('matmul: biasGrad needs batch 1 and no bias or relu');
 }
 
 export type UnaryOp = 'relu' | 'gelu' | 'neg' | 'exp' | 'log' | 'sqrt' | 'square' | 'tanh';
@@ -56,6 +61,8 @@ export type BinaryOp = 'add' | 'sub' | 'mul' | 'div';
  * Batched strided GEMM: for each b < batch, C_b = act(alpha · op(A_b) · op(B_b) + beta · C_b + bias),
  * where the epilogue (bias, act) is optional: a linear layer's bias add and ReLU fused into the product
  * (cuBLASLt epilogues on cuda), so its (m, n) output is written once instead of read and written again.
+ * The other optional epilogue, biasGrad, is the backward pass's: the bias gradient from the weight
+ * gradient's product (the sums of op(A)'s rows), without another pass over A.
  */
 export interface MatmulArgs {
   /** Number of independent products. */
@@ -82,6 +89,12 @@ export interface MatmulArgs {
   bias?: Buf;
   /** Epilogue: max(·, 0) applied last (after bias). */
   relu?: boolean;
+  /**
+   * Epilogue: also writes Σ_p op(A)[i, p] for i < m (f32, m entries, overwritten); e.g. with op(A) = gᵀ
+   * (the output gradient, (out, rows)) the bias gradient beside the weight gradient gᵀ·x. Batch 1
+   * only, without bias or relu. On cuda in bf16 it sums A's bf16 copy (autocast's precision).
+   */
+  biasGrad?: Buf;
 }
 
 /**

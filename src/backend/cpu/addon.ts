@@ -33,7 +33,8 @@ export interface NativeAddon {
   sumSquares(x: F32): number;
 
   matmul(a: F32, b: F32, c: F32, batch: number, m: number, n: number, k: number, transA: boolean, transB: boolean,
-    strideA: number, strideB: number, strideC: number, alpha: number, beta: number, bias: F32 | null, relu: boolean): void;
+    strideA: number, strideB: number, strideC: number, alpha: number, beta: number, bias: F32 | null, relu: boolean,
+    biasGrad: F32 | null): void;
   /** rowsA / rowsB / rowsC: GroupedMatmulArgs.rows (null when absent). */
   groupedMatmul(a: F32, b: F32, c: F32, problems: I32, transA: boolean, transB: boolean, alpha: number,
     beta: number, rowsA: I32 | null, rowsB: I32 | null, rowsC: I32 | null): void;

@@ -5,7 +5,7 @@
  * Sizes are validated here, so a bad call throws an Error naming the op instead of reaching native code.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { checkCachePositions, checkMatmulBias, DTYPE_BYTES } from '../contract.js';
+import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 import { ArrayPool } from './pool.js';
 import { checkExpertBuffers, groupExperts, resolveSegments } from '../segments.js';
@@ -282,8 +282,9 @@ export class CpuBackend implements Backend {
       const { batch, m, n, k } = g;
       this.dims('matmul', { batch, m, n, k, strideA: g.strideA, strideB: g.strideB, strideC: g.strideC });
       const A = this.f('matmul', a, 'a'), B = this.f('matmul', b, 'b');
-      if (g.bias) checkMatmulBias(g.bias.size, g.bias.dtype, n);
+      checkMatmulEpilogue(g);
       const bias = g.bias ? this.f('matmul', g.bias, 'bias') : null;
+      const biasGrad = g.biasGrad ? this.out('matmul', g.biasGrad, 'biasGrad', m) : null;
       // beta = 0 over contiguous batches writes every element of (batch, m, n) without reading C
       const C = g.beta === 0 && (batch <= 1 || g.strideC === m * n) ? this.out('matmul', c, 'c', batch * m * n, 0)
         : this.f('matmul', c, 'c');
@@ -295,7 +296,7 @@ export class CpuBackend implements Backend {
       need('matmul', B.length >= needB, () => `b has ${B.length} elements, needs ${needB} (batch ${batch}, k ${k}, n ${n})`);
       need('matmul', C.length >= needC, () => `c has ${C.length} elements, needs ${needC} (batch ${batch}, m ${m}, n ${n})`);
       this.nat.matmul(A, B, C, batch, m, n, k, g.transA, g.transB, g.strideA, g.strideB, g.strideC, g.alpha, g.beta,
-        bias, g.relu ?? false);
+        bias, g.relu ?? false, biasGrad);
     });
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {

@@ -50,9 +50,10 @@ export interface CudaAddon {
   adamw(p: Ptr, g: Ptr, m: Ptr, v: Ptr, n: number, lr: number, b1: number, b2: number, eps: number, wd: number,
     step: number, gradScale: number): void;
 
+  /** The matmul with its epilogue (bias, relu; 0 / false: none); returns whether biasGrad (0: none) was written. */
   gemm(a: Ptr, aType: number, lda: number, sA: number, b: Ptr, bType: number, ldb: number, sB: number, c: Ptr, ldc: number,
     sC: number, batch: number, m: number, n: number, k: number, tA: boolean, tB: boolean, alpha: number, beta: number,
-    compute: number, bias: Ptr, relu: boolean): void;
+    compute: number, bias: Ptr, relu: boolean, biasGrad: Ptr): boolean;
   /** The matmul epilogue alone, in place: c (batch, m, n; rows ldc, batches sC apart) = act(c + bias); bias 0: none. */
   biasAct(c: Ptr, ldc: number, sC: number, batch: number, m: number, n: number, bias: Ptr, relu: boolean): void;
   /**

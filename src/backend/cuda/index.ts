@@ -47,7 +47,7 @@
  * segments back, a synchronisation); `SSD_CUDA_ATTN=simt` the plain fp32 attention kernels.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { checkCachePositions, checkMatmulBias, DTYPE_BYTES } from '../contract.js';
+import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
 import { cublasCandidates, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
 import { checkExpertBuffers, checkExperts, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
@@ -627,10 +627,16 @@ export class CudaBackend implements Backend {
     const A = this.buf(op, a, 'a'), B = this.buf(op, b, 'b');
     this.r(op, a, 'a');
     this.r(op, b, 'b');
-    if (g.bias) checkMatmulBias(g.bias.size, g.bias.dtype, n);
+    checkMatmulEpilogue(g);
     const bias = g.bias ? this.r(op, g.bias, 'bias') : 0, relu = g.relu ?? false;
+    // The bias gradient: fused (cuBLASLt) where it can be, else summed from A (f32) after the product.
+    const biasGrad = g.biasGrad ? this.o(op, g.biasGrad, 'biasGrad', m) : 0;
+    const sumRows = (fused: boolean) => {
+      if (g.biasGrad && !fused) this.reduceSum(a, g.biasGrad, g.transA ? 1 : m, k, g.transA ? m : 1);
+    };
     if (batch === 0 || m === 0 || n === 0) {
       this.w(op, c, 'c');
+      sumRows(false);
       return;
     }
     need(op, batch === 1 || g.strideC >= m * n, () => `strideC ${g.strideC} < m*n = ${m * n}`);
@@ -648,12 +654,13 @@ export class CudaBackend implements Backend {
       for (let t = 0; t < batch; t++) p.set([m, n, k, t * g.strideA, lda, t * g.strideB, ldb, t * g.strideC, n], 9 * t);
       this.nat.groupedGemm(this.shadow(A), 0, this.shadow(B), 0, C, p, g.transA, g.transB, g.alpha, g.beta, 0, 0, false);
       this.nat.biasAct(C, n, g.strideC, batch, m, n, bias, relu);
+      sumRows(false);
       return;
     }
     const bf = this.matmulMode === 'bf16';
     if (!bf) {
-      this.nat.gemm(A.ptr, 0, lda, g.strideA, B.ptr, 0, ldb, g.strideB, C, n, g.strideC, batch, m, n, k, g.transA, g.transB,
-        g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>], bias, relu);
+      sumRows(this.nat.gemm(A.ptr, 0, lda, g.strideA, B.ptr, 0, ldb, g.strideB, C, n, g.strideC, batch, m, n, k, g.transA,
+        g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>], bias, relu, biasGrad));
       return;
     }
     // Large single products get misaligned sizes padded to multiples of 8 (zeros in the operands):
@@ -678,8 +685,8 @@ export class CudaBackend implements Backend {
     }
     // The epilogue is fused into the product, except over a padded width (the bias has n entries).
     const fused = nn === n;
-    this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch, m, nn, kk,
-      g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu);
+    sumRows(this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch, m,
+      nn, kk, g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu, biasGrad));
     if (!fused) this.nat.biasAct(out, ldc, g.strideC, batch, m, n, bias, relu);
   }
   /**
@@ -754,7 +761,7 @@ export class CudaBackend implements Backend {
         if (m === 0 || n === 0) continue;
         this.nat.gemm(pa + p[q + 3]! * eb, bf ? 1 : 0, p[q + 4]!, 0, pb + p[q + 5]! * eb, bf ? 1 : 0, p[q + 6]!, 0, C + p[q + 7]! * 4,
           p[q + 8]!, 0, 1, m, n, p[q + 2]!, g.transA, g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>],
-          0, false);
+          0, false, 0);
       }
       return;
     }

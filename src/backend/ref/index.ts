@@ -4,7 +4,7 @@
  * float64, which the finite-difference gradient checks use.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { checkCachePositions, checkMatmulBias, DTYPE_BYTES } from '../contract.js';
+import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
 import { uniform } from '../rng.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
 import { checkExpertBuffers, checkProblems, groupExperts, resolveSegments } from '../segments.js';
@@ -154,7 +154,15 @@ export class RefBackend implements Backend {
     for (let t = 0; t < g.batch; t++) {
       gemm(g.transA, g.transB, g.m, g.n, g.k, g.alpha, A, t * g.strideA, lda, B, t * g.strideB, ldb, g.beta, C, t * g.strideC, g.n);
     }
-    if (g.bias) checkMatmulBias(g.bias.size, g.bias.dtype, g.n);
+    checkMatmulEpilogue(g);
+    if (g.biasGrad) {
+      const gb = this.f(g.biasGrad);
+      for (let i = 0; i < g.m; i++) {
+        let s = 0;
+        for (let p = 0; p < g.k; p++) s += g.transA ? A[p * lda + i]! : A[i * lda + p]!;
+        gb[i] = s;
+      }
+    }
     const bias = g.bias ? this.f(g.bias) : null;
     if (!bias && !g.relu) return;
     for (let t = 0; t < g.batch; t++) {

@@ -56,7 +56,8 @@ export interface LinearOpts {
  * A linear layer with its epilogue fused into one product (MatmulArgs.bias / relu; cuBLASLt epilogues
  * on cuda): y = act(x · Wᵀ + b). x (..., in), w (out, in), b (out) or null -> y (..., out); act is
  * ReLU with `relu`, else the identity. Only y is kept for the backward pass: ReLU's mask is y > 0,
- * which holds exactly where x · Wᵀ + b > 0. Throws on dtypes other than f32 or mismatched shapes.
+ * which holds exactly where x · Wᵀ + b > 0; the bias gradient comes out of the weight gradient's
+ * product (MatmulArgs.biasGrad). Throws on dtypes other than f32 or mismatched shapes.
  */
 export function linear(x: Tensor, w: Tensor, b: Tensor | null, opts: LinearOpts = {}): Tensor {
   const be = backendOf('linear', x, w, ...(b ? [b] : []));
@@ -81,8 +82,19 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null, opts: LinearOpts 
     }
     const g2 = reshape(gp, [rows, nOut]); // (rows, out)
     const gx = needsGrad(x) ? reshape(matmul(g2, w), x.shape) : null;
-    const gw = needsGrad(w) ? matmul(g2, reshape(x, [rows, nIn]), { transA: true }) : null;
-    return b ? [gx, gw, needsGrad(b) ? sumTo(g2, b.shape) : null] : [gx, gw];
+    const gb = b && needsGrad(b) ? out(b.shape, be) : null;
+    let gw: Tensor | null = null;
+    if (needsGrad(w)) {
+      // gW = gᵀ · x (out, in), and the bias gradient Σ_rows g beside it (the product's biasGrad epilogue).
+      gw = out(w.shape, be);
+      be.matmul(g2.buf('linear'), reshape(x, [rows, nIn]).buf('linear'), gw.buf('linear'), {
+        batch: 1, m: nOut, n: nIn, k: rows, transA: true, transB: false, strideA: 0, strideB: 0, strideC: nOut * nIn,
+        alpha: 1, beta: 0, biasGrad: gb?.buf('linear'),
+      });
+    } else if (gb) {
+      be.reduceSum(g2.buf('linear'), gb.buf('linear'), 1, rows, nOut);
+    }
+    return b ? [gx, gw, gb] : [gx, gw];
   });
 }
 
