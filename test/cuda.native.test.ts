@@ -491,6 +491,36 @@ if (why) {
       }
     });
 
+    it('bf16 copies written beside their f32 outputs (ReLU backward, layerNorm, cross-entropy backward) equal a cast', () => {
+      // A product reads the copy its producer wrote; the same product of a fresh upload of the f32 output
+      // reads a cast: the bits agree exactly.
+      const r2 = rng(21), rows = 128, cols = 96, V = 33333;
+      const mm = (a: Buf, b: Buf, m: number, k: number, n: number) => {
+        const c = cuda.alloc('f32', m * n);
+        cuda.matmul(a, b, c, { batch: 1, m, n, k, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        const out = cuda.download(c);
+        cuda.free(c);
+        return out;
+      };
+      const viaCast = (x: Buf, m: number, k: number, b: Buf, n: number) => {
+        const fresh = put(cuda, cuda.download(x));
+        const out = mm(fresh, b, m, k, n);
+        cuda.free(fresh);
+        return out;
+      };
+      const W = put(cuda, randn(r2, V * cols)), x = put(cuda, randn(r2, rows * cols)), gy = put(cuda, randn(r2, rows * cols));
+      const g = cuda.alloc('f32', rows * cols), y = cuda.alloc('f32', rows * cols), mu = cuda.alloc('f32', rows), rs = cuda.alloc('f32', rows);
+      cuda.unaryBackward('relu', x, gy, g);
+      assert.deepEqual(mm(g, W, rows, cols, cols), viaCast(g, rows, cols, W, cols), 'ReLU backward');
+      cuda.layerNorm(x, put(cuda, randn(r2, cols)), put(cuda, randn(r2, cols)), y, mu, rs, rows, cols, 1e-5);
+      assert.deepEqual(mm(y, W, rows, cols, cols), viaCast(y, rows, cols, W, cols), 'layerNorm');
+      const L = put(cuda, randn(r2, rows * V)), tg = put(cuda, ints(r2, rows, 0, V), 'i32'), lo = cuda.alloc('f32', rows);
+      const lse = cuda.alloc('f32', rows), gl = put(cuda, randn(r2, rows)), gL = cuda.alloc('f32', rows * V);
+      cuda.crossEntropy(L, tg, lo, lse, rows, V);
+      cuda.crossEntropyBackward(L, tg, lse, gl, gL, rows, V);
+      assert.deepEqual(mm(gL, W, rows, V, cols), viaCast(gL, rows, V, W, cols), 'cross-entropy backward (padded copy)');
+    });
+
     it('a short training run: cpu and cuda loss curves agree within bf16 noise', () => {
       const curves = [cpu, cuda].map((be) => {
         T.useBackend(be);

@@ -182,7 +182,7 @@ Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
 // ---------------------------------------------------------------- elementwise
 Napi::Value Unary(const Napi::CallbackInfo& info) { unary((int)i64(info, 0), fp(info, 1), fp(info, 2), i64(info, 3)); return U(info); }
 Napi::Value UnaryBackward(const Napi::CallbackInfo& info) {
-  unary_backward((int)i64(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), i64(info, 4));
+  unary_backward((int)i64(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), (uint16_t*)ptr(info, 4), i64(info, 5));
   return U(info);
 }
 Napi::Value Affine(const Napi::CallbackInfo& info) {
@@ -248,8 +248,8 @@ Napi::Value SoftmaxBackward(const Napi::CallbackInfo& info) {
   return U(info);
 }
 Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
-  layer_norm(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), fp(info, 4), fp(info, 5), i64(info, 6), i64(info, 7),
-             (float)num(info, 8));
+  layer_norm(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), (uint16_t*)ptr(info, 4), fp(info, 5), fp(info, 6),
+             i64(info, 7), i64(info, 8), (float)num(info, 9));
   return U(info);
 }
 Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
@@ -320,10 +320,10 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   cross_entropy(fp(info, 0), i64(info, 1), ip(info, 2), fp(info, 3), fp(info, 4), i64(info, 5), i64(info, 6));
   return U(info);
 }
-// crossEntropyBackward(logits, ld, targets, lse, gloss, glogits, N, V)
+// crossEntropyBackward(logits, ld, targets, lse, gloss, glogits, g16, ld16, N, V); g16 0: no bf16 copy
 Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info) {
-  cross_entropy_backward(fp(info, 0), i64(info, 1), ip(info, 2), fp(info, 3), fp(info, 4), fp(info, 5), i64(info, 6),
-                         i64(info, 7));
+  cross_entropy_backward(fp(info, 0), i64(info, 1), ip(info, 2), fp(info, 3), fp(info, 4), fp(info, 5),
+                         (uint16_t*)ptr(info, 6), i64(info, 7), i64(info, 8), i64(info, 9));
   return U(info);
 }
 Napi::Value RowDot(const Napi::CallbackInfo& info) {

@@ -94,7 +94,8 @@ void copy_bytes(const void* src, void* dst, int64_t bytes);
 // kind: 0 f32, 1 bf16, 2 i32
 void copy_strided(int kind, const void* src, int64_t so, void* dst, int64_t dof, const Dims& d, bool acc);
 void unary(int op, const float* x, float* out, int64_t n);
-void unary_backward(int op, const float* x, const float* gy, float* gx, int64_t n);
+// gx16 (or null): gx's bf16 copy, written beside it (rounded to nearest even, as a cast).
+void unary_backward(int op, const float* x, const float* gy, float* gx, uint16_t* gx16, int64_t n);
 void affine(const float* x, float* out, int64_t n, float scale, float shift);
 void binary(int op, const float* a, const float* b, float* out, const Dims& d);
 void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t inner);
@@ -106,8 +107,9 @@ void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, fl
 // nn.cu
 void softmax(const float* x, float* out, int64_t rows, int64_t cols);
 void softmax_backward(const float* y, const float* gy, float* gx, int64_t rows, int64_t cols);
-void layer_norm(const float* x, const float* g, const float* b, float* y, float* mean, float* rstd, int64_t rows,
-                int64_t cols, float eps);
+// y16 (or null): y's bf16 copy, written beside it.
+void layer_norm(const float* x, const float* g, const float* b, float* y, uint16_t* y16, float* mean, float* rstd,
+                int64_t rows, int64_t cols, float eps);
 void layer_norm_backward(const float* x, const float* g, const float* mean, const float* rstd, const float* gy,
                          float* gx, float* gg, float* gb, int64_t rows, int64_t cols);
 // out (m, d) = rows idx[i] of x (indices validated by the caller).
@@ -130,8 +132,9 @@ void scatter_unique(const float* src, const int32_t* idx, int64_t m, float* out,
 // logits rows are `ld` floats apart (ld >= V; an aligned twin of the logits buffer); glogits (N, V).
 void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
                    int64_t V);
+// g16 (or null): glogits' bf16 copy, rows ld16 >= V apart, zeros in columns V .. ld16.
 void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targets, const float* lse, const float* gloss,
-                            float* glogits, int64_t N, int64_t V);
+                            float* glogits, uint16_t* g16, int64_t ld16, int64_t N, int64_t V);
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
 void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols);
 void topk_backward(const float* g, const int32_t* idx, float* gx, int64_t rows, int64_t cols, int64_t k);

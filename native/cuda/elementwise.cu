@@ -113,14 +113,26 @@ __global__ void k_unary(int op, const float* __restrict__ x, float* __restrict__
   GRID_STRIDE(i, n - 4 * n4) o[4 * n4 + i] = unary_f(op, x[4 * n4 + i]);
 }
 __global__ void k_unary_bwd(int op, const float* __restrict__ x, const float* __restrict__ gy, float* __restrict__ gx,
-                            int64_t n) {
+                            __nv_bfloat16* __restrict__ gx16, int64_t n) {
   const int64_t n4 = n / 4;
   GRID_STRIDE(i, n4) {
     const float4 v = reinterpret_cast<const float4*>(x)[i], g = reinterpret_cast<const float4*>(gy)[i];
-    reinterpret_cast<float4*>(gx)[i] = make_float4(unary_grad(op, v.x, g.x), unary_grad(op, v.y, g.y),
-                                                   unary_grad(op, v.z, g.z), unary_grad(op, v.w, g.w));
+    const float4 r = make_float4(unary_grad(op, v.x, g.x), unary_grad(op, v.y, g.y), unary_grad(op, v.z, g.z),
+                                 unary_grad(op, v.w, g.w));
+    reinterpret_cast<float4*>(gx)[i] = r;
+    if (gx16) {
+      __nv_bfloat162 lo = __floats2bfloat162_rn(r.x, r.y), hi = __floats2bfloat162_rn(r.z, r.w);
+      uint2 u;
+      u.x = *reinterpret_cast<uint32_t*>(&lo);
+      u.y = *reinterpret_cast<uint32_t*>(&hi);
+      reinterpret_cast<uint2*>(gx16)[i] = u;
+    }
   }
-  GRID_STRIDE(i, n - 4 * n4) gx[4 * n4 + i] = unary_grad(op, x[4 * n4 + i], gy[4 * n4 + i]);
+  GRID_STRIDE(i, n - 4 * n4) {
+    const float r = unary_grad(op, x[4 * n4 + i], gy[4 * n4 + i]);
+    gx[4 * n4 + i] = r;
+    if (gx16) gx16[4 * n4 + i] = __float2bfloat16(r);
+  }
 }
 __global__ void k_affine(const float* __restrict__ x, float* __restrict__ o, int64_t n, float s, float t) {
   GRID_STRIDE(i, n) o[i] = x[i] * s + t;
@@ -360,8 +372,8 @@ void copy_strided(int kind, const void* src, int64_t so, void* dst, int64_t dof,
 }
 
 void unary(int op, const float* x, float* out, int64_t n) { LAUNCH(k_unary, (n + 3) / 4, op, x, out, n); }
-void unary_backward(int op, const float* x, const float* gy, float* gx, int64_t n) {
-  LAUNCH(k_unary_bwd, (n + 3) / 4, op, x, gy, gx, n);
+void unary_backward(int op, const float* x, const float* gy, float* gx, uint16_t* gx16, int64_t n) {
+  LAUNCH(k_unary_bwd, (n + 3) / 4, op, x, gy, gx, reinterpret_cast<__nv_bfloat16*>(gx16), n);
 }
 void affine(const float* x, float* out, int64_t n, float scale, float shift) { LAUNCH(k_affine, n, x, out, n, scale, shift); }
 

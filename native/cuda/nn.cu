@@ -75,8 +75,8 @@ __global__ void k_softmax_bwd(const float* __restrict__ y, const float* __restri
 }
 
 __global__ void k_layer_norm(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ bt,
-                             float* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int64_t rows,
-                             int64_t cols, float eps) {
+                             float* __restrict__ y, __nv_bfloat16* __restrict__ y16, float* __restrict__ mean,
+                             float* __restrict__ rstd, int64_t rows, int64_t cols, float eps) {
   __shared__ float sh[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* xr = x + r * cols;
@@ -87,7 +87,11 @@ __global__ void k_layer_norm(const float* __restrict__ x, const float* __restric
     for (int64_t j = threadIdx.x; j < cols; j += kT) { float d = xr[j] - mu; v += d * d; }
     float rs = rsqrtf(block_sum(v, sh) / (float)cols + eps);
     if (threadIdx.x == 0) { mean[r] = mu; rstd[r] = rs; }
-    for (int64_t j = threadIdx.x; j < cols; j += kT) y[r * cols + j] = (xr[j] - mu) * rs * g[j] + bt[j];
+    for (int64_t j = threadIdx.x; j < cols; j += kT) {
+      const float v = (xr[j] - mu) * rs * g[j] + bt[j];
+      y[r * cols + j] = v;
+      if (y16) y16[r * cols + j] = __float2bfloat16(v);
+    }
   }
 }
 __global__ void k_layer_norm_bwd_x(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ mean,
@@ -138,13 +142,25 @@ __global__ void k_layer_norm_bwd_gb(const float* __restrict__ x, const float* __
     pb[c * cols + col] = s2;
   }
 }
+// gg[j] += Σ_c pg[c, j], gb[j] += Σ_c pb[c, j]: block (32, 8) over 32 columns, thread row y summing
+// chunks y, y + 8, ... (independent loads in flight), then the 8 partial sums in order.
 __global__ void k_layer_norm_bwd_gb_final(const float* __restrict__ pg, const float* __restrict__ pb, float* __restrict__ gg,
                                           float* __restrict__ gb, int64_t cols, int64_t nch) {
-  for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < cols; j += (int64_t)gridDim.x * blockDim.x) {
-    float s1 = 0, s2 = 0;
-    for (int64_t c = 0; c < nch; ++c) { s1 += pg[c * cols + j]; s2 += pb[c * cols + j]; }
-    gg[j] += s1;
-    gb[j] += s2;
+  __shared__ float sg[8][33], sb[8][33];
+  const int64_t j = blockIdx.x * 32LL + threadIdx.x;
+  float s1 = 0, s2 = 0;
+  if (j < cols) {
+#pragma unroll 4
+    for (int64_t c = threadIdx.y; c < nch; c += 8) { s1 += pg[c * cols + j]; s2 += pb[c * cols + j]; }
+  }
+  sg[threadIdx.y][threadIdx.x] = s1;
+  sb[threadIdx.y][threadIdx.x] = s2;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < cols) {
+    float t1 = 0, t2 = 0;
+    for (int y = 0; y < 8; ++y) { t1 += sg[y][threadIdx.x]; t2 += sb[y][threadIdx.x]; }
+    gg[j] += t1;
+    gb[j] += t2;
   }
 }
 
@@ -282,14 +298,18 @@ __global__ void k_ce(const float* __restrict__ x, int64_t ldx, const int32_t* __
   }
 }
 __global__ void k_ce_bwd(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg,
-                         const float* __restrict__ lse, const float* __restrict__ gl, float* __restrict__ gx, int64_t N,
-                         int64_t V) {
+                         const float* __restrict__ lse, const float* __restrict__ gl, float* __restrict__ gx,
+                         __nv_bfloat16* __restrict__ g16, int64_t ld16, int64_t N, int64_t V) {
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     int t = tg[n];
     float l = lse[n], g = gl[n];
     for (int64_t j = threadIdx.x; j < V; j += kT) {
-      gx[n * V + j] = t < 0 ? 0.f : g * (expf(x[n * ldx + j] - l) - (j == t ? 1.f : 0.f));
+      const float v = t < 0 ? 0.f : g * (expf(x[n * ldx + j] - l) - (j == t ? 1.f : 0.f));
+      gx[n * V + j] = v;
+      if (g16) g16[n * ld16 + j] = __float2bfloat16(v);
     }
+    if (g16)
+      for (int64_t j = V + threadIdx.x; j < ld16; j += kT) g16[n * ld16 + j] = __float2bfloat16(0.f);
   }
 }
 
@@ -419,10 +439,11 @@ void softmax_backward(const float* y, const float* gy, float* gx, int64_t rows, 
   k_softmax_bwd<<<rows_grid(rows), kT, 0, stream()>>>(y, gy, gx, rows, cols);
   check_launch("softmaxBackward");
 }
-void layer_norm(const float* x, const float* g, const float* b, float* y, float* mean, float* rstd, int64_t rows,
-                int64_t cols, float eps) {
+void layer_norm(const float* x, const float* g, const float* b, float* y, uint16_t* y16, float* mean, float* rstd,
+                int64_t rows, int64_t cols, float eps) {
   if (rows == 0) return;
-  k_layer_norm<<<rows_grid(rows), kT, 0, stream()>>>(x, g, b, y, mean, rstd, rows, cols, eps);
+  k_layer_norm<<<rows_grid(rows), kT, 0, stream()>>>(x, g, b, y, reinterpret_cast<__nv_bfloat16*>(y16), mean, rstd, rows,
+                                                     cols, eps);
   check_launch("layerNorm");
 }
 void layer_norm_backward(const float* x, const float* g, const float* mean, const float* rstd, const float* gy,
@@ -437,7 +458,7 @@ void layer_norm_backward(const float* x, const float* g, const float* mean, cons
   float* pb = pg + nch * cols;
   k_layer_norm_bwd_gb<<<dim3((unsigned)((cols + 31) / 32), (unsigned)nch), dim3(32, 8), 0, stream()>>>(x, mean, rstd, gy, pg, pb, rows, cols, CH);
   check_launch("layerNormBackward");
-  k_layer_norm_bwd_gb_final<<<grid_for(cols, kT), kT, 0, stream()>>>(pg, pb, gg, gb, cols, nch);
+  k_layer_norm_bwd_gb_final<<<(unsigned)((cols + 31) / 32), dim3(32, 8), 0, stream()>>>(pg, pb, gg, gb, cols, nch);
   check_launch("layerNormBackward");
 }
 
@@ -587,9 +608,10 @@ void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, floa
   check_launch("crossEntropy");
 }
 void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targets, const float* lse, const float* gloss,
-                            float* glogits, int64_t N, int64_t V) {
+                            float* glogits, uint16_t* g16, int64_t ld16, int64_t N, int64_t V) {
   if (N == 0) return;
-  k_ce_bwd<<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, lse, gloss, glogits, N, V);
+  k_ce_bwd<<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, lse, gloss, glogits,
+                                              reinterpret_cast<__nv_bfloat16*>(g16), ld16, N, V);
   check_launch("crossEntropyBackward");
 }
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {

@@ -41,7 +41,8 @@ export interface CudaAddon {
     dstStrides: number[], shape: number[], acc: boolean): void;
 
   unary(op: number, x: Ptr, out: Ptr, n: number): void;
-  unaryBackward(op: number, x: Ptr, gy: Ptr, gx: Ptr, n: number): void;
+  /** gx16: 0, or where gx's bf16 copy is written too. */
+  unaryBackward(op: number, x: Ptr, gy: Ptr, gx: Ptr, gx16: Ptr, n: number): void;
   affine(x: Ptr, out: Ptr, n: number, scale: number, shift: number): void;
   binary(op: number, a: Ptr, aStrides: number[], b: Ptr, bStrides: number[], out: Ptr, shape: number[]): void;
   reduceSum(x: Ptr, out: Ptr, outer: number, mid: number, inner: number): void;
@@ -82,7 +83,8 @@ export interface CudaAddon {
 
   softmax(x: Ptr, out: Ptr, rows: number, cols: number): void;
   softmaxBackward(y: Ptr, gy: Ptr, gx: Ptr, rows: number, cols: number): void;
-  layerNorm(x: Ptr, g: Ptr, b: Ptr, y: Ptr, mean: Ptr, rstd: Ptr, rows: number, cols: number, eps: number): void;
+  /** y16: 0, or where y's bf16 copy is written too. */
+  layerNorm(x: Ptr, g: Ptr, b: Ptr, y: Ptr, y16: Ptr, mean: Ptr, rstd: Ptr, rows: number, cols: number, eps: number): void;
   layerNormBackward(x: Ptr, g: Ptr, mean: Ptr, rstd: Ptr, gy: Ptr, gx: Ptr, gg: Ptr, gb: Ptr, rows: number, cols: number): void;
   /** out (m, d) = rows idx[i] of x (indices validated by the caller). */
   gatherRows(x: Ptr, idx: Ptr, out: Ptr, m: number, d: number, op: string): void;
@@ -111,7 +113,9 @@ export interface CudaAddon {
   /** logits rows are `ld` floats apart. */
   crossEntropy(logits: Ptr, ld: number, targets: Ptr, losses: Ptr, lse: Ptr, N: number, V: number): void;
   /** logits rows are `ld` floats apart; glogits (N, V). */
-  crossEntropyBackward(logits: Ptr, ld: number, targets: Ptr, lse: Ptr, gloss: Ptr, glogits: Ptr, N: number, V: number): void;
+  /** g16: 0, or where glogits' bf16 copy is written too, rows ld16 apart (zeros in the padding columns). */
+  crossEntropyBackward(logits: Ptr, ld: number, targets: Ptr, lse: Ptr, gloss: Ptr, glogits: Ptr, g16: Ptr, ld16: number,
+    N: number, V: number): void;
   rowDot(a: Ptr, b: Ptr, out: Ptr, rows: number, cols: number): void;
   activationBits(x: Ptr, out: Ptr, rows: number, cols: number): void;
   topkBackward(g: Ptr, indices: Ptr, gx: Ptr, rows: number, cols: number, k: number): void;

@@ -359,10 +359,19 @@ export class CudaBackend implements Backend {
     if (b.shadow !== 0 && b.shadowVersion === b.version && serves(b.shadowLayout, want, b.size)) return b.shadow;
     // A plain read recasts into a row-padded layout it had (the tied embedding alternates between both).
     const old = b.shadowLayout, pad = want ?? (old !== null && contiguousElems(old, b.size) >= b.size ? old : null);
-    if (b.shadow !== 0 && !sameLayout(old, pad)) { this.nat.free(b.shadow); b.shadow = 0; }
+    const s = this.shadowFor(b, pad);
+    if (pad) this.nat.castPad(b.ptr, s, b.size / pad.cols, pad.cols, pad.rows, pad.ld);
+    else this.nat.cast(0, b.ptr, s, b.size);
+    return s;
+  }
+  /**
+   * The bf16 shadow's memory of an f32 buffer laid out as `pad` (null: a plain copy), marked current for
+   * the buffer's present version: the caller queues a kernel that writes it (a cast, or a kernel that
+   * writes its f32 output's bf16 copy beside it, so that the products reading it need no cast).
+   */
+  private shadowFor(b: CudaBuf, pad: PadLayout | null): number {
+    if (b.shadow !== 0 && !sameLayout(b.shadowLayout, pad)) { this.nat.free(b.shadow); b.shadow = 0; }
     if (b.shadow === 0) b.shadow = this.nat.malloc(pad ? pad.rows * pad.ld * 2 : Math.max(1, b.size) * 2);
-    if (pad) this.nat.castPad(b.ptr, b.shadow, b.size / pad.cols, pad.cols, pad.rows, pad.ld);
-    else this.nat.cast(0, b.ptr, b.shadow, b.size);
     b.shadowLayout = pad;
     b.shadowVersion = b.version;
     return b.shadow;
@@ -587,7 +596,11 @@ export class CudaBackend implements Backend {
     need(o, code !== undefined, () => `unknown op ${op}`);
     const n = this.buf(o, x, 'x').size;
     need(o, this.buf(o, gy, 'gy').size === n && this.buf(o, gx, 'gx').size === n, () => `${op}: sizes differ`);
-    this.nat.unaryBackward(code, this.r(o, x, 'x'), this.r(o, gy, 'gy'), this.o(o, gx, 'gx', n), n);
+    const X = this.r(o, x, 'x'), G = this.r(o, gy, 'gy'), out = this.o(o, gx, 'gx', n);
+    // ReLU's gradient feeds products (a linear layer's or an expert's backward): its bf16 copy is
+    // written beside it.
+    const out16 = op === 'relu' && this.matmulMode === 'bf16' ? this.shadowFor(gx as CudaBuf, null) : 0;
+    this.nat.unaryBackward(code, X, G, out, out16, n);
   }
   affine(x: Buf, out: Buf, scale: number, shift: number): void {
     const n = this.buf('affine', x, 'x').size;
@@ -811,8 +824,12 @@ export class CudaBackend implements Backend {
     const op = 'layerNorm';
     this.dims(op, { rows, cols });
     const n = rows * cols;
-    this.nat.layerNorm(this.r(op, x, 'x', n), this.r(op, gamma, 'gamma', cols), this.r(op, beta, 'beta', cols),
-      this.o(op, y, 'y', n), this.o(op, mean, 'mean', rows), this.o(op, rstd, 'rstd', rows), rows, cols, eps);
+    const X = this.r(op, x, 'x', n), G = this.r(op, gamma, 'gamma', cols), B = this.r(op, beta, 'beta', cols);
+    const out = this.o(op, y, 'y', n);
+    // The output feeds a product (the attention's or FFN's input projection, the output layer): its
+    // bf16 copy is written beside it.
+    const out16 = this.matmulMode === 'bf16' && y.size === n ? this.shadowFor(y as CudaBuf, null) : 0;
+    this.nat.layerNorm(X, G, B, out, out16, this.o(op, mean, 'mean', rows), this.o(op, rstd, 'rstd', rows), rows, cols, eps);
   }
   layerNormBackward(x: Buf, gamma: Buf, mean: Buf, rstd: Buf, gy: Buf, gx: Buf, ggamma: Buf, gbeta: Buf,
     rows: number, cols: number): void {
@@ -886,8 +903,13 @@ export class CudaBackend implements Backend {
     this.dims(op, { N, V });
     this.checkIndices('crossEntropy', this.typed(op, targets, 'targets', N, 'i32'), N, -1, V);
     const x = this.rowsIn(op, logits, 'logits', N, V);
-    this.nat.crossEntropyBackward(x.ptr, x.ld, this.r(op, targets, 'targets', N, 'i32'), this.r(op, lse, 'lse', N),
-      this.r(op, gloss, 'gloss', N), this.o(op, glogits, 'glogits', N * V), N, V);
+    const tg = this.r(op, targets, 'targets', N, 'i32'), ls = this.r(op, lse, 'lse', N), gl = this.r(op, gloss, 'gloss', N);
+    const out = this.o(op, glogits, 'glogits', N * V);
+    // The gradient feeds the output layer's two products: its bf16 copy is written beside it, padded as
+    // `matmul` lays out a large operand with rows of V % 8 != 0 elements.
+    const pad = V % 8 !== 0 && N * V >= PAD_MIN ? { cols: V, ld: ceil8(V), rows: N } : null;
+    const out16 = this.matmulMode === 'bf16' && N * V > 0 && glogits.size === N * V ? this.shadowFor(glogits as CudaBuf, pad) : 0;
+    this.nat.crossEntropyBackward(x.ptr, x.ld, tg, ls, gl, out, out16, pad?.ld ?? V, N, V);
   }
   adamw(p: Buf, g: Buf, m: Buf, v: Buf, a: AdamWArgs): void {
     const op = 'adamw';
