@@ -297,6 +297,17 @@ describe('cpu backend: large sizes match ref', () => {
       for (const x of [a, w, c, bias, small, gb]) be.free(x);
     }
   });
+  it('groupedMatmul: an epilogue with a scattered C, or a bias past its buffer, throws the same error on cpu and ref', () => {
+    for (const be of [cpu, ref]) {
+      const a = be.alloc('f32', 12), w = be.alloc('f32', 30), c = be.alloc('f32', 40), bias = be.alloc('f32', 9), rc = put(be, [0, 1, 2, 3], 'i32');
+      const problems = Int32Array.from([2, 5, 3, 0, 3, 0, 5, 0, 5, 2, 5, 3, 6, 3, 15, 5, 10, 5]);
+      const args = { problems, transA: false, transB: false, alpha: 1, beta: 0 };
+      assert.throws(() => be.groupedMatmul(a, w, c, { ...args, bias, biasStride: 5 }), /groupedMatmul: group 1: bias needs 10 elements, has 9/);
+      assert.throws(() => be.groupedMatmul(a, w, c, { ...args, beta: 1, rows: { c: rc }, relu: true }),
+        /groupedMatmul: bias and relu need beta 0, transA false and no rows.c/);
+      for (const x of [a, w, c, bias, rc]) be.free(x);
+    }
+  });
   it('matmul: a bias of the wrong size or dtype throws the same error on cpu and ref', () => {
     for (const be of [cpu, ref]) {
       for (const bias of [be.alloc('f32', 4), be.alloc('i32', 5)]) {

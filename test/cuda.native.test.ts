@@ -129,6 +129,29 @@ if (why) {
       }
     }
     {
+      // The MoE's first product with its epilogue (expert biases, ReLU) at training shapes: 1024 tokens,
+      // top-8 of 32 experts of 96, d_model 768; the grouped kernel over device segments, and the cuBLAS
+      // route (fp32) over the same problems.
+      const N = 1024, k = 8, E = 32, s = 96, dm = 768;
+      const x = randn(r, N * dm, 0.1), w = randn(r, E * s * dm, 0.05), bias = randn(r, E * s, 0.5);
+      const experts = Int32Array.from({ length: N * k }, (_, i) => (Math.floor(i / k) * 7 + (i % k) * 5) % E);
+      const f32 = createCudaBackend({ matmul: 'f32', grouped: 'cublas' });
+      for (const [on, tol] of [[cuda, 1e-2], [f32, 1e-5]] as const) {
+        close(`MoE first product + expert biases + ReLU (${N} tokens, top-${k} of ${E}; ${(on as CudaBackend).matmulMode})`, (be) => {
+          const X = put(be, x), W = put(be, w), Bi = put(be, bias), Ex = put(be, experts, 'i32');
+          const off = be.alloc('i32', E + 1), tok = be.alloc('i32', N * k), slot = be.alloc('i32', N * k), rex = be.alloc('i32', N * k);
+          be.expertGroups(Ex, off, tok, slot, rex, N, k, E);
+          const H = be.alloc('f32', N * k * s), problems = new Int32Array(9 * E);
+          for (let e = 0; e < E; e++) problems.set([0, s, dm, 0, dm, e * s * dm, dm, 0, s], 9 * e);
+          be.groupedMatmul(X, W, H, { problems, transA: false, transB: true, alpha: 1, beta: 0, rows: { a: tok }, segments: off,
+            bias: Bi, biasStride: s, relu: true });
+          const res = [be.download(H)];
+          for (const t of [X, W, Bi, Ex, off, tok, slot, rex, H]) be.free(t);
+          return res;
+        }, tol, on);
+      }
+    }
+    {
       // The output layer's shapes with an odd vocabulary: misaligned leading dimensions take the padded path.
       const m = 128, d = 64, V = 33333;
       const h = randn(r, m * d), w = randn(r, V * d), gl = randn(r, m * V);

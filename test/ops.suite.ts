@@ -235,7 +235,18 @@ function moeRoutingCases(r: () => number): OpCase[] {
       return T.segmentMatmul(hb, wOut!, g.offsets, { nExpert: E, k: s, n: dm, stride: s, ld: E * s, transB: true },
         { scatter: g.rowToken, outRows: N });
     },
-  }];
+  }, ...[false, true].map((relu): OpCase => ({
+    // The first product's epilogue: each expert's bias (magnitude >= 0.6 against a small product, away
+    // from ReLU's kink), then ReLU.
+    name: `MoE first product with its epilogue (expert biases${relu ? ' + ReLU' : ''}) on backend-side routing`,
+    inputs: [f([N, dm], r, 0.03), f([E * s, dm], r),
+      { data: randn(r, E * s).map((v) => Math.sign(v || 1) * (0.6 + 0.2 * Math.abs(v))), shape: [E, s] }, index(experts, [N, k])],
+    fn: ([x, wIn, b, ex]) => {
+      const g = groups(ex!);
+      return T.segmentMatmul(x!, wIn!, g.offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true },
+        { gather: g.rowToken }, { bias: b!, rowExpert: g.rowExpert, relu });
+    },
+  }))];
 }
 
 /**

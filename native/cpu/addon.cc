@@ -322,6 +322,25 @@ Napi::Value MatmulFn(const Napi::CallbackInfo& info) {
   if (has_bias || relu) bias_act(C.p, sC, batch, m, n, has_bias ? bias.p : nullptr, relu);
   return Undef(info);
 }
+// groupedBiasAct(C, problems, bias | null, stride, relu): the grouped product's epilogue; the problems and
+// the bias extents were checked by the product and checkGroupedEpilogue.
+Napi::Value GroupedBiasActFn(const Napi::CallbackInfo& info) {
+  const char* fn = "groupedBiasAct";
+  auto C = arr<float>(info, 0, fn);
+  auto P = arr<int32_t>(info, 1, fn);
+  if (P.n % 9 != 0) throw ArgError("groupedBiasAct: problems length must be a multiple of 9");
+  const bool has_bias = !info[2].IsNull() && !info[2].IsUndefined();
+  View<float> bias{nullptr, 0};
+  if (has_bias) bias = arr<float>(info, 2, fn);
+  const int64_t G = P.n / 9, stride = dim(info, 3, fn);
+  for (int64_t g = 0; g < G; ++g) {
+    const int32_t* p = P.p + 9 * g;
+    if (p[0] > 0 && p[1] > 0 && (int64_t)p[7] + (int64_t)(p[0] - 1) * p[8] + p[1] > C.n) throw ArgError("groupedBiasAct: C too small");
+    if (has_bias && p[1] > 0 && g * stride + p[1] > bias.n) throw ArgError("groupedBiasAct: bias too small");
+  }
+  grouped_bias_act(C.p, P.p, G, has_bias ? bias.p : nullptr, stride, flag(info, 4));
+  return Undef(info);
+}
 // Optional i32 index argument (null or undefined: absent). An empty array is present, with no entries
 // (its data pointer may be null, so presence is a separate flag).
 struct Index {
@@ -626,6 +645,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("sumSquares", wrap<SumSquaresFn>);
   def("matmul", wrap<MatmulFn>);
   def("groupedMatmul", wrap<GroupedMatmulFn>);
+  def("groupedBiasAct", wrap<GroupedBiasActFn>);
   def("softmax", wrap<SoftmaxFn>);
   def("softmaxBackward", wrap<SoftmaxBackwardFn>);
   def("layerNorm", wrap<LayerNormFn>);

@@ -818,6 +818,22 @@ void bias_act(float* C, int64_t strideC, int64_t batch, int64_t m, int64_t n, co
   }
 }
 
+void grouped_bias_act(float* C, const int32_t* problems, int64_t G, const float* bias, int64_t stride, bool relu) {
+  parallel_for(G, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int32_t* p = problems + 9 * g;
+      for (int64_t i = 0; i < p[0]; ++i) {
+        float* row = C + p[7] + i * (int64_t)p[8];
+        const float* b = bias ? bias + g * stride : nullptr;
+        for (int64_t c = 0; c < p[1]; ++c) {
+          const float v = row[c] + (b ? b[c] : 0.f);
+          row[c] = relu && !(v > 0.f) ? 0.f : v;
+        }
+      }
+    }
+  });
+}
+
 void row_sums(const float* A, bool transA, int64_t m, int64_t k, float* out) {
   if (!transA) {
     parallel_for(m, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, k)), [&](int64_t r0, int64_t r1) {

@@ -51,6 +51,9 @@ void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t 
 // The matmul epilogue (MatmulArgs.bias / relu) on C (batch, m, n), batches strideC apart: C = act(C + bias),
 // bias (n) or null; act = ReLU when relu (NaN -> 0), else identity.
 void bias_act(float* C, int64_t strideC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu);
+// The grouped product's epilogue (GroupedMatmulArgs.bias / relu): group g's C rows (problems: 9 ints per
+// group) += bias[g · stride ..] (bias may be null), then ReLU when relu (NaN -> 0).
+void grouped_bias_act(float* C, const int32_t* problems, int64_t G, const float* bias, int64_t stride, bool relu);
 // out[i] = Σ_p op(A)[i, p] for i < m (the matmul biasGrad epilogue): A stored (m, k), or (k, m) when
 // transA; sums in double, in order of p.
 void row_sums(const float* A, bool transA, int64_t m, int64_t k, float* out);

@@ -231,13 +231,14 @@ Napi::Value BiasAct(const Napi::CallbackInfo& info) {
   bias_act(fp(info, 0), i64(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), i64(info, 5), fp(info, 6), flag(info, 7));
   return U(info);
 }
-// groupedGemm(A16, rowsA, B16, rowsB, C, problems Int32Array, tA, tB, alpha, beta, segments, total, cBf16); rows
-// and segments 0: not indexed / sizes in the problems; cBf16: C is bf16
+// groupedGemm(A16, rowsA, B16, rowsB, C, problems Int32Array, tA, tB, alpha, beta, segments, total, cBf16, bias,
+// biasStride, relu); rows and segments 0: not indexed / sizes in the problems; cBf16: C is bf16; bias 0: none
 Napi::Value GroupedGemm(const Napi::CallbackInfo& info) {
   HostView h = host(info, 5);
   grouped_gemm((const uint16_t*)ptr(info, 0), ip(info, 1), (const uint16_t*)ptr(info, 2), ip(info, 3), ptr(info, 4),
                flag(info, 12), (const int32_t*)h.p, (int64_t)(h.bytes / 36), flag(info, 6), flag(info, 7),
-               (float)num(info, 8), (float)num(info, 9), ip(info, 10), i64(info, 11));
+               (float)num(info, 8), (float)num(info, 9), ip(info, 10), i64(info, 11), fp(info, 13), i64(info, 14),
+               flag(info, 15));
   return U(info);
 }
 

@@ -451,7 +451,8 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
     k_grouped(const bf16* __restrict__ A, const int32_t* __restrict__ rowsA, const bf16* __restrict__ B,
               const int32_t* __restrict__ rowsB, float* __restrict__ C, const __grid_constant__ GroupArgs ga,
               const int32_t* __restrict__ seg, int groups, bool vecA, bool vecB, bool vecC, float alpha, float beta,
-              int KC, float* __restrict__ partial, int32_t* __restrict__ starts_out, bf16* __restrict__ C16) {
+              int KC, float* __restrict__ partial, int32_t* __restrict__ starts_out, bf16* __restrict__ C16,
+              const float* __restrict__ bias, int64_t bias_stride, bool relu) {
   constexpr int BM = WM * TM * 16, BN = WN * TN * 8, NT = WM * WN * 32;
   using S = Smem<BM, BN, TA, TB>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -589,8 +590,14 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
   const int g = lane >> 2, c = lane & 3;
   if (!C16) {
     // fp32 C straight from the fragments (4 lanes cover 32 bytes of a row, a whole sector); a partial
-    // tile (BM x BN, rows BN apart) is addressed from the block's first row and column.
+    // tile (BM x BN, rows BN apart) is addressed from the block's first row and column. The epilogue
+    // (beta 0, no partial tiles): the group's bias, then ReLU.
     const float al = to_partial ? 1.f : alpha, be = to_partial ? 0.f : beta;
+    const float* gbias = bias ? bias + lo * bias_stride : nullptr;
+    auto epi = [&](float v, int col) {
+      v += gbias ? gbias[col] : 0.f;
+      return relu && !(v > 0.f) ? 0.f : v;
+    };
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -601,7 +608,11 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
           const int col = n0 + wn0 + j * 8 + 2 * c;
-          const float v0 = al * acc[i][j][2 * h], v1 = al * acc[i][j][2 * h + 1];
+          float v0 = al * acc[i][j][2 * h], v1 = al * acc[i][j][2 * h + 1];
+          if (gbias || relu) {
+            v0 = epi(v0, col);
+            if (col + 1 < n) v1 = epi(v1, col + 1);
+          }
           if (vecC && col + 1 < n) {
             float2* q = reinterpret_cast<float2*>(out + col);
             if (be == 0.f) {
@@ -698,6 +709,9 @@ struct GroupedCall {
   int KC;              // seg along K (tA): rows per chunk of the split-K products
   bool vecA, vecB, vecC;
   float alpha, beta;
+  const float* bias;   // the epilogue: group g's bias at bias + g · bias_stride (or null), then ReLU
+  int64_t bias_stride;
+  bool relu;
 };
 
 // Launches the groups of `problems` (9 ints each) with block tiles of one shape, kMaxGroups at a time.
@@ -747,7 +761,7 @@ void launch_shape(const GroupedCall& q, const int32_t* problems, int64_t groups)
       Scratch partial((size_t)items * BM * BN * sizeof(float)), starts((size_t)(ng + 1) * sizeof(int32_t));
       kernel<<<(unsigned)items, WM * WN * 32, smem, stream()>>>(q.A, q.rowsA, q.B, q.rowsB, q.C, ga, seg, ng, q.vecA, q.vecB,
                                                                q.vecC, q.alpha, q.beta, q.KC, partial.as<float>(),
-                                                               starts.as<int32_t>(), nullptr);
+                                                               starts.as<int32_t>(), nullptr, nullptr, 0, false);
       check_launch("groupedMatmul");
       if (sa.elem_start[ng] == 0) continue;
       k_split_reduce<BM, BN><<<grid_for(sa.elem_start[ng], 256), 256, 0, stream()>>>(
@@ -758,7 +772,9 @@ void launch_shape(const GroupedCall& q, const int32_t* problems, int64_t groups)
     if (tiles == 0) continue;
     if (tiles > 0x7fffffff) throw CudaError("groupedMatmul: too many tiles");
     kernel<<<(unsigned)tiles, WM * WN * 32, smem, stream()>>>(q.A, q.rowsA, q.B, q.rowsB, q.C, ga, seg, ng, q.vecA, q.vecB,
-                                                             q.vecC, q.alpha, q.beta, 0, nullptr, nullptr, q.C16);
+                                                             q.vecC, q.alpha, q.beta, 0, nullptr, nullptr, q.C16,
+                                                             q.bias ? q.bias + g0 * q.bias_stride : nullptr,
+                                                             q.bias_stride, q.relu);
     check_launch("groupedMatmul");
   }
 }
@@ -778,8 +794,9 @@ bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
 void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, const int32_t* rowsB, void* C, bool c_bf16,
                   const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta, const int32_t* seg,
-                  int64_t total) {
+                  int64_t total, const float* bias, int64_t bias_stride, bool relu) {
   if (c_bf16 && (beta != 0.f || (seg && tA))) throw CudaError("groupedMatmul: a bf16 C needs beta 0 and no split-K");
+  if ((bias || relu) && (c_bf16 || beta != 0.f || tA)) throw CudaError("groupedMatmul: bias and relu need beta 0, transA false and an fp32 C");
   if (seg && tA && tB) throw CudaError("groupedMatmul: segments need transA or transB false");
   // Split-K chunks of an average segment (balanced groups mostly run in one chunk, written straight to
   // C), in whole BK stages; at least 256 rows.
@@ -787,7 +804,7 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
   const int KC = (int)std::min<int64_t>(1 << 20, std::max<int64_t>(256, (mean + BK - 1) / BK * BK));
   GroupedCall q{reinterpret_cast<const bf16*>(A), rowsA, reinterpret_cast<const bf16*>(B), rowsB,
                 c_bf16 ? nullptr : static_cast<float*>(C), c_bf16 ? static_cast<bf16*>(C) : nullptr, seg, total, KC,
-                aligned16(A), aligned16(B), ((uintptr_t)C & 7) == 0, alpha, beta};
+                aligned16(A), aligned16(B), ((uintptr_t)C & 7) == 0, alpha, beta, bias, bias_stride, relu};
   int64_t padded[3] = {0, 0, 0};
   // With segments the token dimension is on the device: the checks and the block shape use its
   // mean (offsets along it are multiples of the leading dimensions checked below).

@@ -134,6 +134,14 @@ export interface GroupedMatmulArgs {
    * groups + 1 entries, does not start at 0 or decreases, or with transA and transB.
    */
   segments?: Buf;
+  /**
+   * Epilogue (with beta 0, transA false and no rows.c): group g adds bias[g · biasStride + j] (f32) to
+   * column j of each of its C rows, then ReLU with `relu` (NaN -> 0): the MoE experts' biases and
+   * activation fused into their first product. Throws when a group's bias runs past the buffer.
+   */
+  bias?: Buf;
+  biasStride?: number;
+  relu?: boolean;
 }
 
 export interface AdamWArgs {

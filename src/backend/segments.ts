@@ -118,3 +118,39 @@ export function checkProblems(op: string, p: Int32Array, transA: boolean, transB
     ext(q, m, n, 7, sizeC, 'c');
   }
 }
+
+/**
+ * Checks a grouped product's epilogue (GroupedMatmulArgs.bias, biasStride, relu): beta 0, transA false,
+ * no rows.c, an f32 bias with every used group's n entries inside it. Throws naming the violation.
+ */
+export function checkGroupedEpilogue(args: GroupedMatmulArgs): void {
+  if (!args.bias && !args.relu) return;
+  if (args.beta !== 0 || args.transA || args.rows?.c) {
+    throw new Error('groupedMatmul: bias and relu need beta 0, transA false and no rows.c');
+  }
+  if (!args.bias) return;
+  const stride = args.biasStride ?? 0, p = args.problems;
+  if (args.bias.dtype !== 'f32') throw new Error(`groupedMatmul: bias must be f32, got ${args.bias.dtype}`);
+  if (!Number.isInteger(stride) || stride < 0) throw new Error(`groupedMatmul: biasStride must be a non-negative integer, got ${stride}`);
+  for (let q = 0; q < p.length; q += 9) {
+    const n = p[q + 1]!, end = (q / 9) * stride + n;
+    if (n > 0 && end > args.bias.size) throw new Error(`groupedMatmul: group ${q / 9}: bias needs ${end} elements, has ${args.bias.size}`);
+  }
+}
+
+/**
+ * Applies a grouped product's epilogue (see `checkGroupedEpilogue`) to C on the host, over explicit
+ * problems (m of each group known): C rows of group g += bias[g · stride ..], then ReLU.
+ */
+export function groupedEpilogue(C: Float32Array | Float64Array, p: Int32Array, bias: ArrayLike<number> | null, stride: number,
+  relu: boolean): void {
+  for (let q = 0, g = 0; q < p.length; q += 9, g++) {
+    const m = p[q]!, n = p[q + 1]!, offC = p[q + 7]!, ldc = p[q + 8]!;
+    for (let i = 0; i < m; i++) {
+      for (let j = 0, o = offC + i * ldc; j < n; j++, o++) {
+        const v = C[o]! + (bias ? bias[g * stride + j]! : 0);
+        C[o] = relu && !(v > 0) ? 0 : v;
+      }
+    }
+  }
+}

@@ -74,11 +74,12 @@ export function moeFFN(x: Tensor, p: FFNParams, router: Tensor, o: MoEOptions): 
   const { values, routing } = route(x, router, k, o.routerInputGrad ?? false);
   const { offsets, rowToken } = routing;
   // Token rows are gathered inside the first grouped product and scatter-added inside the second:
-  // no (N·k, d_model) copy of the input or output exists.
+  // no (N·k, d_model) copy of the input or output exists. The experts' biases and ReLU are the first
+  // product's epilogue.
+  const relu = o.activation === 'relu', bias = p.b_in ? T.reshape(p.b_in, [E, s]) : undefined;
   let h = T.segmentMatmul(x, p.w_in, offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true },
-    { gather: rowToken }); // (N·k, s), grouped by expert
-  if (p.b_in) h = T.add(h, T.gatherRows(T.reshape(p.b_in, [E, s]), routing.rowExpert));
-  h = o.activation === 'relu' ? T.relu(h) : T.gelu(h);
+    { gather: rowToken }, { bias, rowExpert: routing.rowExpert, relu }); // (N·k, s), grouped by expert
+  if (!relu) h = T.gelu(h);
   // Output weights 1 + s − stopgrad(s), s = softmax of the selected scores: 1 in value, router gradient via s.
   if ((o.trainRouter ?? true) && T.isGradEnabled()) h = T.routerGate(h, T.softmax(values), routing.rowSlot);
   const scatter = { scatter: rowToken, outRows: N };

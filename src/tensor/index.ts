@@ -8,7 +8,7 @@ export { add, sub, mul, div, affine, scale, relu, gelu, neg, exp, log, sqrt, squ
 export { reshape, detach, permute, transpose, slice, concat } from './ops/shape.js';
 export { sum, mean, sumTo } from './ops/reduce.js';
 export { matmul, linear, segmentMatmul } from './ops/matmul.js';
-export type { MatmulOpts, LinearOpts, ExpertLayout, SegmentRows } from './ops/matmul.js';
+export type { MatmulOpts, LinearOpts, ExpertLayout, SegmentRows, SegmentEpilogue } from './ops/matmul.js';
 export { softmax, layerNorm, embedding, attention, attentionCached, crossEntropy } from './ops/nn.js';
 export { topk, expertGroups, gatherRows, scatterAddRows, routerGate, activationBits } from './ops/moe.js';
 export type { ExpertGrouping } from './ops/moe.js';

@@ -35,6 +35,8 @@ export interface NativeAddon {
   matmul(a: F32, b: F32, c: F32, batch: number, m: number, n: number, k: number, transA: boolean, transB: boolean,
     strideA: number, strideB: number, strideC: number, alpha: number, beta: number, bias: F32 | null, relu: boolean,
     biasGrad: F32 | null): void;
+  /** GroupedMatmulArgs' epilogue on C after the product: bias (or null), biasStride, relu (problems checked by the product). */
+  groupedBiasAct(c: F32, problems: I32, bias: F32 | null, stride: number, relu: boolean): void;
   /** rowsA / rowsB / rowsC: GroupedMatmulArgs.rows (null when absent). */
   groupedMatmul(a: F32, b: F32, c: F32, problems: I32, transA: boolean, transB: boolean, alpha: number,
     beta: number, rowsA: I32 | null, rowsB: I32 | null, rowsC: I32 | null): void;

@@ -8,7 +8,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 import { ArrayPool } from './pool.js';
-import { checkExpertBuffers, groupExperts, resolveSegments } from '../segments.js';
+import { checkExpertBuffers, checkGroupedEpilogue, groupExperts, resolveSegments } from '../segments.js';
 
 type Arr = Float32Array | Uint16Array | Int32Array;
 
@@ -300,6 +300,7 @@ export class CpuBackend implements Backend {
     });
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
+    checkGroupedEpilogue(g);
     if (g.segments) { this.groupedMatmul(a, b, c, resolveSegments(g, this.i('groupedMatmul', g.segments, 'segments'))); return; }
     this.kernel(() => {
       const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b');
@@ -312,8 +313,10 @@ export class CpuBackend implements Backend {
       const C = g.beta === 0 && !g.rows?.c ? this.out('groupedMatmul', c, 'c', covered, 0) : this.f('groupedMatmul', c, 'c');
       // Per-group bounds, index entries included, are checked natively (before any group runs).
       const idx = (b: Buf | undefined, what: string) => (b ? this.i('groupedMatmul', b, what) : null);
+      const bias = g.bias ? this.f('groupedMatmul', g.bias, 'bias') : null;
       this.nat.groupedMatmul(A, B, C, g.problems, g.transA, g.transB, g.alpha, g.beta,
         idx(g.rows?.a, 'rows.a'), idx(g.rows?.b, 'rows.b'), idx(g.rows?.c, 'rows.c'));
+      if (bias || g.relu) this.nat.groupedBiasAct(C, g.problems, bias, g.biasStride ?? 0, g.relu ?? false);
     });
   }
 

@@ -61,10 +61,12 @@ export interface CudaAddon {
    * Built-in grouped GEMM on bf16 operands a16, b16 (fp32 c); rowsA / rowsB: i32 row indices of A / B
    * (GroupedMatmulArgs.rows, validated by the caller), or 0; segments: device segment offsets
    * (GroupedMatmulArgs.segments, validated by the caller; their last entry `total`), or 0. cBf16: c is
-   * bf16 (beta 0, not over segments along K), else fp32.
+   * bf16 (beta 0, not over segments along K), else fp32. bias (0: none), biasStride, relu: the epilogue
+   * (GroupedMatmulArgs; validated by the caller).
    */
   groupedGemm(a16: Ptr, rowsA: Ptr, b16: Ptr, rowsB: Ptr, c: Ptr, problems: Int32Array, tA: boolean, tB: boolean,
-    alpha: number, beta: number, segments: Ptr, total: number, cBf16: boolean): void;
+    alpha: number, beta: number, segments: Ptr, total: number, cBf16: boolean, bias: Ptr, biasStride: number,
+    relu: boolean): void;
   /**
    * The MoE routing of experts (N·k entries in [0, E), validated by the caller) into offsets, rowToken,
    * rowSlot, rowExpert (Backend.expertGroups); tokenPlan receives the 'listed' scatter plan of rowToken

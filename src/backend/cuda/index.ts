@@ -50,7 +50,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
 import { cublasCandidates, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
-import { checkExpertBuffers, checkExperts, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
+import { checkExpertBuffers, checkExperts, checkGroupedEpilogue, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
 
 const UNARY_CODE: Record<UnaryOp, number> = { relu: 0, gelu: 1, neg: 2, exp: 3, log: 4, sqrt: 5, square: 6, tanh: 7 };
 const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3 };
@@ -665,7 +665,8 @@ export class CudaBackend implements Backend {
     if (this.matmulMode === 'own') {
       const p = new Int32Array(9 * batch);
       for (let t = 0; t < batch; t++) p.set([m, n, k, t * g.strideA, lda, t * g.strideB, ldb, t * g.strideC, n], 9 * t);
-      this.nat.groupedGemm(this.shadow(A), 0, this.shadow(B), 0, C, p, g.transA, g.transB, g.alpha, g.beta, 0, 0, false);
+      this.nat.groupedGemm(this.shadow(A), 0, this.shadow(B), 0, C, p, g.transA, g.transB, g.alpha, g.beta, 0, 0, false, 0, 0,
+        false);
       this.nat.biasAct(C, n, g.strideC, batch, m, n, bias, relu);
       sumRows(false);
       return;
@@ -729,6 +730,7 @@ export class CudaBackend implements Backend {
     need(op, p instanceof Int32Array, () => 'problems must be an Int32Array');
     need(op, p.length % 9 === 0, () => `problems length ${p.length} is not a multiple of 9`);
     const groups = p.length / 9, rows = g.rows ?? {};
+    checkGroupedEpilogue(g);
     if (g.segments) checkSegmentLayout(g);
     const seg = g.segments ? this.segmentTotal(op, g.segments, groups) : null;
     // cuBLAS takes its sizes from the host: device segments go there only when it is asked for
@@ -765,6 +767,7 @@ export class CudaBackend implements Backend {
       this.w(op, c, 'c');
       return;
     }
+    const bias = g.bias ? this.r(op, g.bias, 'bias') : 0, stride = g.biasStride ?? 0;
     if (cublas) {
       const bf = this.matmulMode === 'bf16';
       const pa = bf ? this.shadow(A) : this.r(op, a, 'a'), pb = bf ? this.shadow(B) : this.r(op, b, 'b'), eb = bf ? 2 : 4;
@@ -774,7 +777,7 @@ export class CudaBackend implements Backend {
         if (m === 0 || n === 0) continue;
         this.nat.gemm(pa + p[q + 3]! * eb, bf ? 1 : 0, p[q + 4]!, 0, pb + p[q + 5]! * eb, bf ? 1 : 0, p[q + 6]!, 0, C + p[q + 7]! * 4,
           p[q + 8]!, 0, 1, m, n, p[q + 2]!, g.transA, g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>],
-          0, false, 0);
+          bias && bias + (q / 9) * stride * 4, g.relu ?? false, 0);
       }
       return;
     }
@@ -786,7 +789,8 @@ export class CudaBackend implements Backend {
     const covers = (size: number) => (seg && !g.transA ? segmentsTileRows(p, total, size) : tilesRows(p, size));
     if (!Ic) {
       const C = g.beta === 0 && covers(Cb.size) ? this.o(op, c, 'c', Cb.size) : this.w(op, c, 'c');
-      this.nat.groupedGemm(pa, ra, pb, rb, C, p, g.transA, g.transB, g.alpha, g.beta, sp, total, false);
+      this.nat.groupedGemm(pa, ra, pb, rb, C, p, g.transA, g.transB, g.alpha, g.beta, sp, total, false, bias, stride,
+        g.relu ?? false);
       return;
     }
     // Scattered C: the product rows go to a scratch (the virtual C), then each row of C receives its
@@ -799,7 +803,7 @@ export class CudaBackend implements Backend {
     const scratchBytes = sizeC * (half ? 2 : 4);
     const scratch = this.nat.malloc(Math.max(scratchBytes, 1));
     if (!covers(sizeC)) this.nat.zero(scratch, scratchBytes);
-    this.nat.groupedGemm(pa, ra, pb, rb, scratch, p, g.transA, g.transB, g.alpha, 0, sp, total, half);
+    this.nat.groupedGemm(pa, ra, pb, rb, scratch, p, g.transA, g.transB, g.alpha, 0, sp, total, half, 0, 0, false);
     this.scatterAdd(op, scratch, Ic, Ic.size, c, rowsC, ldc, half);
     this.nat.free(scratch);
   }

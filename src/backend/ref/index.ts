@@ -7,7 +7,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
 import { uniform } from '../rng.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
-import { checkExpertBuffers, checkProblems, groupExperts, resolveSegments } from '../segments.js';
+import { checkExpertBuffers, checkGroupedEpilogue, checkProblems, groupedEpilogue, groupExperts, resolveSegments } from '../segments.js';
 import { roundBf16 } from './bf16.js';
 
 type F = Float32Array | Float64Array;
@@ -173,6 +173,7 @@ export class RefBackend implements Backend {
     }
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
+    checkGroupedEpilogue(g);
     if (g.segments) { this.groupedMatmul(a, b, c, resolveSegments(g, this.i(g.segments))); return; }
     if (g.rows) { groupedMatmulByCopies(this, a, b, c, g); return; }
     const A = this.f(a), B = this.f(b), C = this.f(c);
@@ -183,6 +184,7 @@ export class RefBackend implements Backend {
       gemm(g.transA, g.transB, p[q]!, p[q + 1]!, p[q + 2]!, g.alpha, A, p[q + 3]!, p[q + 4]!, B, p[q + 5]!, p[q + 6]!,
         g.beta, C, p[q + 7]!, p[q + 8]!);
     }
+    if (g.bias || g.relu) groupedEpilogue(C, p, g.bias ? this.f(g.bias) : null, g.biasStride ?? 0, g.relu ?? false);
   }
 
   softmax(x: Buf, out: Buf, rows: number, cols: number): void {

@@ -153,16 +153,30 @@ export interface SegmentRows {
 }
 
 /**
+ * The epilogue of an expert product (GroupedMatmulArgs.bias / relu): expert e's bias row added to its
+ * product rows, then ReLU — the MoE's first product with its bias and activation fused in.
+ */
+export interface SegmentEpilogue {
+  /** (E, n): expert e's bias. Needs `rowExpert`. */
+  bias?: Tensor;
+  /** i32 (total): the expert of each product row (`expertGroups`' rowExpert), for the bias gradient. */
+  rowExpert?: Tensor;
+  relu?: boolean;
+}
+
+/**
  * Grouped matmul over contiguous row segments (the MoE expert kernel, MegaBlocks-style):
  * y[seg_e] = x[seg_e] · op(w_e) for product rows offsets[e] .. offsets[e+1], total = offsets[E];
  * x (total, k) -> y (total, n), or with `rows` x read through `rows.gather` and y (outRows, n)
  * scattered through `rows.scatter`. `offsets` is an i32 tensor of E + 1 non-decreasing row offsets
  * from 0 on the backend (as `expertGroups` writes them: the group sizes never visit the host). The
  * weight gradient is written only inside the experts' regions (zero elsewhere). The input gradient is
- * the same product with gather and scatter swapped. Throws on mismatched shapes here, and on offsets
+ * the same product with gather and scatter swapped. With `epi` (not with a scatter), y = act(product +
+ * bias[expert]); ReLU's gradient mask is then y > 0. Throws on mismatched shapes here, and on offsets
  * that decrease or overrun the rows in the backend.
  */
-export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLayout, rows: SegmentRows = {}): Tensor {
+export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLayout, rows: SegmentRows = {},
+  epi: SegmentEpilogue = {}): Tensor {
   const be = backendOf('segmentMatmul', x, w, offsets);
   expectRank('segmentMatmul', x, 2, 'x');
   expectDtype('segmentMatmul', x, 'f32', 'x');
@@ -184,6 +198,14 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
   if (rows.scatter && !(Number.isInteger(rows.outRows) && rows.outRows! >= 0)) {
     throw new Error(`segmentMatmul: rows.scatter needs outRows, a non-negative integer (got ${rows.outRows})`);
   }
+  const { bias, rowExpert } = epi, relu = epi.relu ?? false;
+  if ((bias || relu) && rows.scatter) throw new Error('segmentMatmul: a bias or ReLU epilogue needs an unscattered output');
+  if (bias) {
+    expectDtype('segmentMatmul', bias, 'f32', 'bias');
+    if (bias.rank !== 2 || bias.shape[0] !== E || bias.shape[1] !== n) throw new Error(`segmentMatmul: bias ${fmt(bias)} must be (${E}, ${n})`);
+    if (!rowExpert || rowExpert.size !== total) throw new Error(`segmentMatmul: a bias needs rowExpert, the expert of each of the ${total} rows`);
+    expectDtype('segmentMatmul', rowExpert, 'i32', 'rowExpert');
+  }
   const y = out([rows.scatter ? rows.outRows! : total, n], be);
   // Expert e's problem; its row count and row offsets come from `offsets` (GroupedMatmulArgs.segments).
   const problems = new Int32Array(9 * E);
@@ -191,12 +213,25 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
   be.groupedMatmul(x.buf('segmentMatmul'), w.buf('segmentMatmul'), y.buf('segmentMatmul'), {
     problems, transA: false, transB: L.transB, alpha: 1, beta: rows.scatter ? 1 : 0,
     rows: bufs({ a: rows.gather, c: rows.scatter }), segments: offsets.buf('segmentMatmul'),
+    bias: bias?.buf('segmentMatmul'), biasStride: n, relu,
   });
-  return record(y, 'segmentMatmul', [x, w], (g) => {
+  return record(y, 'segmentMatmul', bias ? [x, w, bias] : [x, w], (gy) => {
+    // The gradient before the epilogue: ReLU's mask y > 0; the bias gradient its rows summed per expert.
+    let g = gy;
+    if (relu) {
+      g = out(y.shape, be);
+      be.unaryBackward('relu', y.buf('segmentMatmul'), gy.buf('segmentMatmul'), g.buf('segmentMatmul'));
+    }
+    let gb: Tensor | null = null;
+    if (bias && needsGrad(bias)) {
+      gb = out(bias.shape, be);
+      be.scatterAddRows(g.buf('segmentMatmul'), rowExpert!.buf('segmentMatmul'), gb.buf('segmentMatmul'), total, E, n);
+    }
+    const grads = (gx: Tensor | null, gw: Tensor | null) => (bias ? [gx, gw, gb] : [gx, gw]);
     // gx = g[seg_e] · op(w_e)ᵀ: the same memory read with the transpose flipped, gather and scatter swapped.
     const gx = !needsGrad(x) ? null : segmentMatmul(g, w, offsets, { ...L, k: n, n: k, transB: !L.transB },
       { gather: rows.scatter, scatter: rows.gather, outRows: x.shape[0] });
-    if (!needsGrad(w)) return [gx, null];
+    if (!needsGrad(w)) return grads(gx, null);
     // gw_e = (x[seg_e]ᵀ · g[seg_e]) (k, n), stored transposed (n, k) when transB; both read through their
     // rows, the segment along the reduction (token) dimension.
     const gw = out(w.shape, be);
@@ -209,7 +244,7 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
       problems: p, transA: true, transB: false, alpha: 1, beta: 0, rows: bufs({ a: rowsA, b: rowsB }),
       segments: offsets.buf('segmentMatmul'),
     });
-    return [gx, gw];
+    return grads(gx, gw);
   });
 }
 
