@@ -514,6 +514,22 @@ if (why) {
       }
     });
 
+    it('fill(0) is deferred: a zeroed accumulator added to takes the addend (a copy), then sums; reads give zeros', () => {
+      const g = Float32Array.from([1.5, -2, 0, NaN, 3e-39]), acc = put(cuda, [9, 9, 9, 9, 9]), G = put(cuda, g);
+      const add = () => cuda.binary('add', acc, [1], G, [1], acc, [5]);
+      cuda.fill(acc, 0);
+      assert.deepEqual(Array.from(cuda.download(acc)), [0, 0, 0, 0, 0]);
+      add();
+      assert.deepEqual(Array.from(cuda.download(acc)), Array.from(g));
+      add();
+      assert.deepEqual(Array.from(cuda.download(acc)), Array.from(g.map((v) => v + v)));
+      cuda.fill(acc, 0);
+      cuda.binary('add', G, [1], acc, [1], acc, [5]); // the zeros on the right: the ordinary kernel
+      assert.deepEqual(Array.from(cuda.download(acc)), Array.from(g.map((v) => v + 0)));
+      cuda.free(acc);
+      cuda.free(G);
+    });
+
     it('bf16 copies written beside their f32 outputs (ReLU backward, layerNorm, cross-entropy backward) equal a cast', () => {
       // A product reads the copy its producer wrote; the same product of a fresh upload of the f32 output
       // reads a cast: the bits agree exactly.

@@ -532,7 +532,10 @@ export class CudaBackend implements Backend {
     const b = this.buf('fill', out, 'out');
     b.version++;
     this.overwritten(b);
-    if (b.dtype === 'bf16') this.nat.fill16(b.ptr, b.size, bf16Bits(value));
+    // Zeros are deferred as an allocation's are (a gradient zeroed between steps is then overwritten
+    // by its first contribution, see `binary`, instead of filled and added to).
+    if (value === 0 && !Object.is(value, -0)) b.zeroPending = b.size > 0;
+    else if (b.dtype === 'bf16') this.nat.fill16(b.ptr, b.size, bf16Bits(value));
     else if (b.dtype === 'i32') this.nat.fill32(b.ptr, b.size, value | 0);
     else this.nat.fill32(b.ptr, b.size, f32Bits(value));
   }
@@ -614,6 +617,7 @@ export class CudaBackend implements Backend {
       () => `${op}: ranks differ: shape [${shape}], aStrides [${aStrides}], bStrides [${bStrides}]`);
     let total = 1;
     for (const s of shape) { need('binary', isInt(s), () => `${op}: bad shape [${shape}]`); total *= s; }
+    if (op === 'add' && this.addsToZeros(a, aStrides, b, bStrides, out, shape, total)) return;
     const A = this.r('binary', a, 'a'), B = this.r('binary', b, 'b'), O = this.o('binary', out, 'out', total);
     if (total === 0) return;
     // Output strides are contiguous.
@@ -622,6 +626,23 @@ export class CudaBackend implements Backend {
     const [sh, [as, bs]] = collapse(shape, aStrides, bStrides, os);
     need('binary', sh.length <= 8, () => `rank ${sh.length} > 8 after merging contiguous axes`);
     this.nat.binary(code, A, as!, B, bs!, O, sh);
+  }
+  /**
+   * out = a + b where out is a and holds deferred zeros (a gradient accumulated into its zeroed buffer),
+   * all of one f32 size and contiguous: a copy of b (0 + x = x; NaN stays NaN, −0 becomes −0 rather
+   * than +0). Returns false, doing nothing, in every other case.
+   */
+  private addsToZeros(a: Buf, aStrides: number[], b: Buf, bStrides: number[], out: Buf, shape: number[], total: number): boolean {
+    const A = this.buf('binary', a, 'a'), B = this.buf('binary', b, 'b');
+    if (a !== out || b === out || !A.zeroPending || A.twin || A.dtype !== 'f32' || B.dtype !== 'f32') return false;
+    if (A.size !== total || B.size !== total || total === 0) return false;
+    for (let d = shape.length - 1, s = 1; d >= 0; d--) {
+      if (shape[d]! > 1 && (aStrides[d] !== s || bStrides[d] !== s)) return false;
+      s *= shape[d]!;
+    }
+    const src = this.r('binary', b, 'b');
+    this.nat.copyBytes(src, this.o('binary', out, 'out', total), total * 4);
+    return true;
   }
   reduceSum(x: Buf, out: Buf, outer: number, mid: number, inner: number): void {
     this.dims('reduceSum', { outer, mid, inner });

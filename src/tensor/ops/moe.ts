@@ -4,7 +4,7 @@
  * between checks.
  */
 import { record } from '../autograd.js';
-import type { Tensor } from '../tensor.js';
+import { Tensor } from '../tensor.js';
 import { backendOf, expectDtype, expectRank, fmt, out } from './util.js';
 
 /**
@@ -96,10 +96,10 @@ export function scatterAddRows(src: Tensor, idx: Tensor, n: number): Tensor {
 
 /**
  * The straight-through router weight of MoEfication (SSD method page §4.5) on expert rows:
- * out[r] = h[r] · w[slot(r)], w = 1 + s − stopgrad(s), which is exactly h[r] in value (a copy); the
- * gradient passes to h unchanged and g_s[slot(r)] = Σ g[r] · h[r] reaches the router. Applied to the
- * expert activations (M, d) instead of the (N, d_model) outputs: the outputs are linear in them, and
- * d is the expert size. h (M, d) in grouped order; s (N, k); rowSlot i32 (M) = n·k + j of each row.
+ * out[r] = h[r] · w[slot(r)], w = 1 + s − stopgrad(s), which is exactly h[r] in value (a view of h's
+ * storage: nothing is computed); the gradient passes to h unchanged and g_s[slot(r)] = Σ g[r] · h[r]
+ * reaches the router. Applied to the expert activations (M, d) instead of the (N, d_model) outputs:
+ * the outputs are linear in them, and d is the expert size. h (M, d) in grouped order; s (N, k); rowSlot i32 (M) = n·k + j of each row.
  */
 export function routerGate(h: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
   const b = backendOf('routerGate', h, s, rowSlot);
@@ -110,8 +110,8 @@ export function routerGate(h: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
   expectDtype('routerGate', rowSlot, 'i32', 'rowSlot');
   const [M, d] = h.shape as [number, number];
   if (rowSlot.size !== M) throw new Error(`routerGate: ${M} rows but ${rowSlot.size} slots`);
-  const y = out([M, d], b);
-  b.cast(h.buf('routerGate'), y.buf('routerGate'));
+  h.storage.refs++;
+  const y = new Tensor(h.storage, [M, d], 'f32'); // (M, d): h itself
   return record(y, 'routerGate', [h, s], (g) => {
     const dots = out([M, 1], b);
     b.rowDot(g.buf('routerGate'), h.buf('routerGate'), dots.buf('routerGate'), M, d);
