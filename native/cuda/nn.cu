@@ -300,13 +300,23 @@ __global__ void k_ce(const float* __restrict__ x, int64_t ldx, const int32_t* __
 __global__ void k_ce_bwd(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg,
                          const float* __restrict__ lse, const float* __restrict__ gl, float* __restrict__ gx,
                          __nv_bfloat16* __restrict__ g16, int64_t ld16, int64_t N, int64_t V) {
+  constexpr int U = 4;  // elements per thread in flight: the U loads of an iteration are issued first
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     int t = tg[n];
     float l = lse[n], g = gl[n];
-    for (int64_t j = threadIdx.x; j < V; j += kT) {
-      const float v = t < 0 ? 0.f : g * (expf(x[n * ldx + j] - l) - (j == t ? 1.f : 0.f));
-      gx[n * V + j] = v;
-      if (g16) g16[n * ld16 + j] = __float2bfloat16(v);
+    const float* xr = x + n * ldx;
+    for (int64_t j0 = threadIdx.x; j0 < V; j0 += U * kT) {
+      float xv[U];
+#pragma unroll
+      for (int q = 0; q < U; ++q) xv[q] = j0 + q * kT < V ? xr[j0 + q * kT] : 0.f;
+#pragma unroll
+      for (int q = 0; q < U; ++q) {
+        const int64_t j = j0 + q * kT;
+        if (j >= V) break;
+        const float v = t < 0 ? 0.f : g * (expf(xv[q] - l) - (j == t ? 1.f : 0.f));
+        gx[n * V + j] = v;
+        if (g16) g16[n * ld16 + j] = __float2bfloat16(v);
+      }
     }
     if (g16)
       for (int64_t j = V + threadIdx.x; j < ld16; j += kT) g16[n * ld16 + j] = __float2bfloat16(0.f);
