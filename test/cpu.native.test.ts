@@ -311,9 +311,10 @@ describe('cpu backend: large sizes match ref', () => {
   it('matmul: a bias of the wrong size or dtype throws the same error on cpu and ref', () => {
     for (const be of [cpu, ref]) {
       for (const bias of [be.alloc('f32', 4), be.alloc('i32', 5)]) {
-        const a = be.alloc('f32', 6), w = be.alloc('f32', 15), c = be.alloc('f32', 10);
+        const a = put(be, [1, 2, 3, 4, 5, 6]), w = put(be, Array.from({ length: 15 }, (_, i) => i)), c = put(be, Array(10).fill(7));
         assert.throws(() => be.matmul(a, w, c, { batch: 1, m: 2, n: 5, k: 3, transA: false, transB: false, strideA: 0, strideB: 0,
           strideC: 0, alpha: 1, beta: 0, bias }), /matmul: bias must be f32 with one entry per output column \(5\)/);
+        assert.deepEqual(Array.from(be.download(c)), Array(10).fill(7), `${be.name}: C is untouched`);
         for (const x of [a, w, c, bias]) be.free(x);
       }
     }

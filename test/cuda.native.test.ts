@@ -114,13 +114,14 @@ if (why) {
       // the bf16 copy of g; rows 8190: the padded reduction), in f32 and built-in modes, and x·W with
       // the row sums of x (the transposed case).
       const f32 = createCudaBackend({ matmul: 'f32' }), own = createCudaBackend({ matmul: 'own' });
-      for (const [rows, nOut, nIn, tA, on, tol] of [[8192, 3072, 768, true, cuda, 1e-2], [8190, 768, 2304, true, cuda, 1e-2],
-        [500, 72, 40, true, f32, 1e-5], [500, 72, 40, true, own, 1e-2], [300, 65, 200, false, cuda, 1e-2]] as const) {
+      for (const [rows, nOut, nIn, tA, on, tol, alpha] of [[8192, 3072, 768, true, cuda, 1e-2, 1], [8190, 768, 2304, true, cuda, 1e-2, 1],
+        [500, 72, 40, true, f32, 1e-5, 1], [500, 72, 40, true, own, 1e-2, 1], [300, 65, 200, false, cuda, 1e-2, 1],
+        [1024, 768, 768, true, cuda, 1e-2, 0.5]] as const) {
         const g = randn(r, rows * nOut).map((v) => v + 0.3), x = randn(r, rows * nIn);
-        close(`matmul biasGrad ${rows}x${nOut}x${nIn} tA=${tA} (matmul ${(on as CudaBackend).matmulMode})`, (be) => {
+        close(`matmul biasGrad ${rows}x${nOut}x${nIn} tA=${tA} alpha=${alpha} (matmul ${(on as CudaBackend).matmulMode})`, (be) => {
           const [m, n, k] = tA ? [nOut, nIn, rows] : [rows, nIn, nOut];
           const G = put(be, g), X = put(be, x), W = be.alloc('f32', m * n), gb = be.alloc('f32', m);
-          be.matmul(G, X, W, { batch: 1, m, n, k, transA: tA, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1,
+          be.matmul(G, X, W, { batch: 1, m, n, k, transA: tA, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha,
             beta: 0, biasGrad: gb });
           const res = [be.download(W), be.download(gb)];
           for (const t of [G, X, W, gb]) be.free(t);
@@ -150,6 +151,18 @@ if (why) {
           return res;
         }, tol, on);
       }
+      // Biases 33 floats apart (those of groups 1-3 not 16-byte aligned) on the cuBLAS route of 4 groups,
+      // where cuBLASLt's bias epilogue is skipped for them.
+      const cub = createCudaBackend({ grouped: 'cublas' }), G4 = 4, n4 = 33, k4 = 64, m4 = 50;
+      const a4 = randn(r, G4 * m4 * k4), b4 = randn(r, G4 * n4 * k4), bias4 = randn(r, G4 * n4);
+      close('grouped epilogue on the cuBLAS route, biases 33 floats apart (bias + ReLU)', (be) => {
+        const A = put(be, a4), B = put(be, b4), Bi = put(be, bias4), C = be.alloc('f32', G4 * m4 * n4), problems = new Int32Array(9 * G4);
+        for (let g = 0; g < G4; g++) problems.set([m4, n4, k4, g * m4 * k4, k4, g * n4 * k4, k4, g * m4 * n4, n4], 9 * g);
+        be.groupedMatmul(A, B, C, { problems, transA: false, transB: true, alpha: 1, beta: 0, bias: Bi, biasStride: n4, relu: true });
+        const res = [be.download(C)];
+        for (const t of [A, B, Bi, C]) be.free(t);
+        return res;
+      }, 1e-2, cub);
     }
     {
       // The output layer's shapes with an odd vocabulary: misaligned leading dimensions take the padded path.
@@ -533,31 +546,34 @@ if (why) {
     it('bf16 copies written beside their f32 outputs (ReLU backward, layerNorm, cross-entropy backward) equal a cast', () => {
       // A product reads the copy its producer wrote; the same product of a fresh upload of the f32 output
       // reads a cast: the bits agree exactly.
-      const r2 = rng(21), rows = 128, cols = 96, V = 33333;
+      const be = createCudaBackend({ matmul: 'bf16' }), r2 = rng(21), rows = 128, cols = 96, V = 33333;
       const mm = (a: Buf, b: Buf, m: number, k: number, n: number) => {
-        const c = cuda.alloc('f32', m * n);
-        cuda.matmul(a, b, c, { batch: 1, m, n, k, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
-        const out = cuda.download(c);
-        cuda.free(c);
+        const c = be.alloc('f32', m * n);
+        be.matmul(a, b, c, { batch: 1, m, n, k, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        const out = be.download(c);
+        be.free(c);
         return out;
       };
       const viaCast = (x: Buf, m: number, k: number, b: Buf, n: number) => {
-        const fresh = put(cuda, cuda.download(x));
+        const fresh = put(be, be.download(x));
         const out = mm(fresh, b, m, k, n);
-        cuda.free(fresh);
+        be.free(fresh);
         return out;
       };
-      const W = put(cuda, randn(r2, V * cols)), x = put(cuda, randn(r2, rows * cols)), gy = put(cuda, randn(r2, rows * cols));
-      const g = cuda.alloc('f32', rows * cols), y = cuda.alloc('f32', rows * cols), mu = cuda.alloc('f32', rows), rs = cuda.alloc('f32', rows);
-      cuda.unaryBackward('relu', x, gy, g);
+      const W = put(be, randn(r2, V * cols)), x = put(be, randn(r2, rows * cols)), gy = put(be, randn(r2, rows * cols));
+      const g = be.alloc('f32', rows * cols), y = be.alloc('f32', rows * cols), mu = be.alloc('f32', rows), rs = be.alloc('f32', rows);
+      const gamma = put(be, randn(r2, cols)), beta = put(be, randn(r2, cols));
+      be.unaryBackward('relu', x, gy, g);
       assert.deepEqual(mm(g, W, rows, cols, cols), viaCast(g, rows, cols, W, cols), 'ReLU backward');
-      cuda.layerNorm(x, put(cuda, randn(r2, cols)), put(cuda, randn(r2, cols)), y, mu, rs, rows, cols, 1e-5);
+      be.layerNorm(x, gamma, beta, y, mu, rs, rows, cols, 1e-5);
       assert.deepEqual(mm(y, W, rows, cols, cols), viaCast(y, rows, cols, W, cols), 'layerNorm');
-      const L = put(cuda, randn(r2, rows * V)), tg = put(cuda, ints(r2, rows, 0, V), 'i32'), lo = cuda.alloc('f32', rows);
-      const lse = cuda.alloc('f32', rows), gl = put(cuda, randn(r2, rows)), gL = cuda.alloc('f32', rows * V);
-      cuda.crossEntropy(L, tg, lo, lse, rows, V);
-      cuda.crossEntropyBackward(L, tg, lse, gl, gL, rows, V);
+      const L = put(be, randn(r2, rows * V)), tg = put(be, ints(r2, rows, 0, V), 'i32'), lo = be.alloc('f32', rows);
+      const lse = be.alloc('f32', rows), gl = put(be, randn(r2, rows)), gL = be.alloc('f32', rows * V);
+      be.crossEntropy(L, tg, lo, lse, rows, V);
+      be.crossEntropyBackward(L, tg, lse, gl, gL, rows, V);
       assert.deepEqual(mm(gL, W, rows, V, cols), viaCast(gL, rows, V, W, cols), 'cross-entropy backward (padded copy)');
+      assert.throws(() => be.crossEntropyBackward(L, tg, lse, gl, L, rows, V), /glogits must not be the logits buffer/);
+      for (const t of [W, x, gy, g, y, mu, rs, gamma, beta, L, tg, lo, lse, gl, gL]) be.free(t);
     });
 
     it('a short training run: cpu and cuda loss curves agree within bf16 noise', () => {

@@ -68,6 +68,19 @@ function cases(): OpCase[] {
   const bias = (n: number): Input => ({ data: randn(r, n).map((v) => Math.sign(v || 1) * (0.6 + 0.2 * Math.abs(v))), shape: [n] });
   out.push({ name: 'linear (2,3,5)·(4,5)ᵀ + b', inputs: [f([2, 3, 5], r), f([4, 5], r), f([4], r)], fn: ([x, w, b]) => T.linear(x!, w!, b!) });
   out.push({ name: 'linear (3,5)·(7,5)ᵀ, no bias', inputs: [f([3, 5], r), f([7, 5], r)], fn: ([x, w]) => T.linear(x!, w!, null) });
+  {
+    // ReLU masks mixed within each column: x·Wᵀ ≈ x[:, 0]·W[:, 0] with both of random sign and
+    // magnitude >= 0.5, the other terms and the bias small.
+    const rows = 12, nIn = 7, nOut = 5, sign = () => (r() < 0.5 ? -1 : 1);
+    const x = randn(r, rows * nIn, 0.01), w = randn(r, nOut * nIn, 0.01);
+    for (let i = 0; i < rows; i++) x[i * nIn] = sign() * (1 + 0.2 * r());
+    for (let j = 0; j < nOut; j++) w[j * nIn] = sign() * (0.6 + 0.2 * r());
+    out.push({
+      name: 'linear relu, masks mixed within columns (12,7)·(5,7)ᵀ + b',
+      inputs: [{ data: x, shape: [rows, nIn] }, { data: w, shape: [nOut, nIn] }, f([nOut], r, 0.02)],
+      fn: ([xx, ww, b]) => T.linear(xx!, ww!, b!, { relu: true }),
+    });
+  }
   for (const [rows, nIn, nOut] of [[17, 33, 9], [2 * 40, 64, 96]] as const) {
     out.push({
       name: `linear relu (${rows},${nIn})·(${nOut},${nIn})ᵀ + b`,

@@ -158,7 +158,7 @@ bool cublas_ready();
 // bias (n floats, or null) and relu: the epilogue C = act(alpha·op(A)·op(B) + beta·C + bias) (MatmulArgs),
 // fused through cuBLASLt where it has an algorithm for the product, else run by bias_act after it.
 // bias_grad (m floats, or null; batch 1, no bias or relu): Σ_p op(A)[i, p] through cuBLASLt's BGRADB
-// epilogue; returns whether it was written (false: the caller sums).
+// epilogue (alpha 1 only); returns whether it was written (false: the caller sums).
 bool gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
           int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
           float beta, int compute, const float* bias, bool relu, float* bias_grad);

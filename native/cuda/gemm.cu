@@ -97,11 +97,11 @@ std::string cublas_load(const std::vector<std::string>& paths) {
     const auto slash = p.rfind('/');
     const std::string dir = slash == std::string::npos ? "" : p.substr(0, slash + 1);
     const std::string base = p.substr(dir.size());
-    if (base.find(".so") != std::string::npos) {
-      void* lt = dlopen((dir + "libcublasLt" + base.substr(base.find(".so"))).c_str(), RTLD_NOW | RTLD_GLOBAL);
-      if (lt) g_cublas.lt = lt;
-    }
+    void* lt = nullptr;
+    if (base.find(".so") != std::string::npos)
+      lt = dlopen((dir + "libcublasLt" + base.substr(base.find(".so"))).c_str(), RTLD_NOW | RTLD_GLOBAL);
     void* lib = dlopen(p.c_str(), RTLD_NOW | RTLD_GLOBAL);
+    g_cublas.lt = lib ? lt : nullptr;  // the cuBLASLt beside the cuBLAS in use
     if (!lib) {
       const char* e = dlerror();
       tried += "\n  " + p + ": " + (e ? e : "not loadable");
@@ -217,7 +217,8 @@ uint32_t alignment(const void* p) {
 bool gemm_lt(const void* A, int at, int64_t lda, const void* B, int bt, int64_t ldb, float* C, int64_t ldc, int64_t m,
              int64_t n, int64_t k, bool tA, bool tB, float alpha, float beta, int ct, const float* bias, bool relu,
              bool bias_grad) {
-  if (!lt_ready()) return false;
+  // The heuristics take no alignment hint for the bias vector: its kernels may assume 16 bytes.
+  if (!lt_ready() || (bias && alignment(bias) < 16)) return false;
   const uint32_t epi = bias_grad ? LT_EPILOGUE_BGRADB : (bias ? LT_EPILOGUE_BIAS : 0) | (relu ? LT_EPILOGUE_RELU : 0);
   const uint32_t alA = alignment(B), alB = alignment(A), alC = alignment(C), alBias = bias ? alignment(bias) : 0;
   char key[256];
@@ -291,7 +292,7 @@ bool gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int 
   if (!g_cublas.h) throw CudaError("matmul: cuBLAS is not loaded");
   int ct = compute == 0 ? COMPUTE_32F : compute == 1 ? COMPUTE_32F_FAST_TF32 : compute == 3 ? COMPUTE_32F_FAST_16BF : COMPUTE_32F;
   int at = aType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_, bt = bType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_;
-  if (bias_grad && batch == 1 &&
+  if (bias_grad && batch == 1 && alpha == 1.f &&
       gemm_lt(A, at, lda, B, bt, ldb, C, ldc, m, n, k, tA, tB, alpha, beta, ct, bias_grad, false, true))
     return true;
   if ((bias || relu) && batch == 1 &&
@@ -610,7 +611,7 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
           const int col = n0 + wn0 + j * 8 + 2 * c;
           float v0 = al * acc[i][j][2 * h], v1 = al * acc[i][j][2 * h + 1];
           if (gbias || relu) {
-            v0 = epi(v0, col);
+            if (col < n) v0 = epi(v0, col);
             if (col + 1 < n) v1 = epi(v1, col + 1);
           }
           if (vecC && col + 1 < n) {

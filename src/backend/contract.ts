@@ -87,12 +87,13 @@ export interface MatmulArgs {
   beta: number;
   /** Epilogue: f32 (n) added to every row of every C_b (the same vector for each b). */
   bias?: Buf;
-  /** Epilogue: max(·, 0) applied last (after bias). */
+  /** Epilogue: max(·, 0) applied last (after bias); NaN -> 0 on ref and cpu (cuBLASLt's may keep NaN). */
   relu?: boolean;
   /**
    * Epilogue: also writes Σ_p op(A)[i, p] for i < m (f32, m entries, overwritten); e.g. with op(A) = gᵀ
    * (the output gradient, (out, rows)) the bias gradient beside the weight gradient gᵀ·x. Batch 1
-   * only, without bias or relu. On cuda in bf16 it sums A's bf16 copy (autocast's precision).
+   * only, without bias or relu; not scaled by alpha. On cuda in bf16 it sums A's bf16 copy
+   * (autocast's precision) where cuBLASLt fuses it, else A itself.
    */
   biasGrad?: Buf;
 }

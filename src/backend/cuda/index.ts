@@ -664,7 +664,7 @@ export class CudaBackend implements Backend {
     checkMatmulEpilogue(g);
     const bias = g.bias ? this.r(op, g.bias, 'bias') : 0, relu = g.relu ?? false;
     // The bias gradient: fused (cuBLASLt) where it can be, else summed from A (f32) after the product.
-    const biasGrad = g.biasGrad ? this.o(op, g.biasGrad, 'biasGrad', m) : 0;
+    let biasGrad = 0;
     const sumRows = (fused: boolean) => {
       if (g.biasGrad && !fused) this.reduceSum(a, g.biasGrad, g.transA ? 1 : m, k, g.transA ? m : 1);
     };
@@ -679,6 +679,7 @@ export class CudaBackend implements Backend {
     need(op, A.size >= needA, () => `a has ${A.size} elements, needs ${needA} (batch ${batch}, m ${m}, k ${k})`);
     need(op, B.size >= needB, () => `b has ${B.size} elements, needs ${needB} (batch ${batch}, k ${k}, n ${n})`);
     need(op, this.buf(op, c, 'c').size >= needC, () => `c has ${c.size} elements, needs ${needC} (batch ${batch}, m ${m}, n ${n})`);
+    if (g.biasGrad) biasGrad = this.o(op, g.biasGrad, 'biasGrad', m);
     // beta = 0 and the C_b packed back to back over the whole buffer: C is overwritten, never read.
     const whole = g.beta === 0 && (batch === 1 || g.strideC === m * n) && needC === c.size;
     const C = whole ? this.o(op, c, 'c', needC) : this.w(op, c, 'c');
@@ -850,11 +851,11 @@ export class CudaBackend implements Backend {
     this.dims(op, { rows, cols });
     const n = rows * cols;
     const X = this.r(op, x, 'x', n), G = this.r(op, gamma, 'gamma', cols), B = this.r(op, beta, 'beta', cols);
-    const out = this.o(op, y, 'y', n);
+    const out = this.o(op, y, 'y', n), M = this.o(op, mean, 'mean', rows), R = this.o(op, rstd, 'rstd', rows);
     // The output feeds a product (the attention's or FFN's input projection, the output layer): its
     // bf16 copy is written beside it.
     const out16 = this.matmulMode === 'bf16' && y.size === n ? this.shadowFor(y as CudaBuf, null) : 0;
-    this.nat.layerNorm(X, G, B, out, out16, this.o(op, mean, 'mean', rows), this.o(op, rstd, 'rstd', rows), rows, cols, eps);
+    this.nat.layerNorm(X, G, B, out, out16, M, R, rows, cols, eps);
   }
   layerNormBackward(x: Buf, gamma: Buf, mean: Buf, rstd: Buf, gy: Buf, gx: Buf, ggamma: Buf, gbeta: Buf,
     rows: number, cols: number): void {
@@ -927,6 +928,7 @@ export class CudaBackend implements Backend {
     const op = 'crossEntropyBackward';
     this.dims(op, { N, V });
     this.checkIndices('crossEntropy', this.typed(op, targets, 'targets', N, 'i32'), N, -1, V);
+    need(op, glogits !== logits, () => 'glogits must not be the logits buffer (no in-place backward)');
     const x = this.rowsIn(op, logits, 'logits', N, V);
     const tg = this.r(op, targets, 'targets', N, 'i32'), ls = this.r(op, lse, 'lse', N), gl = this.r(op, gloss, 'gloss', N);
     const out = this.o(op, glogits, 'glogits', N * V);

@@ -149,12 +149,12 @@ export class RefBackend implements Backend {
   }
 
   matmul(a: Buf, b: Buf, c: Buf, g: MatmulArgs): void {
+    checkMatmulEpilogue(g);
     const A = this.f(a), B = this.f(b), C = this.f(c);
     const lda = g.transA ? g.m : g.k, ldb = g.transB ? g.k : g.n;
     for (let t = 0; t < g.batch; t++) {
       gemm(g.transA, g.transB, g.m, g.n, g.k, g.alpha, A, t * g.strideA, lda, B, t * g.strideB, ldb, g.beta, C, t * g.strideC, g.n);
     }
-    checkMatmulEpilogue(g);
     if (g.biasGrad) {
       const gb = this.f(g.biasGrad);
       for (let i = 0; i < g.m; i++) {

@@ -159,7 +159,10 @@ export interface SegmentRows {
 export interface SegmentEpilogue {
   /** (E, n): expert e's bias. Needs `rowExpert`. */
   bias?: Tensor;
-  /** i32 (total): the expert of each product row (`expertGroups`' rowExpert), for the bias gradient. */
+  /**
+   * i32 (total): the expert of each product row, for the bias gradient: `expertGroups`' rowExpert from
+   * the same grouping as `offsets` (not checked against them: that would need the offsets on the host).
+   */
   rowExpert?: Tensor;
   relu?: boolean;
 }
