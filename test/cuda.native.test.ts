@@ -282,10 +282,11 @@ if (why) {
       }, 1e-5);
     }
 
-    {
-      const rows = 1000, cols = 768;
+    // Widths for each of the one-pass backward's register counts (768: 4 per thread, 300: 2) and for the
+    // two-pass one (1500).
+    for (const [rows, cols] of [[1000, 768], [600, 300], [70, 1500]] as const) {
       const x = randn(r, rows * cols, 3), g = randn(r, cols), bb = randn(r, cols), gy = randn(r, rows * cols);
-      close('layerNorm fwd+bwd 1000x768', (be) => {
+      close(`layerNorm fwd+bwd ${rows}x${cols}`, (be) => {
         const X = put(be, x), G = put(be, g), Bt = put(be, bb), Y = be.alloc('f32', rows * cols);
         const M = be.alloc('f32', rows), R = be.alloc('f32', rows), GY = put(be, gy), GX = be.alloc('f32', rows * cols);
         const GG = put(be, new Float32Array(cols).fill(1)), GB = be.alloc('f32', cols);

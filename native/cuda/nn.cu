@@ -116,6 +116,54 @@ __global__ void k_layer_norm_bwd_x(const float* __restrict__ x, const float* __r
     }
   }
 }
+// The backward pass with the gamma / beta partial sums in the same pass over x and gy (rows up to C·kT
+// columns): block b takes rows b, b + gridDim.x, ...; thread t its columns t + c·kT, keeping each
+// row's values in registers and the column sums of gy·xhat and gy over its rows, written to row b of
+// pg / pb at the end (reduced over the blocks by k_layer_norm_bwd_gb_final).
+template <int C>
+__global__ void k_layer_norm_bwd(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ mean,
+                                 const float* __restrict__ rstd, const float* __restrict__ gy, float* __restrict__ gx,
+                                 float* __restrict__ pg, float* __restrict__ pb, int64_t rows, int64_t cols) {
+  __shared__ float sh[32];
+  float ag[C], ab[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) ag[c] = ab[c] = 0.f;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t b = r * cols;
+    const float mu = mean[r], rs = rstd[r];
+    float xh[C], d[C], sd = 0, sdx = 0;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int64_t j = threadIdx.x + c * kT;
+      xh[c] = d[c] = 0.f;
+      if (j < cols) {
+        const float gv = gy[b + j];
+        // __fmul_rn: no FMA contraction, so d − mean(d) is exactly 0 where it should be (cols = 1).
+        xh[c] = __fmul_rn(x[b + j] - mu, rs);
+        d[c] = __fmul_rn(gv, g[j]);
+        sd += d[c];
+        sdx += d[c] * xh[c];
+        ag[c] += gv * xh[c];
+        ab[c] += gv;
+      }
+    }
+    sd = block_sum(sd, sh) / (float)cols;
+    sdx = block_sum(sdx, sh) / (float)cols;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int64_t j = threadIdx.x + c * kT;
+      if (j < cols) gx[b + j] = rs * (d[c] - sd - __fmul_rn(xh[c], sdx));
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int64_t j = threadIdx.x + c * kT;
+    if (j < cols) {
+      pg[blockIdx.x * cols + j] = ag[c];
+      pb[blockIdx.x * cols + j] = ab[c];
+    }
+  }
+}
 // Column partial sums of gy·xhat and gy over chunks of CH rows: block (32, 8).
 __global__ void k_layer_norm_bwd_gb(const float* __restrict__ x, const float* __restrict__ mean,
                                     const float* __restrict__ rstd, const float* __restrict__ gy, float* __restrict__ pg,
@@ -459,6 +507,20 @@ void layer_norm(const float* x, const float* g, const float* b, float* y, uint16
 void layer_norm_backward(const float* x, const float* g, const float* mean, const float* rstd, const float* gy,
                          float* gx, float* gg, float* gb, int64_t rows, int64_t cols) {
   if (rows == 0 || cols == 0) return;
+  if (cols <= 4 * kT) {
+    // One pass: at most 512 blocks of rows, their partial sums reduced in block order.
+    const int64_t nb = std::min<int64_t>(rows, 512);
+    Scratch part(2 * nb * cols * sizeof(float));
+    float* pg = part.as<float>();
+    float* pb = pg + nb * cols;
+    if (cols <= kT) k_layer_norm_bwd<1><<<(unsigned)nb, kT, 0, stream()>>>(x, g, mean, rstd, gy, gx, pg, pb, rows, cols);
+    else if (cols <= 2 * kT) k_layer_norm_bwd<2><<<(unsigned)nb, kT, 0, stream()>>>(x, g, mean, rstd, gy, gx, pg, pb, rows, cols);
+    else k_layer_norm_bwd<4><<<(unsigned)nb, kT, 0, stream()>>>(x, g, mean, rstd, gy, gx, pg, pb, rows, cols);
+    check_launch("layerNormBackward");
+    k_layer_norm_bwd_gb_final<<<(unsigned)((cols + 31) / 32), dim3(32, 8), 0, stream()>>>(pg, pb, gg, gb, cols, nb);
+    check_launch("layerNormBackward");
+    return;
+  }
   k_layer_norm_bwd_x<<<rows_grid(rows), kT, 0, stream()>>>(x, g, mean, rstd, gy, gx, rows, cols);
   check_launch("layerNormBackward");
   int64_t CH = 128, nch = (rows + CH - 1) / CH;
