@@ -126,6 +126,21 @@ for (const name of names) {
         assert.throws(() => T.topk(a, 4), /topk: k = 4 is outside \[1, 3\]/);
         assert.throws(() => T.reshape(a, [4, 2]), /reshape: cannot view \[2, 3\]/);
         assert.throws(() => T.tensor([1, 2, 3], [2, 2], { backend: b }), /3 values do not fill shape \[2,2\]/);
+        // linear: x (rows, in), w (out, in), b (out)
+        assert.throws(() => T.linear(a, c, null), /linear: x \[2, 3\] has 3 features, w \[4, 5\] takes 5/);
+        assert.throws(() => T.linear(a, T.full([4, 3], 1, b), T.full([3], 1, b)), /linear: b \[3\] must be \(4\)/);
+        assert.throws(() => T.linear(a, T.full([4, 3, 1], 1, b), null), /linear: x needs rank >= 1 and w rank 2/);
+        // segmentMatmul's epilogue: a bias of the wrong shape, without rowExpert, or with a scattered output
+        const off = T.tensor([0, 1, 2], [3], { dtype: 'i32', backend: b }), rows = T.tensor([0, 1], [2], { dtype: 'i32', backend: b });
+        const L = { nExpert: 2, k: 3, n: 2, stride: 6, ld: 3, transB: true };
+        const w = T.full([4, 3], 1, b), bias = T.full([2, 2], 0.5, b);
+        assert.throws(() => T.segmentMatmul(a, w, off, L, {}, { bias: T.full([2, 3], 1, b), rowExpert: rows }),
+          /segmentMatmul: bias \[2, 3\] must be \(2, 2\)/);
+        assert.throws(() => T.segmentMatmul(a, w, off, L, {}, { bias }), /a bias needs rowExpert, the expert of each of the 2 rows/);
+        assert.throws(() => T.segmentMatmul(a, w, off, L, { scatter: rows, outRows: 2 }, { relu: true }),
+          /a bias or ReLU epilogue needs an unscattered output/);
+        const y = T.segmentMatmul(a, w, off, L, {}, { bias, rowExpert: rows, relu: true }).toArray();
+        assert.deepEqual(Array.from(y), [3.5, 3.5, 3.5, 3.5]);
       });
       const freed = T.full([3], 1, b);
       freed.dispose();
