@@ -801,19 +801,23 @@ void scatter_add_rows(const float* src, const int32_t* idx, float* out, int64_t 
   scatter_add(src, idx, out, m, n, d);
 }
 
-// out[r] = sum_c a[r, c] * b[r, c], accumulated in double in column order (rows in parallel).
+namespace {
+// One row of the matmul epilogue: row = act(row + b) over n columns (b may be null; NaN -> 0 under ReLU,
+// like ref).
+inline void bias_act_row(float* row, int64_t n, const float* b, bool relu) {
+  for (int64_t c = 0; c < n; ++c) {
+    const float v = row[c] + (b ? b[c] : 0.f);
+    row[c] = relu && !(v > 0.f) ? 0.f : v;
+  }
+}
+}  // namespace
+
 void bias_act(float* C, int64_t strideC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu) {
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, n));
   for (int64_t b = 0; b < batch; ++b) {
     float* Cb = C + b * strideC;
     parallel_for(m, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float* row = Cb + r * n;
-        for (int64_t c = 0; c < n; ++c) {
-          const float v = row[c] + (bias ? bias[c] : 0.f);
-          row[c] = relu && !(v > 0.f) ? 0.f : v;  // NaN -> 0 under ReLU (like ref)
-        }
-      }
+      for (int64_t r = r0; r < r1; ++r) bias_act_row(Cb + r * n, n, bias, relu);
     });
   }
 }
@@ -822,14 +826,8 @@ void grouped_bias_act(float* C, const int32_t* problems, int64_t G, const float*
   parallel_for(G, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const int32_t* p = problems + 9 * g;
-      for (int64_t i = 0; i < p[0]; ++i) {
-        float* row = C + p[7] + i * (int64_t)p[8];
-        const float* b = bias ? bias + g * stride : nullptr;
-        for (int64_t c = 0; c < p[1]; ++c) {
-          const float v = row[c] + (b ? b[c] : 0.f);
-          row[c] = relu && !(v > 0.f) ? 0.f : v;
-        }
-      }
+      const float* b = bias ? bias + g * stride : nullptr;
+      for (int64_t i = 0; i < p[0]; ++i) bias_act_row(C + p[7] + i * (int64_t)p[8], p[1], b, relu);
     }
   });
 }
@@ -856,6 +854,7 @@ void row_sums(const float* A, bool transA, int64_t m, int64_t k, float* out) {
   });
 }
 
+// out[r] = sum_c a[r, c] * b[r, c], accumulated in double in column order (rows in parallel).
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {
   int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols));
   parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {

@@ -163,14 +163,11 @@ export class RefBackend implements Backend {
         gb[i] = s;
       }
     }
-    const bias = g.bias ? this.f(g.bias) : null;
-    if (!bias && !g.relu) return;
-    for (let t = 0; t < g.batch; t++) {
-      for (let o = t * g.strideC, end = o + g.m * g.n, j = 0; o < end; o++, j = j + 1 === g.n ? 0 : j + 1) {
-        const v = C[o]! + (bias ? bias[j]! : 0);
-        C[o] = g.relu && !(v > 0) ? 0 : v;
-      }
-    }
+    if (!g.bias && !g.relu) return;
+    // The batches as groups sharing one bias (stride 0).
+    const p = new Int32Array(9 * g.batch);
+    for (let t = 0; t < g.batch; t++) p.set([g.m, g.n, 0, 0, 0, 0, 0, t * g.strideC, g.n], 9 * t);
+    groupedEpilogue(C, p, g.bias ? this.f(g.bias) : null, 0, g.relu ?? false);
   }
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
     checkGroupedEpilogue(g);

@@ -75,11 +75,7 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null, opts: LinearOpts 
     alpha: 1, beta: 0, bias: b?.buf('linear'), relu,
   });
   return record(y, 'linear', b ? [x, w, b] : [x, w], (g) => {
-    let gp = g; // (..., out): the gradient before the activation
-    if (relu) {
-      gp = out(y.shape, be);
-      be.unaryBackward('relu', y.buf('linear'), g.buf('linear'), gp.buf('linear'));
-    }
+    const gp = relu ? reluGrad(y, g) : g; // (..., out): the gradient before the activation
     const g2 = reshape(gp, [rows, nOut]); // (rows, out)
     const gx = needsGrad(x) ? reshape(matmul(g2, w), x.shape) : null;
     const gb = b && needsGrad(b) ? out(b.shape, be) : null;
@@ -96,6 +92,13 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null, opts: LinearOpts 
     }
     return b ? [gx, gw, gb] : [gx, gw];
   });
+}
+
+/** The gradient before a fused ReLU from its output y and the gradient g after it: g where y > 0, else 0. */
+function reluGrad(y: Tensor, g: Tensor): Tensor {
+  const be = backendOf('relu backward', y, g), gx = out(y.shape, be);
+  be.unaryBackward('relu', y.buf('relu backward'), g.buf('relu backward'), gx.buf('relu backward'));
+  return gx;
 }
 
 /** Rank-3 batched product; batch sizes equal or one of them 1 (broadcast). */
@@ -220,11 +223,7 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
   });
   return record(y, 'segmentMatmul', bias ? [x, w, bias] : [x, w], (gy) => {
     // The gradient before the epilogue: ReLU's mask y > 0; the bias gradient its rows summed per expert.
-    let g = gy;
-    if (relu) {
-      g = out(y.shape, be);
-      be.unaryBackward('relu', y.buf('segmentMatmul'), gy.buf('segmentMatmul'), g.buf('segmentMatmul'));
-    }
+    const g = relu ? reluGrad(y, gy) : gy;
     let gb: Tensor | null = null;
     if (bias && needsGrad(bias)) {
       gb = out(bias.shape, be);
