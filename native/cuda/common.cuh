@@ -22,6 +22,8 @@ inline void check(cudaError_t e, const char* what) {
 inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 cudaStream_t stream();
+// Compute capability of the device in use (major · 10 + minor; 0 before the runtime is initialised).
+int device_cc();
 
 // ---------------------------------------------------------------- device memory (caching allocator)
 void* dev_alloc(size_t bytes);  // throws CudaError naming the sizes on out-of-memory
@@ -165,7 +167,7 @@ bool gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int 
 // The epilogue alone, in place on C (batch, m, n; rows ldc, batches sC apart): C = act(C + bias); NaN
 // -> 0 under ReLU.
 void bias_act(float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu);
-// Grouped GEMM with the built-in tensor-core kernel on bf16 operands (fp32 C); problems: 9 ints per
+// grouped.cu. Grouped GEMM with the built-in tensor-core kernels on bf16 operands (fp32 C); problems: 9 ints per
 // group (GroupedMatmulArgs). rowsA / rowsB (or null): row indices of A / B, device i32, validated by
 // the caller (the virtual-matrix addressing of GroupedMatmulArgs.rows). seg (or null): device segment
 // offsets (groups + 1, validated by the caller, the last = total): GroupedMatmulArgs.segments. c_bf16:
