@@ -289,12 +289,12 @@ __device__ __forceinline__ void store_tile(const float (&acc)[TM][TN][4], const 
       }
     return;
   }
-  // A bf16 C (beta 0: a scattered product's scratch, half the bytes of fp32) goes through shared
-  // memory, so that each thread then writes 8 bytes along a row (a fragment's pair of bf16 would leave
-  // half-filled sectors).
-  constexpr int LDS = BN + 8;  // (pad: the fragments' float2 stores hit distinct banks per half-warp)
-  static_assert((size_t)BM * LDS * sizeof(float) <= SMEM, "the staged C tile fits the pipeline buffers");
-  float* stage = static_cast<float*>(stage_mem);
+  // A bf16 C (beta 0: a scattered product's scratch, half the bytes of fp32) is staged as bf16 through
+  // shared memory, so that each thread then writes 16 bytes along a row (a fragment's pair of bf16
+  // would leave half-filled sectors).
+  constexpr int LDS = BN + 8;  // staged row in bf16 (pad: the fragments' 4-byte stores hit distinct banks)
+  static_assert((size_t)BM * LDS * sizeof(bf16) <= SMEM, "the staged C tile fits the pipeline buffers");
+  bf16* stage = static_cast<bf16*>(stage_mem);
   __syncthreads();  // every warp is done reading the last stage
 #pragma unroll
   for (int i = 0; i < TM; ++i)
@@ -302,24 +302,18 @@ __device__ __forceinline__ void store_tile(const float (&acc)[TM][TN][4], const 
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int j = 0; j < TN; ++j)
-        *reinterpret_cast<float2*>(stage + (wm0 + i * 16 + g + 8 * h) * LDS + wn0 + j * 8 + 2 * c) =
-            make_float2(alpha * acc[i][j][2 * h], alpha * acc[i][j][2 * h + 1]);
+        *reinterpret_cast<uint32_t*>(stage + (wm0 + i * 16 + g + 8 * h) * LDS + wn0 + j * 8 + 2 * c) =
+            pack_bf16(alpha * acc[i][j][2 * h], alpha * acc[i][j][2 * h + 1]);
   __syncthreads();
-  constexpr int Q = BN / 4;  // 4-column quads per tile row
+  constexpr int Q = BN / 8;  // 8-column groups per tile row
   for (int e = threadIdx.x; e < BM * Q; e += NT) {
-    const int r = e / Q, col = n0 + (e - r * Q) * 4, row = m0 + r;
+    const int r = e / Q, col = n0 + (e - r * Q) * 8, row = m0 + r;
     if (row >= m || col >= n) continue;
-    const float4 v = *reinterpret_cast<const float4*>(stage + r * LDS + (col - n0));
+    const bf16* src = stage + r * LDS + (col - n0);
     bf16* out = q.C16 + w.offC + (int64_t)row * w.ldc + col;
-    if (q.vecC && col + 3 < n) {
-      uint2 u;
-      u.x = pack_bf16(v.x, v.y);
-      u.y = pack_bf16(v.z, v.w);
-      *reinterpret_cast<uint2*>(out) = u;
-    } else {
-      const float f[4] = {v.x, v.y, v.z, v.w};
-      for (int k = 0; k < 4 && col + k < n; ++k) out[k] = __float2bfloat16(f[k]);
-    }
+    if (q.vecC && col + 7 < n) *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(src);
+    else
+      for (int k = 0; k < 8 && col + k < n; ++k) out[k] = src[k];
   }
 }
 
@@ -527,34 +521,31 @@ __global__ void __launch_bounds__(256, 2)
 }
 
 // The reduction of split-K partial tiles (segments along K): per group its C (m x n at offC, rows ldc
-// apart) and its first element in the concatenation of the groups' C.
+// apart).
 struct SplitArgs {
   int32_t m[kMaxGroups], n[kMaxGroups], ldc[kMaxGroups];
-  int64_t offC[kMaxGroups], elem_start[kMaxGroups + 1];
+  int64_t offC[kMaxGroups];
 };
-// C[g] (+)= the sum of element (r, c)'s partials in chunk order, scaled by alpha (beta: as the product);
-// groups of one chunk were written by their blocks, empty ones get beta · C.
+// Blocks of row y = group g: C[g] (+)= the sum of element (r, c)'s partials in chunk order, scaled by
+// alpha (beta: as the product); groups of one chunk were written by their blocks (the whole row of
+// blocks returns), empty ones get beta · C.
 template <int BM, int BN>
-__global__ void k_split_reduce(const __grid_constant__ SplitArgs sa, const int32_t* __restrict__ seg, int groups, int KC,
+__global__ void k_split_reduce(const __grid_constant__ SplitArgs sa, const int32_t* __restrict__ seg, int KC,
                                const float* __restrict__ partial, const int32_t* __restrict__ starts,
                                float* __restrict__ C, float alpha, float beta) {
-  const int64_t total = sa.elem_start[groups];
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    int lo = 0, hi = groups - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) >> 1;
-      if (sa.elem_start[mid] <= i) lo = mid;
-      else hi = mid - 1;
-    }
-    const int64_t e = i - sa.elem_start[lo];
-    const int m = sa.m[lo], n = sa.n[lo], r = (int)(e / n), c = (int)(e - (int64_t)r * n);
-    const int tiles_n = (n + BN - 1) / BN, tiles = (m + BM - 1) / BM * tiles_n, t = r / BM * tiles_n + c / BN;
-    const int chunks = (seg[lo + 1] - seg[lo] + KC - 1) / KC;
-    if (chunks == 1) continue;  // its one block wrote C itself
-    const float* p = partial + ((int64_t)starts[lo] + t) * BM * BN + (r % BM) * BN + c % BN;
+  const int g = blockIdx.y;
+  const int chunks = (seg[g + 1] - seg[g] + KC - 1) / KC;
+  if (chunks == 1) return;
+  const int m = sa.m[g], n = sa.n[g];
+  const int tiles_n = (n + BN - 1) / BN, tiles = (m + BM - 1) / BM * tiles_n;
+  const float* first = partial + (int64_t)starts[g] * BM * BN;
+  const int64_t chunk_stride = (int64_t)tiles * BM * BN;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < (int64_t)m * n; e += (int64_t)gridDim.x * blockDim.x) {
+    const int r = (int)(e / n), c = (int)(e - (int64_t)r * n);
+    const float* p = first + (int64_t)(r / BM * tiles_n + c / BN) * BM * BN + (r % BM) * BN + c % BN;
     float acc = 0.f;
-    for (int j = 0; j < chunks; ++j) acc += p[(int64_t)j * tiles * BM * BN];
-    float* o = C + sa.offC[lo] + (int64_t)r * sa.ldc[lo] + c;
+    for (int j = 0; j < chunks; ++j) acc += p[j * chunk_stride];
+    float* o = C + sa.offC[g] + (int64_t)r * sa.ldc[g] + c;
     *o = beta == 0.f ? alpha * acc : alpha * acc + beta * *o;
   }
 }
@@ -601,17 +592,16 @@ void launch(void (*kernel)(GroupArgs, GroupedParams), int NT, size_t smem, bool&
     if (q.seg && !tA) tiles = (call.total + (int64_t)ng * (BM - 1)) / BM * tiles_n_max;
     if (q.seg && tA) {
       // Split-K: at most (total + ng (KC - 1)) / KC chunks, each over a group's tiles; then the reduction.
-      int64_t most = 0;
+      int64_t most = 0, elems = 0;
       SplitArgs sa;
-      sa.elem_start[0] = 0;
       for (int g = 0; g < ng; ++g) {
         const int32_t* p = ga.prob + 9 * g;
         most = std::max<int64_t>(most, (int64_t)((p[0] + BM - 1) / BM) * ((p[1] + BN - 1) / BN));
+        elems = std::max<int64_t>(elems, (int64_t)p[0] * p[1]);
         sa.m[g] = p[0];
         sa.n[g] = p[1];
         sa.ldc[g] = p[8];
         sa.offC[g] = p[7];
-        sa.elem_start[g + 1] = sa.elem_start[g] + (int64_t)p[0] * p[1];
       }
       const int64_t items = std::max<int64_t>(1, (call.total + (int64_t)ng * (KC - 1)) / KC * most);
       if (items > 0x7fffffff) throw CudaError("groupedMatmul: too many tiles");
@@ -620,9 +610,9 @@ void launch(void (*kernel)(GroupArgs, GroupedParams), int NT, size_t smem, bool&
       q.starts = starts.as<int32_t>();
       kernel<<<(unsigned)items, NT, smem, stream()>>>(ga, q);
       check_launch("groupedMatmul");
-      if (sa.elem_start[ng] == 0) continue;
-      k_split_reduce<BM, BN><<<grid_for(sa.elem_start[ng], 256), 256, 0, stream()>>>(
-          sa, q.seg, ng, KC, q.partial, q.starts, q.C, q.alpha, q.beta);
+      if (elems == 0) continue;
+      k_split_reduce<BM, BN><<<dim3(grid_for(elems, 256), ng), 256, 0, stream()>>>(sa, q.seg, KC, q.partial, q.starts, q.C,
+                                                                                   q.alpha, q.beta);
       check_launch("groupedMatmul (split-K reduction)");
       continue;
     }
@@ -678,7 +668,7 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
   const int64_t mean = seg && groups > 0 ? (total + groups - 1) / groups : 0;
   GroupedCall call{{reinterpret_cast<const bf16*>(A), rowsA, reinterpret_cast<const bf16*>(B), rowsB,
                     c_bf16 ? nullptr : static_cast<float*>(C), c_bf16 ? static_cast<bf16*>(C) : nullptr, seg, 0, 0,
-                    aligned16(A), aligned16(B), ((uintptr_t)C & 7) == 0, alpha, beta, nullptr, nullptr, bias,
+                    aligned16(A), aligned16(B), ((uintptr_t)C & (c_bf16 ? 15 : 7)) == 0, alpha, beta, nullptr, nullptr, bias,
                     bias_stride, relu},
                    total, mean};
   GroupedParams& q = call.p;
@@ -690,10 +680,11 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
     const int64_t m = seg && !tA ? mean : p[0], n = p[1], k = seg && tA ? mean : p[2];
     if (m == 0 || n == 0) continue;
     // 16-byte chunks need every row start and the contiguous extent (k, or m / n when transposed)
-    // at multiples of 8 elements; float2 stores need even C offsets, a bf16 C's quads multiples of 4.
+    // at multiples of 8 elements; float2 stores need even C offsets, a bf16 C's 16-byte stores multiples
+    // of 8.
     q.vecA = q.vecA && p[3] % 8 == 0 && p[4] % 8 == 0 && (tA ? m : k) % 8 == 0;
     q.vecB = q.vecB && p[5] % 8 == 0 && p[6] % 8 == 0 && (tB ? k : n) % 8 == 0;
-    q.vecC = q.vecC && p[7] % (c_bf16 ? 4 : 2) == 0 && p[8] % (c_bf16 ? 4 : 2) == 0;
+    q.vecC = q.vecC && p[7] % (c_bf16 ? 8 : 2) == 0 && p[8] % (c_bf16 ? 8 : 2) == 0;
     for (int s = 0; s < 5; ++s) {
       const int64_t bm = kShapes[s][0], bn = kShapes[s][1];
       padded[s] += (m + bm - 1) / bm * bm * ((n + bn - 1) / bn * bn);
