@@ -432,7 +432,8 @@ void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t 
   const int W = inner % 4 == 0 ? 4 : 1;
   const int64_t bx = (inner + 32 * W - 1) / (32 * W);
   int64_t CH = 256;
-  if (bx * outer * ((mid + CH - 1) / CH) < 1056) CH = std::max<int64_t>(8, ((mid * bx * outer + 1055) / 1056 + 7) / 8 * 8);
+  const int64_t want = 8LL * device_sms();
+  if (bx * outer * ((mid + CH - 1) / CH) < want) CH = std::max<int64_t>(8, ((mid * bx * outer + want - 1) / want + 7) / 8 * 8);
   int64_t nch = (mid + CH - 1) / CH;
   if (nch > 4096) {
     nch = 4096;

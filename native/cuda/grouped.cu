@@ -20,7 +20,8 @@
 // * Elsewhere (and for rows that are not 16-byte aligned): 8 warps of register-level mma.sync m16n8k16
 //   fed by ldmatrix from padded tiles (stages of 32 along K); three block shapes (128x128, 128x96,
 //   96x128) fit the MoE's expert width (96) and model width (768) without padded rows or columns.
-// The launcher takes the block shape with the least padded work.
+// The launcher takes the block shape with the least padded work. Each path is deterministic (same bits
+// on every run); the two may differ in the last bits (summation order, split-K chunk length).
 //
 // With device-held segments (GroupedMatmulArgs.segments: the MoE routing never visits the host), each
 // group's token rows come from the segment offsets in device memory: the grid covers an upper bound of
@@ -501,6 +502,7 @@ __global__ void __launch_bounds__(256, 2)
     const bf16* bs = Bs + (kt % WG_STAGES) * S::SB;
     // Every k16 step, also those of a short last stage (its rows past K are zeros): a condition here
     // would make ptxas serialise the wgmma instructions.
+    wg_fence_acc(acc[0]);
     wg_fence();
 #pragma unroll
     for (int s = 0; s < BK / 16; ++s) {
@@ -511,13 +513,38 @@ __global__ void __launch_bounds__(256, 2)
     }
     wg_commit();
     wg_wait<0>();
+    wg_fence_acc(acc[0]);
     if (kt + WG_STAGES < KT) locate_k(kt + WG_STAGES);
   }
   cp_async_wait<0>();
   store_tile<BM, BN, 1, BN / 8, NT, S::stages>(acc, w, warp * 16, 0, q, As);
 #else
-  __trap();  // launched only on compute capability 9.0, where the sm_90a code runs
+  __trap();  // launched only where wgmma_loaded() found the sm_90a code
 #endif
+}
+
+// Writes 1 where the sm_90a code (with wgmma) is the code loaded for this device, else 0.
+__global__ void k_wgmma_probe(int* out) {
+#ifdef SSDC_WGMMA
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+// Whether the wgmma kernels can run: compute capability 9.0 and the sm_90a code loaded (not a build
+// without it, nor PTX compiled at load time, CUDA_FORCE_PTX_JIT). Probed once (a synchronisation).
+bool wgmma_loaded() {
+  static int loaded = -1;
+  if (loaded < 0) {
+    loaded = 0;
+    if (device_cc() == 90) {
+      Scratch flag(sizeof(int));
+      k_wgmma_probe<<<1, 1, 0, stream()>>>(flag.as<int>());
+      check_launch("groupedMatmul (probe)");
+      d2h(&loaded, flag.p, sizeof(int));
+    }
+  }
+  return loaded == 1;
 }
 
 // The reduction of split-K partial tiles (segments along K): per group its C (m x n at offC, rows ldc
@@ -690,8 +717,8 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
       padded[s] += (m + bm - 1) / bm * bm * ((n + bn - 1) / bn * bn);
     }
   }
-  // wgmma needs compute capability 9.0 and 16-byte rows (its tiles are only filled by cp.async chunks).
-  if (device_cc() == 90 && q.vecA && q.vecB) {
+  // wgmma needs its sm_90a code loaded and 16-byte rows (its tiles are only filled by cp.async chunks).
+  if (q.vecA && q.vecB && wgmma_loaded()) {
     if (padded[3] <= padded[4]) by_transpose<Wg<128>::T>(call, problems, groups, tA, tB);
     else by_transpose<Wg<96>::T>(call, problems, groups, tA, tB);
     return;

@@ -1,5 +1,5 @@
 // Tensor-core building blocks shared by the fused attention (attention.cu) and the grouped GEMM
-// (gemm.cu): PTX wrappers for sm_80+ asynchronous copies, ldmatrix and mma.sync m16n8k16 (bf16 in,
+// (grouped.cu): PTX wrappers for sm_80+ asynchronous copies, ldmatrix and mma.sync m16n8k16 (bf16 in,
 // fp32 accumulate), and the dynamic shared-memory opt-in of a kernel.
 #pragma once
 #include <cuda_bf16.h>

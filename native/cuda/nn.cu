@@ -73,6 +73,28 @@ __global__ void k_softmax_bwd(const float* __restrict__ y, const float* __restri
     for (int64_t j = threadIdx.x; j < cols; j += kT) gx[b + j] = y[b + j] * (gy[b + j] - d);
   }
 }
+// Rows of at most 32 columns (the MoE's top-k scores): a warp per row, a lane per column; the max and
+// the sums are xor-shuffle trees (every lane ends with the same bits).
+constexpr int64_t kWarpRowCols = 32;
+__global__ void k_softmax_warp(const float* __restrict__ x, float* __restrict__ o, int64_t rows, int cols) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const float v = lane < cols ? x[r * cols + lane] : -INFINITY;
+    const float mx = warp_max(v), e = lane < cols ? expf(v - mx) : 0.f, s = warp_sum(e);
+    if (lane < cols) o[r * cols + lane] = e * (1.f / s);
+  }
+}
+__global__ void k_softmax_bwd_warp(const float* __restrict__ y, const float* __restrict__ gy, float* __restrict__ gx,
+                                   int64_t rows, int cols) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const float yv = lane < cols ? y[r * cols + lane] : 0.f, g = lane < cols ? gy[r * cols + lane] : 0.f;
+    const float d = warp_sum(g * yv);
+    if (lane < cols) gx[r * cols + lane] = yv * (g - d);
+  }
+}
 
 __global__ void k_layer_norm(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ bt,
                              float* __restrict__ y, __nv_bfloat16* __restrict__ y16, float* __restrict__ mean,
@@ -385,6 +407,21 @@ __global__ void k_rowdot(const float* __restrict__ a, const float* __restrict__ 
   }
 }
 
+// gx[r, c] = the sum of g[r, j] over j with idx[r, j] = c, from zero in j order (the bits of adding each
+// g[r, j] to a zeroed row in turn): a warp per row, lanes over columns (rows of at most 256 columns).
+constexpr int64_t kWarpTopkBwdCols = 256;
+__global__ void k_topk_backward_warp(const float* __restrict__ g, const int32_t* __restrict__ idx, float* __restrict__ gx,
+                                     int64_t rows, int64_t cols, int64_t k) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps)
+    for (int64_t c = lane; c < cols; c += 32) {
+      float acc = 0.f;
+      for (int64_t j = 0; j < k; ++j)
+        if (idx[r * k + j] == c) acc += g[r * k + j];
+      gx[r * cols + c] = acc;
+    }
+}
 // gx rows zeroed, then gx[r, idx[r, j]] += g[r, j] in j order: one thread per row (k is small).
 __global__ void k_topk_backward(const float* __restrict__ g, const int32_t* __restrict__ idx, float* __restrict__ gx,
                                 int64_t rows, int64_t cols, int64_t k) {
@@ -489,12 +526,14 @@ unsigned rows_grid(int64_t rows) { return (unsigned)std::max<int64_t>(1, std::mi
 
 void softmax(const float* x, float* out, int64_t rows, int64_t cols) {
   if (rows == 0 || cols == 0) return;
-  k_softmax<<<rows_grid(rows), kT, 0, stream()>>>(x, out, rows, cols);
+  if (cols <= kWarpRowCols) k_softmax_warp<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, out, rows, (int)cols);
+  else k_softmax<<<rows_grid(rows), kT, 0, stream()>>>(x, out, rows, cols);
   check_launch("softmax");
 }
 void softmax_backward(const float* y, const float* gy, float* gx, int64_t rows, int64_t cols) {
   if (rows == 0 || cols == 0) return;
-  k_softmax_bwd<<<rows_grid(rows), kT, 0, stream()>>>(y, gy, gx, rows, cols);
+  if (cols <= kWarpRowCols) k_softmax_bwd_warp<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(y, gy, gx, rows, (int)cols);
+  else k_softmax_bwd<<<rows_grid(rows), kT, 0, stream()>>>(y, gy, gx, rows, cols);
   check_launch("softmaxBackward");
 }
 void layer_norm(const float* x, const float* g, const float* b, float* y, uint16_t* y16, float* mean, float* rstd,
@@ -693,7 +732,8 @@ void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t c
 }
 void topk_backward(const float* g, const int32_t* idx, float* gx, int64_t rows, int64_t cols, int64_t k) {
   if (rows == 0 || cols == 0) return;
-  k_topk_backward<<<grid_for(rows, kT), kT, 0, stream()>>>(g, idx, gx, rows, cols, k);
+  if (cols <= kWarpTopkBwdCols) k_topk_backward_warp<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(g, idx, gx, rows, cols, k);
+  else k_topk_backward<<<grid_for(rows, kT), kT, 0, stream()>>>(g, idx, gx, rows, cols, k);
   check_launch("topkBackward");
 }
 void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols) {

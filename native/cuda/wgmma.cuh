@@ -1,7 +1,8 @@
 // Hopper (sm_90a) warpgroup tensor-core products: PTX wrappers for wgmma.mma_async m64nNk16 (bf16 in,
 // fp32 accumulate, both operands in shared memory) and its fences (PTX ISA 8.x, "Asynchronous
-// Warpgroup Level Matrix Multiply-Accumulate"). The instructions exist only in the sm_90a target; the
-// wrappers compile to nothing elsewhere, and callers dispatch to them only on compute capability 9.0.
+// Warpgroup Level Matrix Multiply-Accumulate"). The instructions exist only in the sm_90a target: the
+// wrappers (all but wg_desc) are defined only there, with SSDC_WGMMA, and a kernel using them must
+// check at run time that its sm_90a code is the one loaded (grouped.cu: wgmma_loaded).
 //
 // Shared-memory operands use the 128-byte swizzle: an operand tile is made of atoms of 8 rows x 128
 // bytes (64 bf16), 1024-byte aligned, in which 16-byte chunk c of row r is stored at chunk c ^ (r % 8).
@@ -35,6 +36,14 @@ __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.alig
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Pins accumulator registers at this point (before wg_fence, after wg_wait), so that the compiler
+// moves no access to them across the asynchronous products.
+template <int J> __device__ __forceinline__ void wg_fence_acc(float (&d)[J][4]) {
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) asm volatile("" : "+f"(d[j][q])::"memory");
 }
 
 // d (64 x N per warpgroup, fp32; thread layout as N/8 mma.m16n8 accumulators of its warp's 16 rows)
