@@ -237,6 +237,47 @@ __device__ __forceinline__ bool find_work(const GroupArgs& ga, const GroupedPara
   return true;
 }
 
+// The operand copies of a block's tile, for either main loop: stored rows along M (A) / N (B) are
+// located once for the block, those along K (transA / not transB) one stage ahead (their index loads
+// overlap the products of the stage before).
+template <int BM, int BN, int BK, int NT, bool TA, bool TB, bool SW>
+struct Operands {
+  TileCopy<TA ? BK : BM, TA ? BM : BK, NT, SW> ca;
+  TileCopy<TB ? BN : BK, TB ? BK : BN, NT, SW> cb;
+  const Work& w;
+  bool vecA, vecB;
+
+  __device__ __forceinline__ Operands(const Work& work, bool va, bool vb) : w(work), vecA(va), vecB(vb) {
+    if constexpr (!TA) ca.locate(w.va, w.m0, w.m);
+    if constexpr (TB) cb.locate(w.vb, w.n0, w.n);
+  }
+  __device__ __forceinline__ void locate_k(int kt) {
+    if constexpr (TA) ca.locate(w.va, kt * BK, w.K);
+    if constexpr (!TB) cb.locate(w.vb, kt * BK, w.K);
+  }
+  // Stage kt's copies into shared tiles as / bs.
+  __device__ __forceinline__ void issue(bf16* as, bf16* bs, int kt) const {
+    const int k0 = kt * BK;
+    if constexpr (TA) ca.issue(as, w.va, w.m0, w.m, vecA);
+    else ca.issue(as, w.va, k0, w.K, vecA);
+    if constexpr (TB) cb.issue(bs, w.vb, k0, w.K, vecB);
+    else cb.issue(bs, w.vb, w.n0, w.n, vecB);
+  }
+  // Stages 0 .. S - 2 in flight (one cp.async group each, empty past KT) and the rows of stage S - 1
+  // located; stage s goes to As + s·SA and Bs + s·SB.
+  template <int S> __device__ __forceinline__ void prologue(bf16* As, bf16* Bs, int SA, int SB, int KT) {
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) {
+      if (s < KT) {
+        locate_k(s);
+        issue(As + s * SA, Bs + s * SB, s);
+      }
+      cp_async_commit();
+    }
+    if (S - 1 < KT) locate_k(S - 1);
+  }
+};
+
 // The epilogue of a block's tile from mma.m16n8 accumulators (lane = 4·g + c holds rows g and g + 8 of
 // each 16x8 tile, columns 2c and 2c + 1): warp tile (wm0, wn0) of TM x TN such tiles. fp32 C (or a
 // partial tile) straight from the fragments, with the bias and ReLU epilogue; a bf16 C staged through
@@ -341,38 +382,11 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
 
   Work w;
   if (!find_work<S::BM, S::BN, TA>(ga, q, w)) return;
-  const int m = w.m, n = w.n, K = w.K, m0 = w.m0, n0 = w.n0;
-  const View va = w.va, vb = w.vb;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wm0 = (warp / WN) * TM * 16, wn0 = (warp % WN) * TN * 8;
-
-  // Stored rows run along M (A) / N (B), fixed for the block, or along K (transA / not transB).
-  TileCopy<TA ? BK : S::BM, TA ? S::BM : BK, NT> ca;
-  TileCopy<TB ? S::BN : BK, TB ? BK : S::BN, NT> cb;
-  if constexpr (!TA) ca.locate(va, m0, m);
-  if constexpr (TB) cb.locate(vb, n0, n);
-  auto locate_k = [&](int kt) {
-    if constexpr (TA) ca.locate(va, kt * BK, K);
-    if constexpr (!TB) cb.locate(vb, kt * BK, K);
-  };
-  auto issue = [&](int st, int kt) {
-    const int k0 = kt * BK;
-    if constexpr (TA) ca.issue(As + st * S::SA, va, m0, m, q.vecA);
-    else ca.issue(As + st * S::SA, va, k0, K, q.vecA);
-    if constexpr (TB) cb.issue(Bs + st * S::SB, vb, k0, K, q.vecB);
-    else cb.issue(Bs + st * S::SB, vb, n0, n, q.vecB);
-  };
-
-  const int KT = (K + BK - 1) / BK;
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < KT) {
-      locate_k(s);
-      issue(s, s);
-    }
-    cp_async_commit();
-  }
-  if (STAGES - 1 < KT) locate_k(STAGES - 1);
+  Operands<S::BM, S::BN, BK, NT, TA, TB, false> ops(w, q.vecA, q.vecB);
+  const int KT = (w.K + BK - 1) / BK;
+  ops.template prologue<STAGES>(As, Bs, S::SA, S::SB, KT);
 
   float acc[TM][TN][4];
 #pragma unroll
@@ -383,7 +397,7 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
   for (int kt = 0; kt < KT; ++kt) {
     cp_async_wait<STAGES - 2>();  // stage kt has landed (this thread's copies) ...
     __syncthreads();              // ... for every thread, and stage kt - 1 is free again
-    if (kt + STAGES - 1 < KT) issue((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+    if (kt + STAGES - 1 < KT) ops.issue(As + (kt + STAGES - 1) % STAGES * S::SA, Bs + (kt + STAGES - 1) % STAGES * S::SB, kt + STAGES - 1);
     cp_async_commit();
     const bf16* as = As + (kt % STAGES) * S::SA;
     const bf16* bs = Bs + (kt % STAGES) * S::SB;
@@ -415,8 +429,7 @@ __global__ void __launch_bounds__(WM * WN * 32, 2)
 #pragma unroll
         for (int j = 0; j < TN; ++j) mma(acc[i][j], a[i], b[j][0], b[j][1]);
     }
-    // Rows of the stage issued next iteration: their index loads overlap this stage's products.
-    if (kt + STAGES < KT) locate_k(kt + STAGES);
+    if (kt + STAGES < KT) ops.locate_k(kt + STAGES);  // rows of the stage issued next iteration
   }
   cp_async_wait<0>();
   store_tile<S::BM, S::BN, TM, TN, NT, S::smem>(acc, w, wm0, wn0, q, smem_raw);
@@ -450,38 +463,12 @@ __global__ void __launch_bounds__(256, 2)
 
   Work w;
   if (!find_work<BM, BN, TA>(ga, q, w)) return;
-  const int m = w.m, n = w.n, K = w.K, m0 = w.m0, n0 = w.n0;
-  const View va = w.va, vb = w.vb;
   const int warp = threadIdx.x >> 5, wg = warp >> 2;
-
-  // K-major tiles: stored rows along M / N (fixed for the block), 64 columns of K; M- / N-major tiles:
-  // stored rows along K, columns along M / N.
-  TileCopy<TA ? BK : BM, TA ? BM : BK, NT, true> ca;
-  TileCopy<TB ? BN : BK, TB ? BK : BN, NT, true> cb;
-  if constexpr (!TA) ca.locate(va, m0, m);
-  if constexpr (TB) cb.locate(vb, n0, n);
-  auto locate_k = [&](int kt) {
-    if constexpr (TA) ca.locate(va, kt * BK, K);
-    if constexpr (!TB) cb.locate(vb, kt * BK, K);
-  };
-  auto issue = [&](int st, int kt) {
-    const int k0 = kt * BK;
-    if constexpr (TA) ca.issue(As + st * S::SA, va, m0, m, true);
-    else ca.issue(As + st * S::SA, va, k0, K, true);
-    if constexpr (TB) cb.issue(Bs + st * S::SB, vb, k0, K, true);
-    else cb.issue(Bs + st * S::SB, vb, n0, n, true);
-  };
-
-  const int KT = (K + BK - 1) / BK;
-#pragma unroll
-  for (int s = 0; s < WG_STAGES - 1; ++s) {
-    if (s < KT) {
-      locate_k(s);
-      issue(s, s);
-    }
-    cp_async_commit();
-  }
-  if (WG_STAGES - 1 < KT) locate_k(WG_STAGES - 1);
+  // K-major tiles: stored rows along M / N, 64 columns of K; M- / N-major tiles: stored rows along K,
+  // columns along M / N. Only 16-byte chunks fill them (vecA and vecB).
+  Operands<BM, BN, BK, NT, TA, TB, true> ops(w, true, true);
+  const int KT = (w.K + BK - 1) / BK;
+  ops.template prologue<WG_STAGES>(As, Bs, S::SA, S::SB, KT);
 
   float acc[1][BN / 8][4];
 #pragma unroll
@@ -494,7 +481,8 @@ __global__ void __launch_bounds__(256, 2)
     cp_async_wait<WG_STAGES - 2>();  // stage kt has landed (this thread's copies) ...
     fence_proxy_async();             // ... is visible to the tensor cores ...
     __syncthreads();                 // ... for every thread's copies, and stage kt - 1 is free again
-    if (kt + WG_STAGES - 1 < KT) issue((kt + WG_STAGES - 1) % WG_STAGES, kt + WG_STAGES - 1);
+    if (kt + WG_STAGES - 1 < KT)
+      ops.issue(As + (kt + WG_STAGES - 1) % WG_STAGES * S::SA, Bs + (kt + WG_STAGES - 1) % WG_STAGES * S::SB, kt + WG_STAGES - 1);
     cp_async_commit();
     // This warpgroup's 64 rows of A: rows 64·wg .. of a K-major tile, or atom wg of an M-major one
     // (4096 elements in).
@@ -514,7 +502,7 @@ __global__ void __launch_bounds__(256, 2)
     wg_commit();
     wg_wait<0>();
     wg_fence_acc(acc[0]);
-    if (kt + WG_STAGES < KT) locate_k(kt + WG_STAGES);
+    if (kt + WG_STAGES < KT) ops.locate_k(kt + WG_STAGES);
   }
   cp_async_wait<0>();
   store_tile<BM, BN, 1, BN / 8, NT, S::stages>(acc, w, warp * 16, 0, q, As);
