@@ -12,8 +12,8 @@
 // stage ahead where they do (the token rows of a weight gradient): the index loads then overlap the
 // products instead of stalling the copies.
 //
-// Two main loops share the work decoding and the epilogue:
-// * Hopper (compute capability 9.0, sm_90a): two warpgroups per block, each multiplying 64 rows of a
+// Two main loops share the work decoding, the operand copies and the epilogue:
+// * Hopper (compute capability 9.0, with the sm_90a code loaded): two warpgroups per block, each multiplying 64 rows of a
 //   128 x BN tile (BN 96 or 128) with wgmma straight from 128-byte-swizzled shared memory (stages of 64
 //   along K); the transposed operands of the weight gradients and the backward products are read
 //   M- / N-major by the instruction itself.
