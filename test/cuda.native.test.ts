@@ -346,11 +346,13 @@ if (why) {
       sameTwice('embeddingBackward', run);
     }
 
-    for (const cols of [1000, 3000]) {
-      it(`topk with ties and NaN equals cpu exactly (${cols} columns: ${cols <= 1024 ? 'a warp' : 'a block'} per row)`, () => {
+    for (const cols of [32, 1000, 3000]) {
+      const how = cols <= 32 ? 'a lane per column' : cols <= 1024 ? 'a warp per row' : 'a block per row';
+      it(`topk with ties and NaN equals cpu exactly (${cols} columns: ${how})`, () => {
         const rows = 50, k = 7;
         const x = Float32Array.from({ length: rows * cols }, () => Math.round(r() * 20) / 4);
-        x[3] = NaN; x[1500] = NaN; x[2000] = Infinity;
+        x[3] = NaN; x[1500] = NaN; x[2000 % x.length] = Infinity;
+        x.fill(NaN, 4 * cols, 5 * cols); // a row of NaN only
         const res = [cpu, cuda].map((be) => {
           const X = put(be, x), Vv = be.alloc('f32', rows * k), I = be.alloc('i32', rows * k);
           be.topk(X, Vv, I, rows, cols, k);

@@ -520,6 +520,36 @@ __global__ void k_topk_warp(const float* __restrict__ x, float* __restrict__ val
   }
 }
 
+// Rows of at most 32 columns (the MoE router's scores): a warp per row as k_topk_warp, each lane holding
+// its column's value, so the k rounds reload nothing and the winning lane writes its own value.
+__global__ void k_topk_lane(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx,
+                            int64_t rows, int cols, int64_t k) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const float v = lane < cols ? x[r * cols + lane] : 0.f, kv = isnan(v) ? -INFINITY : v;
+    float thk = INFINITY;
+    int thi = -1;
+    for (int64_t q = 0; q < k; ++q) {
+      // This lane's column competes while it comes after the last one taken (value desc, index asc).
+      const bool live = lane < cols && (thi < 0 || better(thk, thi, kv, lane));
+      float bk = live ? kv : -INFINITY;
+      int bi = live ? lane : INT_MAX;
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ok = __shfl_xor_sync(0xffffffffu, bk, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (oi != INT_MAX && (bi == INT_MAX || better(ok, oi, bk, bi))) { bk = ok; bi = oi; }
+      }
+      thk = bk;
+      thi = bi;
+      if (lane == bi) {
+        vals[r * k + q] = v;
+        idx[r * k + q] = bi;
+      }
+    }
+  }
+}
+
 unsigned rows_grid(int64_t rows) { return (unsigned)std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 20)); }
 
 }  // namespace
@@ -743,7 +773,8 @@ void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols) {
 }
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k) {
   if (rows == 0 || k == 0) return;
-  if (cols <= kWarpTopkCols) k_topk_warp<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
+  if (cols <= 32) k_topk_lane<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, values, indices, rows, (int)cols, k);
+  else if (cols <= kWarpTopkCols) k_topk_warp<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
   else k_topk<<<rows_grid(rows), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
   check_launch("topk");
 }
