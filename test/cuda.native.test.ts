@@ -346,7 +346,7 @@ if (why) {
       sameTwice('embeddingBackward', run);
     }
 
-    for (const cols of [32, 1000, 3000]) {
+    for (const cols of [20, 32, 1000, 3000]) {
       const how = cols <= 32 ? 'a lane per column' : cols <= 1024 ? 'a warp per row' : 'a block per row';
       it(`topk with ties and NaN equals cpu exactly (${cols} columns: ${how})`, () => {
         const rows = 50, k = 7;
@@ -362,15 +362,17 @@ if (why) {
       });
     }
 
-    it('topkBackward equals cpu exactly (repeated indices accumulate in order)', () => {
-      const rows = 8192, cols = 32, k = 8;
-      const g = randn(r, rows * k), idx = Int32Array.from({ length: rows * k }, (_, i) => ((i - (i % 8 === 7 ? 1 : 0)) * 5) % cols);
-      const res = [cpu, cuda].map((be) => {
-        const G = put(be, g), I = put(be, idx, 'i32'), O = be.alloc('f32', rows * cols);
-        be.topkBackward(G, I, O, rows, cols, k);
-        return Array.from(be.download(O));
-      });
-      assert.deepEqual(res[1], res[0]);
+    it('topkBackward equals cpu exactly (repeated indices accumulate in order; 32, 100 and 300 columns)', () => {
+      for (const cols of [32, 100, 300]) {
+        const rows = 8192, k = 8;
+        const g = randn(r, rows * k), idx = Int32Array.from({ length: rows * k }, (_, i) => ((i - (i % 8 === 7 ? 1 : 0)) * 5) % cols);
+        const res = [cpu, cuda].map((be) => {
+          const G = put(be, g), I = put(be, idx, 'i32'), O = be.alloc('f32', rows * cols);
+          be.topkBackward(G, I, O, rows, cols, k);
+          return Array.from(be.download(O));
+        });
+        assert.deepEqual(res[1], res[0], `${cols} columns`);
+      }
     });
 
     it('activationBits equals cpu exactly (d_ff 1536 and 70 columns, with zeros and NaN)', () => {

@@ -24,8 +24,6 @@ inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 cudaStream_t stream();
 // Compute capability of the device in use (major · 10 + minor; 0 before the runtime is initialised).
 int device_cc();
-// Its multiprocessor count (132 before the runtime is initialised).
-int device_sms();
 
 // ---------------------------------------------------------------- device memory (caching allocator)
 void* dev_alloc(size_t bytes);  // throws CudaError naming the sizes on out-of-memory

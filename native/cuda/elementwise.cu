@@ -427,12 +427,13 @@ void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t 
     if (nch > 1) colsum_final(part.as<double>(), out, outer, 1, nch);
     return;
   }
-  // Chunks of 256 rows, smaller when that leaves fewer than ~8 blocks per SM (short, wide sums: the
-  // partial sums then run with enough loads in flight, and the final one adds its chunks 8 at a time).
+  // Chunks of 256 rows, smaller when that leaves fewer than ~8 blocks per SM of an H100 / H200 (short,
+  // wide sums: the partial sums then run with enough loads in flight, and the final one adds its chunks 8
+  // at a time). A constant, not the device's SM count, so that the bits do not depend on the GPU.
   const int W = inner % 4 == 0 ? 4 : 1;
   const int64_t bx = (inner + 32 * W - 1) / (32 * W);
   int64_t CH = 256;
-  const int64_t want = 8LL * device_sms();
+  constexpr int64_t want = 8 * 132;
   if (bx * outer * ((mid + CH - 1) / CH) < want) CH = std::max<int64_t>(8, ((mid * bx * outer + want - 1) / want + 7) / 8 * 8);
   int64_t nch = (mid + CH - 1) / CH;
   if (nch > 4096) {

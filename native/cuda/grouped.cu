@@ -520,17 +520,20 @@ __global__ void k_wgmma_probe(int* out) {
 #endif
 }
 // Whether the wgmma kernels can run: compute capability 9.0 and the sm_90a code loaded (not a build
-// without it, nor PTX compiled at load time, CUDA_FORCE_PTX_JIT). Probed once (a synchronisation).
+// without it, nor PTX compiled at load time, CUDA_FORCE_PTX_JIT). Probed once (a synchronisation); the
+// answer is kept only once known (a probe that throws is asked again next time).
 bool wgmma_loaded() {
   static int loaded = -1;
   if (loaded < 0) {
-    loaded = 0;
+    int v = 0;
     if (device_cc() == 90) {
       Scratch flag(sizeof(int));
       k_wgmma_probe<<<1, 1, 0, stream()>>>(flag.as<int>());
       check_launch("groupedMatmul (probe)");
-      d2h(&loaded, flag.p, sizeof(int));
+      d2h(&v, flag.p, sizeof(int));
     }
+    if (device_cc() != 0) loaded = v;
+    return v == 1;
   }
   return loaded == 1;
 }

@@ -12,8 +12,7 @@ namespace ssdc {
 
 namespace {
 cudaStream_t g_stream = nullptr;
-int g_cc = 0;    // compute capability of device 0 (major · 10 + minor), set by runtime_init
-int g_sms = 132;  // its multiprocessors, likewise
+int g_cc = 0;  // compute capability of device 0 (major · 10 + minor), set by runtime_init
 
 // Caching allocator: freed blocks are kept in per-size free lists and handed out again. With one
 // stream, reuse is stream-ordered and needs no synchronisation.
@@ -76,7 +75,6 @@ std::string mib(size_t b) {
 cudaStream_t stream() { return g_stream; }
 
 int device_cc() { return g_cc; }
-int device_sms() { return g_sms; }
 
 std::string runtime_init() {
   int n = 0;
@@ -88,7 +86,6 @@ std::string runtime_init() {
   cudaDeviceProp p{};
   check(cudaGetDeviceProperties(&p, 0), "cudaGetDeviceProperties");
   g_cc = p.major * 10 + p.minor;
-  g_sms = p.multiProcessorCount;
   char s[256];
   snprintf(s, sizeof s, "%s (sm_%d%d, %.1f GiB, %d SMs)", p.name, p.major, p.minor, p.totalGlobalMem / 1073741824.0,
            p.multiProcessorCount);
