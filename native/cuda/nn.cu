@@ -445,6 +445,14 @@ __global__ void k_activation_bits(const float* __restrict__ x, int32_t* __restri
 }
 
 __device__ __forceinline__ bool better(float ka, int ia, float kb, int ib) { return ka > kb || (ka == kb && ia < ib); }
+// The warp's best (key bk, index bi) by `better` (bi = INT_MAX: none), left in every lane.
+__device__ __forceinline__ void warp_best(float& bk, int& bi) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ok = __shfl_xor_sync(0xffffffffu, bk, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (oi != INT_MAX && (bi == INT_MAX || better(ok, oi, bk, bi))) { bk = ok; bi = oi; }
+  }
+}
 __global__ void k_topk(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx, int64_t rows,
                        int64_t cols, int64_t k) {
   __shared__ float sk[kT];
@@ -505,11 +513,7 @@ __global__ void k_topk_warp(const float* __restrict__ x, float* __restrict__ val
         if (thi >= 0 && !better(thk, thi, kv, (int)j)) continue;
         if (bi == INT_MAX || better(kv, (int)j, bk, bi)) { bk = kv; bi = (int)j; }
       }
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ok = __shfl_xor_sync(0xffffffffu, bk, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (oi != INT_MAX && (bi == INT_MAX || better(ok, oi, bk, bi))) { bk = ok; bi = oi; }
-      }
+      warp_best(bk, bi);
       thk = bk;
       thi = bi;
       if (lane == 0) {
@@ -535,11 +539,7 @@ __global__ void k_topk_lane(const float* __restrict__ x, float* __restrict__ val
       const bool live = lane < cols && (thi < 0 || better(thk, thi, kv, lane));
       float bk = live ? kv : -INFINITY;
       int bi = live ? lane : INT_MAX;
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ok = __shfl_xor_sync(0xffffffffu, bk, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (oi != INT_MAX && (bi == INT_MAX || better(ok, oi, bk, bi))) { bk = ok; bi = oi; }
-      }
+      warp_best(bk, bi);
       thk = bk;
       thi = bi;
       if (lane == bi) {
