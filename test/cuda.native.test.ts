@@ -387,6 +387,21 @@ if (why) {
       }
     });
 
+    it('reluBackwardRowDot matches cpu (gradients exact; dots in f64; 96 and 70 columns, zeros and negatives)', () => {
+      for (const cols of [96, 70]) {
+        const rows = 300, y = randn(r, rows * cols).map((v, i) => (i % 7 === 0 ? 0 : v)), gy = randn(r, rows * cols);
+        const [want, got] = [cpu, cuda].map((be) => {
+          const Y = put(be, y), G = put(be, gy), gx = be.alloc('f32', rows * cols), dots = be.alloc('f32', rows);
+          be.reluBackwardRowDot(Y, G, gx, dots, rows, cols);
+          const res = [Array.from(be.download(gx)), Array.from(be.download(dots))];
+          for (const b of [Y, G, gx, dots]) be.free(b);
+          return res;
+        });
+        assert.deepEqual(got![0], want![0], `gradient (${cols} columns)`);
+        assert.ok(relErr(got![1]!, want![1]!) < 1e-6, `dots (${cols} columns): ${relErr(got![1]!, want![1]!)}`);
+      }
+    });
+
     it('dropout mask and scatterAddRows (onto zeros, rows of 33; onto data, rows of 64) equal cpu exactly', () => {
       const x = randn(r, 100_003), idx = ints(r, 3000, 0, 50), src = randn(r, 3000 * 64), d0 = randn(r, 50 * 64);
       const res = [cpu, cuda].map((be) => {
@@ -570,6 +585,10 @@ if (why) {
       const gamma = put(be, randn(r2, cols)), beta = put(be, randn(r2, cols));
       be.unaryBackward('relu', x, gy, g);
       assert.deepEqual(mm(g, W, rows, cols, cols), viaCast(g, rows, cols, W, cols), 'ReLU backward');
+      const dots = be.alloc('f32', rows);
+      be.reluBackwardRowDot(x, gy, g, dots, rows, cols);
+      assert.deepEqual(mm(g, W, rows, cols, cols), viaCast(g, rows, cols, W, cols), 'ReLU backward with row dots');
+      be.free(dots);
       be.layerNorm(x, gamma, beta, y, mu, rs, rows, cols, 1e-5);
       assert.deepEqual(mm(y, W, rows, cols, cols), viaCast(y, rows, cols, W, cols), 'layerNorm');
       const L = put(be, randn(r2, rows * V)), tg = put(be, ints(r2, rows, 0, V), 'i32'), lo = be.alloc('f32', rows);

@@ -331,6 +331,10 @@ Napi::Value RowDot(const Napi::CallbackInfo& info) {
   row_dot(fp(info, 0), fp(info, 1), fp(info, 2), i64(info, 3), i64(info, 4));
   return U(info);
 }
+Napi::Value ReluBackwardRowDot(const Napi::CallbackInfo& info) {
+  relu_backward_row_dot(fp(info, 0), fp(info, 1), fp(info, 2), (uint16_t*)ptr(info, 3), fp(info, 4), i64(info, 5), i64(info, 6));
+  return U(info);
+}
 Napi::Value TopKBackward(const Napi::CallbackInfo& info) {
   topk_backward(fp(info, 0), ip(info, 1), fp(info, 2), i64(info, 3), i64(info, 4), i64(info, 5));
   return U(info);
@@ -416,6 +420,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("activationBits", ActivationBits);
   FN("topkBackward", TopKBackward);
   FN("rowDot", RowDot);
+  FN("reluBackwardRowDot", ReluBackwardRowDot);
   FN("attention", Attention);
   FN("attentionBackward", AttentionBackward);
   FN("attentionCached", AttentionCached);

@@ -755,6 +755,46 @@ void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targ
                                               reinterpret_cast<__nv_bfloat16*>(g16), ld16, N, V);
   check_launch("crossEntropyBackward");
 }
+// ReLU's backward from its output y and the router gate's row dots in one pass (Backend.reluBackwardRowDot):
+// one warp per row as k_rowdot (the same f64 sums and shuffle tree), V floats per lane.
+template <int V>
+__global__ void k_relu_bwd_rowdot(const float* __restrict__ y, const float* __restrict__ gy, float* __restrict__ gx,
+                                  __nv_bfloat16* __restrict__ gx16, float* __restrict__ dots, int64_t rows, int64_t cols) {
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5), vecs = cols / V;
+  for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+    double acc = 0;
+    for (int64_t j = lane; j < vecs; j += 32) {
+      const int64_t at = r * vecs + j;
+      const Vec yv = reinterpret_cast<const Vec*>(y)[at], gv = reinterpret_cast<const Vec*>(gy)[at];
+      Vec o;
+      const float* ys = reinterpret_cast<const float*>(&yv);
+      const float* gs = reinterpret_cast<const float*>(&gv);
+      float* os = reinterpret_cast<float*>(&o);
+#pragma unroll
+      for (int u = 0; u < V; ++u) {
+        os[u] = ys[u] > 0.f ? gs[u] : 0.f;
+        acc += (double)os[u] * (double)ys[u];
+      }
+      reinterpret_cast<Vec*>(gx)[at] = o;
+      if (gx16)
+#pragma unroll
+        for (int u = 0; u < V; ++u) gx16[at * V + u] = __float2bfloat16(os[u]);
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) dots[r] = (float)acc;
+  }
+}
+void relu_backward_row_dot(const float* y, const float* gy, float* gx, uint16_t* gx16, float* dots, int64_t rows,
+                           int64_t cols) {
+  if (rows == 0) return;
+  auto* g16 = reinterpret_cast<__nv_bfloat16*>(gx16);
+  const bool v4 = cols % 4 == 0 && ((uintptr_t)y & 15) == 0 && ((uintptr_t)gy & 15) == 0 && ((uintptr_t)gx & 15) == 0;
+  if (v4) k_relu_bwd_rowdot<4><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(y, gy, gx, g16, dots, rows, cols);
+  else k_relu_bwd_rowdot<1><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(y, gy, gx, g16, dots, rows, cols);
+  check_launch("reluBackwardRowDot");
+}
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {
   if (rows == 0) return;
   k_rowdot<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(a, b, out, rows, cols);

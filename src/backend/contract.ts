@@ -299,6 +299,12 @@ export interface Backend {
   /** out[r] = Σ_c a[r, c] · b[r, c]: a, b (rows, cols), out (rows). Accumulates in f64 (or f32 in order). */
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void;
   /**
+   * ReLU's backward from its output y, with the row dots of the router gate on expert activations
+   * (one pass on backends that fuse it): gx = gy where y > 0, else 0; dots[r] = Σ_c gx[r, c] · y[r, c],
+   * accumulated as rowDot. y, gy, gx (rows, cols) f32; dots (rows) f32.
+   */
+  reluBackwardRowDot(y: Buf, gy: Buf, gx: Buf, dots: Buf, rows: number, cols: number): void;
+  /**
    * Bit-packed activation pattern (the SSD monitor's active-neuron sets): x (rows, cols) f32 -> out
    * (rows, ceil(cols / 32)) i32; bit b of word w of row r is set iff x[r, 32w + b] > 0 (NaN: not set);
    * the unused high bits of a row's last word are 0.

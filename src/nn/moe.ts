@@ -75,13 +75,16 @@ export function moeFFN(x: Tensor, p: FFNParams, router: Tensor, o: MoEOptions): 
   const { offsets, rowToken } = routing;
   // Token rows are gathered inside the first grouped product and scatter-added inside the second:
   // no (N·k, d_model) copy of the input or output exists. The experts' biases and ReLU are the first
-  // product's epilogue.
-  const relu = o.activation === 'relu', bias = p.b_in ? T.reshape(p.b_in, [E, s]) : undefined;
-  let h = T.segmentMatmul(x, p.w_in, offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true },
-    { gather: rowToken }, { bias, rowExpert: routing.rowExpert, relu }); // (N·k, s), grouped by expert
-  if (!relu) h = T.gelu(h);
+  // product's epilogue, and so is the router gate with ReLU (its backward then one pass with ReLU's).
   // Output weights 1 + s − stopgrad(s), s = softmax of the selected scores: 1 in value, router gradient via s.
-  if ((o.trainRouter ?? true) && T.isGradEnabled()) h = T.routerGate(h, T.softmax(values), routing.rowSlot);
+  const relu = o.activation === 'relu', bias = p.b_in ? T.reshape(p.b_in, [E, s]) : undefined;
+  const gate = (o.trainRouter ?? true) && T.isGradEnabled() ? { s: T.softmax(values), rowSlot: routing.rowSlot } : undefined;
+  let h = T.segmentMatmul(x, p.w_in, offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true },
+    { gather: rowToken }, { bias, rowExpert: routing.rowExpert, relu, gate: relu ? gate : undefined }); // (N·k, s), grouped by expert
+  if (!relu) {
+    h = T.gelu(h);
+    if (gate) h = T.routerGate(h, gate.s, gate.rowSlot);
+  }
   const scatter = { scatter: rowToken, outRows: N };
   let y = o.wOutT // (N, d_model)
     ? T.segmentMatmul(h, o.wOutT, offsets, { nExpert: E, k: s, n: dm, stride: s * dm, ld: dm, transB: false }, scatter)

@@ -475,6 +475,11 @@ export class CpuBackend implements Backend {
     this.nat.scatterAddRows(this.f(op, src, 'src', m * d), this.i(op, idx, 'idx', m), this.f(op, out, 'out', n * d),
       m, n, d);
   }
+  reluBackwardRowDot(y: Buf, gy: Buf, gx: Buf, dots: Buf, rows: number, cols: number): void {
+    this.dims('reluBackwardRowDot', { rows, cols });
+    this.unaryBackward('relu', y, gy, gx);
+    this.rowDot(gx, y, dots, rows, cols);
+  }
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void {
     const op = 'rowDot';
     this.dims(op, { rows, cols });

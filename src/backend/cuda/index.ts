@@ -1020,6 +1020,14 @@ export class CudaBackend implements Backend {
     this.dims(op, { m, n, d });
     this.scatterAdd(op, this.r(op, src, 'src', m * d), idx, m, out, n, d);
   }
+  reluBackwardRowDot(y: Buf, gy: Buf, gx: Buf, dots: Buf, rows: number, cols: number): void {
+    const op = 'reluBackwardRowDot', n = rows * cols;
+    this.dims(op, { rows, cols });
+    const Y = this.r(op, y, 'y', n), G = this.r(op, gy, 'gy', n), out = this.o(op, gx, 'gx', n);
+    // The gradient feeds the experts' backward products: its bf16 copy is written beside it.
+    const out16 = this.matmulMode === 'bf16' ? this.shadowFor(gx as CudaBuf, null) : 0;
+    this.nat.reluBackwardRowDot(Y, G, out, out16, this.o(op, dots, 'dots', rows), rows, cols);
+  }
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void {
     const op = 'rowDot';
     this.dims(op, { rows, cols });

@@ -420,6 +420,10 @@ export class RefBackend implements Backend {
       for (let j = 0; j < d; j++) O[r * d + j] = X[s * d + j]!;
     }
   }
+  reluBackwardRowDot(y: Buf, gy: Buf, gx: Buf, dots: Buf, rows: number, cols: number): void {
+    this.unaryBackward('relu', y, gy, gx);
+    this.rowDot(gx, y, dots, rows, cols);
+  }
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void {
     const A = this.f(a), B = this.f(b), O = this.f(out);
     for (let r = 0; r < rows; r++) {

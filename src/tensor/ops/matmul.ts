@@ -3,6 +3,7 @@ import type { GroupedMatmulArgs } from '../../backend/contract.js';
 import { needsGrad, record } from '../autograd.js';
 import type { Tensor } from '../tensor.js';
 import { shapeSize } from '../tensor.js';
+import { gateGrad } from './moe.js';
 import { sumTo } from './reduce.js';
 import { reshape } from './shape.js';
 import { backendOf, expectDtype, expectRank, fmt, out } from './util.js';
@@ -168,6 +169,13 @@ export interface SegmentEpilogue {
    */
   rowExpert?: Tensor;
   relu?: boolean;
+  /**
+   * With ReLU: the router's straight-through weight 1 + s − stopgrad(s) on each product row (see
+   * `routerGate`): exactly the ReLU output in value; in the backward ReLU's gradient and the gate's row
+   * dots are one pass (Backend.reluBackwardRowDot). s (N, k) f32; rowSlot i32 (total) = n·k + j of each
+   * row, from the same grouping as `offsets`.
+   */
+  gate?: { s: Tensor; rowSlot: Tensor };
 }
 
 /**
@@ -204,7 +212,13 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
   if (rows.scatter && !(Number.isInteger(rows.outRows) && rows.outRows! >= 0)) {
     throw new Error(`segmentMatmul: rows.scatter needs outRows, a non-negative integer (got ${rows.outRows})`);
   }
-  const { bias, rowExpert } = epi, relu = epi.relu ?? false;
+  const { bias, rowExpert, gate } = epi, relu = epi.relu ?? false;
+  if (gate && !relu) throw new Error('segmentMatmul: a router gate epilogue needs relu');
+  if (gate) {
+    expectDtype('segmentMatmul', gate.s, 'f32', 'gate.s');
+    expectDtype('segmentMatmul', gate.rowSlot, 'i32', 'gate.rowSlot');
+    if (gate.rowSlot.size !== total) throw new Error(`segmentMatmul: gate.rowSlot ${fmt(gate.rowSlot)} must have ${total} entries`);
+  }
   if ((bias || relu) && rows.scatter) throw new Error('segmentMatmul: a bias or ReLU epilogue needs an unscattered output');
   if (bias) {
     expectDtype('segmentMatmul', bias, 'f32', 'bias');
@@ -221,15 +235,25 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
     rows: bufs({ a: rows.gather, c: rows.scatter }), segments: offsets.buf('segmentMatmul'),
     bias: bias?.buf('segmentMatmul'), biasStride: n, relu,
   });
-  return record(y, 'segmentMatmul', bias ? [x, w, bias] : [x, w], (gy) => {
-    // The gradient before the epilogue: ReLU's mask y > 0; the bias gradient its rows summed per expert.
-    const g = relu ? reluGrad(y, gy) : gy;
+  const inputs = [x, w, ...(bias ? [bias] : []), ...(gate ? [gate.s] : [])];
+  return record(y, 'segmentMatmul', inputs, (gy) => {
+    // The gradient before the epilogue: ReLU's mask y > 0 (with the gate's row dots); the bias gradient
+    // its rows summed per expert.
+    let g = gy, gs: Tensor | null = null;
+    if (gate && needsGrad(gate.s)) {
+      g = out(y.shape, be);
+      const dots = out([total, 1], be);
+      be.reluBackwardRowDot(y.buf('segmentMatmul'), gy.buf('segmentMatmul'), g.buf('segmentMatmul'), dots.buf('segmentMatmul'), total, n);
+      gs = gateGrad(dots, gate.s, gate.rowSlot);
+    } else if (relu) {
+      g = reluGrad(y, gy);
+    }
     let gb: Tensor | null = null;
     if (bias && needsGrad(bias)) {
       gb = out(bias.shape, be);
       be.scatterAddRows(g.buf('segmentMatmul'), rowExpert!.buf('segmentMatmul'), gb.buf('segmentMatmul'), total, E, n);
     }
-    const grads = (gx: Tensor | null, gw: Tensor | null) => (bias ? [gx, gw, gb] : [gx, gw]);
+    const grads = (gx: Tensor | null, gw: Tensor | null) => [gx, gw, ...(bias ? [gb] : []), ...(gate ? [gs] : [])];
     // gx = g[seg_e] · op(w_e)ᵀ: the same memory read with the transpose flipped, gather and scatter swapped.
     const gx = !needsGrad(x) ? null : segmentMatmul(g, w, offsets, { ...L, k: n, n: k, transB: !L.transB },
       { gather: rows.scatter, scatter: rows.gather, outRows: x.shape[0] });

@@ -115,10 +115,18 @@ export function routerGate(h: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
   return record(y, 'routerGate', [h, s], (g) => {
     const dots = out([M, 1], b);
     b.rowDot(g.buf('routerGate'), h.buf('routerGate'), dots.buf('routerGate'), M, d);
-    const gs = out(s.shape, b);
-    b.scatterAddRows(dots.buf('routerGate'), rowSlot.buf('routerGate'), gs.buf('routerGate'), M, s.size, 1);
-    return [g, gs];
+    return [g, gateGrad(dots, s, rowSlot)];
   });
+}
+
+/**
+ * The router gate's gradient from its row dots: g_s[slot(r)] = dots[r]. dots (M, 1) f32 from
+ * Σ_c g[r, c] · h[r, c]; s (N, k); rowSlot i32 (M). Returns a tensor shaped like s.
+ */
+export function gateGrad(dots: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
+  const b = backendOf('routerGate', dots, s, rowSlot), gs = out(s.shape, b);
+  b.scatterAddRows(dots.buf('routerGate'), rowSlot.buf('routerGate'), gs.buf('routerGate'), dots.size, s.size, 1);
+  return gs;
 }
 
 /**
