@@ -141,6 +141,13 @@ for (const name of names) {
           /a bias or ReLU epilogue needs an unscattered output/);
         const y = T.segmentMatmul(a, w, off, L, {}, { bias, rowExpert: rows, relu: true }).toArray();
         assert.deepEqual(Array.from(y), [3.5, 3.5, 3.5, 3.5]);
+        // ... a router gate without ReLU, with s not (N, k), or without one slot per product row
+        const s = T.full([2, 1], 0.5, b);
+        assert.throws(() => T.segmentMatmul(a, w, off, L, {}, { gate: { s, rowSlot: rows } }), /a router gate epilogue needs relu/);
+        assert.throws(() => T.segmentMatmul(a, w, off, L, {}, { relu: true, gate: { s: T.full([2], 1, b), rowSlot: rows } }),
+          /segmentMatmul: gate.s must have rank 2/);
+        assert.throws(() => T.segmentMatmul(a, w, off, L, {}, { relu: true, gate: { s, rowSlot: off } }),
+          /gate.rowSlot \[3\] must have 2 entries/);
       });
       const freed = T.full([3], 1, b);
       freed.dispose();

@@ -674,13 +674,18 @@ __global__ void k_bounds_chunks(const float* __restrict__ src, const int32_t* __
     acc_store<V>(partial + q * d + c * V, acc);
   }
 }
-// Pass 2: out[t] (+)= its chunk sums in order (flag set), or its sources in order (flag clear).
+// Pass 2: out[t] (+)= its chunk sums in order (flag set), or its sources in order (flag clear). One warp
+// per output vector: the lanes load 32 rows at once, then every lane adds them in order from shuffles
+// (the same chain of adds as one thread reading them in turn, without its serial load latencies: the
+// MoE's expert-bias gradient has a few outputs of 64 chunk sums each).
 template <int V>
 __global__ void k_bounds_sum(const float* __restrict__ src, const float* __restrict__ partial,
                              const int32_t* __restrict__ plan, int64_t n, float* __restrict__ out, int64_t d, bool init) {
+  using Vec = typename std::conditional<V == 4, float4, float>::type;
   const bool chunked = plan[n + 1] != 0;
-  const int64_t vecs = d / V;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n * vecs; i += (int64_t)gridDim.x * blockDim.x) {
+  const int lane = threadIdx.x & 31;
+  const int64_t vecs = d / V, warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t i = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); i < n * vecs; i += warps) {
     const int64_t t = i / vecs, c = i - t * vecs;
     const int32_t beg = plan[t], end = plan[t + 1];
     if (beg == end && !init) continue;
@@ -690,8 +695,15 @@ __global__ void k_bounds_sum(const float* __restrict__ src, const float* __restr
     const float* base = chunked ? partial : src;
     const int64_t first = chunked ? t + beg / kPlanChunk : beg;
     const int64_t count = chunked ? (end - beg + kPlanChunk - 1) / kPlanChunk : end - beg;
-    add_rows_in_order<V>(acc, base, first, count, d, c);
-    acc_store<V>(o, acc);
+    for (int64_t r0 = 0; r0 < count; r0 += 32) {
+      Vec v{};
+      if (r0 + lane < count) v = reinterpret_cast<const Vec*>(base + (first + r0 + lane) * d)[c];
+      const int64_t rows = count - r0 < 32 ? count - r0 : 32;
+      for (int j = 0; j < rows; ++j)
+#pragma unroll
+        for (int q = 0; q < V; ++q) acc[q] += __shfl_sync(0xffffffffu, reinterpret_cast<const float*>(&v)[q], j);
+    }
+    if (lane == 0) acc_store<V>(o, acc);
   }
 }
 
@@ -700,7 +712,7 @@ void bounds_sum_launch(const float* src, const int32_t* plan, int64_t n, int64_t
   const int64_t slots = n + m / kPlanChunk + 1;
   Scratch partial((size_t)slots * d * sizeof(float));
   k_bounds_chunks<V><<<grid_for(slots * d / V, kT), kT, 0, stream()>>>(src, plan, n, slots, partial.as<float>(), d);
-  k_bounds_sum<V><<<grid_for(n * d / V, kT), kT, 0, stream()>>>(src, partial.as<float>(), plan, n, out, d, init);
+  k_bounds_sum<V><<<grid_for(n * d / V, kT / 32), kT, 0, stream()>>>(src, partial.as<float>(), plan, n, out, d, init);
 }
 
 }  // namespace
@@ -756,7 +768,7 @@ void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targ
   check_launch("crossEntropyBackward");
 }
 // ReLU's backward from its output y and the router gate's row dots in one pass (Backend.reluBackwardRowDot):
-// one warp per row as k_rowdot (the same f64 sums and shuffle tree), V floats per lane.
+// one warp per row as k_rowdot (f64 sums, the xor-shuffle tree), V consecutive floats per lane.
 template <int V>
 __global__ void k_relu_bwd_rowdot(const float* __restrict__ y, const float* __restrict__ gy, float* __restrict__ gx,
                                   __nv_bfloat16* __restrict__ gx16, float* __restrict__ dots, int64_t rows, int64_t cols) {
@@ -778,9 +790,17 @@ __global__ void k_relu_bwd_rowdot(const float* __restrict__ y, const float* __re
         acc += (double)os[u] * (double)ys[u];
       }
       reinterpret_cast<Vec*>(gx)[at] = o;
-      if (gx16)
-#pragma unroll
-        for (int u = 0; u < V; ++u) gx16[at * V + u] = __float2bfloat16(os[u]);
+      if (gx16) {
+        if constexpr (V == 4) {
+          __nv_bfloat162 lo = __floats2bfloat162_rn(os[0], os[1]), hi = __floats2bfloat162_rn(os[2], os[3]);
+          uint2 u;
+          u.x = *reinterpret_cast<uint32_t*>(&lo);
+          u.y = *reinterpret_cast<uint32_t*>(&hi);
+          reinterpret_cast<uint2*>(gx16)[at] = u;
+        } else {
+          gx16[at] = __float2bfloat16(os[0]);
+        }
+      }
     }
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if (lane == 0) dots[r] = (float)acc;
@@ -790,7 +810,8 @@ void relu_backward_row_dot(const float* y, const float* gy, float* gx, uint16_t*
                            int64_t cols) {
   if (rows == 0) return;
   auto* g16 = reinterpret_cast<__nv_bfloat16*>(gx16);
-  const bool v4 = cols % 4 == 0 && ((uintptr_t)y & 15) == 0 && ((uintptr_t)gy & 15) == 0 && ((uintptr_t)gx & 15) == 0;
+  const bool v4 = cols % 4 == 0 && ((uintptr_t)y & 15) == 0 && ((uintptr_t)gy & 15) == 0 && ((uintptr_t)gx & 15) == 0 &&
+                  ((uintptr_t)gx16 & 7) == 0;
   if (v4) k_relu_bwd_rowdot<4><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(y, gy, gx, g16, dots, rows, cols);
   else k_relu_bwd_rowdot<1><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(y, gy, gx, g16, dots, rows, cols);
   check_launch("reluBackwardRowDot");

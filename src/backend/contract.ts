@@ -300,8 +300,9 @@ export interface Backend {
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void;
   /**
    * ReLU's backward from its output y, with the row dots of the router gate on expert activations
-   * (one pass on backends that fuse it): gx = gy where y > 0, else 0; dots[r] = Σ_c gx[r, c] · y[r, c],
-   * accumulated as rowDot. y, gy, gx (rows, cols) f32; dots (rows) f32.
+   * (one pass on backends that fuse it): gx = gy where y > 0, else 0; dots[r] = Σ_c gx[r, c] · y[r, c]
+   * (= Σ_c gy · y, as y >= 0), accumulated as rowDot. y, gy, gx exactly (rows, cols) f32; dots (rows)
+   * f32. Throws on other sizes.
    */
   reluBackwardRowDot(y: Buf, gy: Buf, gx: Buf, dots: Buf, rows: number, cols: number): void;
   /**

@@ -476,7 +476,11 @@ export class CpuBackend implements Backend {
       m, n, d);
   }
   reluBackwardRowDot(y: Buf, gy: Buf, gx: Buf, dots: Buf, rows: number, cols: number): void {
-    this.dims('reluBackwardRowDot', { rows, cols });
+    const op = 'reluBackwardRowDot', n = rows * cols;
+    this.dims(op, { rows, cols });
+    for (const [b, what, size] of [[y, 'y', n], [gy, 'gy', n], [gx, 'gx', n], [dots, 'dots', rows]] as const) {
+      need(op, b.size === size, () => `${what} has ${b.size} elements, expected ${size}`);
+    }
     this.unaryBackward('relu', y, gy, gx);
     this.rowDot(gx, y, dots, rows, cols);
   }

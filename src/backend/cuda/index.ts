@@ -1023,6 +1023,9 @@ export class CudaBackend implements Backend {
   reluBackwardRowDot(y: Buf, gy: Buf, gx: Buf, dots: Buf, rows: number, cols: number): void {
     const op = 'reluBackwardRowDot', n = rows * cols;
     this.dims(op, { rows, cols });
+    for (const [b, what, size] of [[y, 'y', n], [gy, 'gy', n], [gx, 'gx', n], [dots, 'dots', rows]] as const) {
+      need(op, this.buf(op, b, what).size === size, () => `${what} has ${b.size} elements, expected ${size}`);
+    }
     const Y = this.r(op, y, 'y', n), G = this.r(op, gy, 'gy', n), out = this.o(op, gx, 'gx', n);
     // The gradient feeds the experts' backward products: its bf16 copy is written beside it.
     const out16 = this.matmulMode === 'bf16' ? this.shadowFor(gx as CudaBuf, null) : 0;

@@ -186,8 +186,10 @@ export interface SegmentEpilogue {
  * from 0 on the backend (as `expertGroups` writes them: the group sizes never visit the host). The
  * weight gradient is written only inside the experts' regions (zero elsewhere). The input gradient is
  * the same product with gather and scatter swapped. With `epi` (not with a scatter), y = act(product +
- * bias[expert]); ReLU's gradient mask is then y > 0. Throws on mismatched shapes here, and on offsets
- * that decrease or overrun the rows in the backend.
+ * bias[expert]); ReLU's gradient mask is then y > 0; with ReLU also the router gate (`epi.gate`: y in
+ * value, a gradient for s). Throws on mismatched shapes here (also a gate without ReLU, or whose s is not
+ * (N, k) or rowSlot not one entry per product row), and on offsets that decrease or overrun the rows in
+ * the backend.
  */
 export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLayout, rows: SegmentRows = {},
   epi: SegmentEpilogue = {}): Tensor {
@@ -215,6 +217,8 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
   const { bias, rowExpert, gate } = epi, relu = epi.relu ?? false;
   if (gate && !relu) throw new Error('segmentMatmul: a router gate epilogue needs relu');
   if (gate) {
+    backendOf('segmentMatmul', x, gate.s, gate.rowSlot);
+    expectRank('segmentMatmul', gate.s, 2, 'gate.s');
     expectDtype('segmentMatmul', gate.s, 'f32', 'gate.s');
     expectDtype('segmentMatmul', gate.rowSlot, 'i32', 'gate.rowSlot');
     if (gate.rowSlot.size !== total) throw new Error(`segmentMatmul: gate.rowSlot ${fmt(gate.rowSlot)} must have ${total} entries`);
@@ -244,7 +248,7 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
       g = out(y.shape, be);
       const dots = out([total, 1], be);
       be.reluBackwardRowDot(y.buf('segmentMatmul'), gy.buf('segmentMatmul'), g.buf('segmentMatmul'), dots.buf('segmentMatmul'), total, n);
-      gs = gateGrad(dots, gate.s, gate.rowSlot);
+      gs = gateGrad('segmentMatmul', dots, gate.s, gate.rowSlot);
     } else if (relu) {
       g = reluGrad(y, gy);
     }

@@ -115,17 +115,18 @@ export function routerGate(h: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
   return record(y, 'routerGate', [h, s], (g) => {
     const dots = out([M, 1], b);
     b.rowDot(g.buf('routerGate'), h.buf('routerGate'), dots.buf('routerGate'), M, d);
-    return [g, gateGrad(dots, s, rowSlot)];
+    return [g, gateGrad('routerGate', dots, s, rowSlot)];
   });
 }
 
 /**
- * The router gate's gradient from its row dots: g_s[slot(r)] = dots[r]. dots (M, 1) f32 from
- * Σ_c g[r, c] · h[r, c]; s (N, k); rowSlot i32 (M). Returns a tensor shaped like s.
+ * The router gate's gradient from its row dots (for op `op`): g_s[slot(r)] = dots[r]. dots (M, 1) f32
+ * from Σ_c g[r, c] · h[r, c]; s (N, k); rowSlot i32 (M). Returns a tensor shaped like s; throws (from
+ * the backend) on a slot outside s.
  */
-export function gateGrad(dots: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
-  const b = backendOf('routerGate', dots, s, rowSlot), gs = out(s.shape, b);
-  b.scatterAddRows(dots.buf('routerGate'), rowSlot.buf('routerGate'), gs.buf('routerGate'), dots.size, s.size, 1);
+export function gateGrad(op: string, dots: Tensor, s: Tensor, rowSlot: Tensor): Tensor {
+  const b = backendOf(op, dots, s, rowSlot), gs = out(s.shape, b);
+  b.scatterAddRows(dots.buf(op), rowSlot.buf(op), gs.buf(op), dots.size, s.size, 1);
   return gs;
 }
 
