@@ -305,6 +305,10 @@ describe('cpu backend: large sizes match ref', () => {
       assert.throws(() => be.groupedMatmul(a, w, c, { ...args, bias, biasStride: 5 }), /groupedMatmul: group 1: bias needs 10 elements, has 9/);
       assert.throws(() => be.groupedMatmul(a, w, c, { ...args, beta: 1, rows: { c: rc }, relu: true }),
         /groupedMatmul: bias and relu need beta 0, transA false and no rows.c/);
+      // an output bias without a scattered C, or not of C's row length
+      assert.throws(() => be.groupedMatmul(a, w, c, { ...args, outBias: bias }), /groupedMatmul: outBias needs a scattered C \(rows.c\)/);
+      assert.throws(() => be.groupedMatmul(a, w, c, { ...args, beta: 1, rows: { c: rc }, outBias: bias }),
+        /groupedMatmul: group 0: outBias has 9 entries, C rows 5/);
       for (const x of [a, w, c, bias, rc]) be.free(x);
     }
   });

@@ -184,6 +184,14 @@ function cases(): OpCase[] {
       fn: ([x, w, g, s, o]) => T.segmentMatmul(x!, w!, o!, { nExpert: E, k, n, stride: k * n, ld: transB ? k : n, transB },
         { gather: g!, scatter: s!, outRows: 6 }),
     });
+    // The same with an output bias (added in the scatter-add on backends that fuse it), 7 output rows
+    // (the last one no product row hits: it gets the bias alone).
+    out.push({
+      name: `segmentMatmul gather + scatter + output bias transB=${transB}`,
+      inputs: [f([7, k], r), f(transB ? [E, n, k] : [E, k, n], r), f([n], r), gather, scatter, offsets],
+      fn: ([x, w, b, g, s, o]) => T.segmentMatmul(x!, w!, o!, { nExpert: E, k, n, stride: k * n, ld: transB ? k : n, transB },
+        { gather: g!, scatter: s!, outRows: 7 }, { outBias: b! }),
+    });
   }
   out.push({
     // Value only: its router gradient is the straight-through one, checked in test/moefy.test.ts.
@@ -206,6 +214,11 @@ function cases(): OpCase[] {
       name: 'segmentMatmul scatter to distinct rows (part of the output)', inputs: [f([6, k], r), f([E, n, k], r), scatter, offsets],
       fn: ([x, w, sc, o]) => T.segmentMatmul(x!, w!, o!, { nExpert: E, k, n, stride: k * n, ld: k, transB: true },
         { scatter: sc!, outRows: 9 }),
+    });
+    out.push({
+      name: 'segmentMatmul scatter to distinct rows + output bias', inputs: [f([6, k], r), f([E, n, k], r), f([n], r), scatter, offsets],
+      fn: ([x, w, b, sc, o]) => T.segmentMatmul(x!, w!, o!, { nExpert: E, k, n, stride: k * n, ld: k, transB: true },
+        { scatter: sc!, outRows: 9 }, { outBias: b! }),
     });
   }
   out.push(...moeRoutingCases(r));

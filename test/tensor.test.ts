@@ -148,6 +148,10 @@ for (const name of names) {
           /segmentMatmul: gate.s must have rank 2/);
         assert.throws(() => T.segmentMatmul(a, w, off, L, {}, { relu: true, gate: { s, rowSlot: off } }),
           /gate.rowSlot \[3\] must have 2 entries/);
+        // ... an output bias without a scatter, or not of n entries
+        assert.throws(() => T.segmentMatmul(a, w, off, L, {}, { outBias: T.full([2], 1, b) }), /an output bias needs a scattered output/);
+        assert.throws(() => T.segmentMatmul(a, w, off, L, { scatter: rows, outRows: 2 }, { outBias: T.full([3], 1, b) }),
+          /outBias \[3\] must have 2 entries/);
       });
       const freed = T.full([3], 1, b);
       freed.dispose();

@@ -264,11 +264,11 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   gather_rows(fp(info, 0), ip(info, 1), fp(info, 2), i64(info, 3), i64(info, 4), op.c_str());
   return U(info);
 }
-// segmentSum(src, plan, n, m, chunks, listed, out, d, init, opName, srcBf16)
+// segmentSum(src, plan, n, m, chunks, listed, out, d, init, opName, srcBf16, bias)
 Napi::Value SegmentSum(const Napi::CallbackInfo& info) {
   std::string op = info[9].As<Napi::String>().Utf8Value();
   segment_sum(ptr(info, 0), flag(info, 10), ip(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), flag(info, 5), fp(info, 6),
-              i64(info, 7), flag(info, 8), op.c_str());
+              i64(info, 7), flag(info, 8), fp(info, 11), op.c_str());
   return U(info);
 }
 // segmentSumBounds(src, plan, n, m, out, d, init, opName)

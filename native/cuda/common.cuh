@@ -120,9 +120,10 @@ void gather_rows(const float* x, const int32_t* idx, float* out, int64_t m, int6
 // chunks (scatter_plan; listed: whether it lists the sources): out[t] (+)= Σ src[j] over the sources j
 // of target t, in plan order (in chunks of kPlanChunk, then the chunk sums in order, when the plan is
 // chunked); src (·, d) fp32, or bf16 with src_bf16 (summed in fp32), out (n, d). init: out starts from
-// zeros (every row written) instead of its content.
+// zeros (every row written) instead of its content; bias (d floats, or null) is added to every row
+// first.
 void segment_sum(const void* src, bool src_bf16, const int32_t* plan, int64_t n, int64_t m, int64_t chunks, bool listed,
-                 float* out, int64_t d, bool init, const char* op);
+                 float* out, int64_t d, bool init, const float* bias, const char* op);
 // Deterministic scatter-add of m sources onto n non-decreasing targets whose bounds (n + 1) and chunk
 // flag live on the device (expert_groups' expert_plan): the sums segment_sum makes with the kSorted
 // plan scatter_plan would build for the same targets, bit for bit.

@@ -143,6 +143,12 @@ export interface GroupedMatmulArgs {
   bias?: Buf;
   biasStride?: number;
   relu?: boolean;
+  /**
+   * With rows.c: an f32 row of ldc entries added once to every row of C before the product rows are
+   * (the MoE's output bias fused into its scatter-add; rows no product row hits get it too). Throws
+   * without rows.c, or when a group's ldc is not its size.
+   */
+  outBias?: Buf;
 }
 
 export interface AdamWArgs {

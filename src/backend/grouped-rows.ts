@@ -6,6 +6,7 @@
  * `cpu` fuses the gather and scatter into the product (native/cpu/gemm_grouped.cc).
  */
 import type { Backend, Buf, GroupedMatmulArgs } from './contract.js';
+import { addOutBias } from './segments.js';
 
 /**
  * The leading dimension shared by the groups that use one operand (entry `at` of each 9-int problem;
@@ -28,9 +29,10 @@ function sharedLd(p: Int32Array, at: number, what: string): number {
  * when an indexed operand's groups use different leading dimensions or `rows.c` comes with beta ≠ 1.
  */
 export function groupedMatmulByCopies(be: Backend, a: Buf, b: Buf, c: Buf, args: GroupedMatmulArgs): void {
-  const { rows, ...plain } = args;
+  const { rows, outBias, ...plain } = args;
   const p = args.problems;
   if (rows?.c && args.beta !== 1) throw new Error(`groupedMatmul: a scattered C (rows.c) accumulates, beta must be 1 (got ${args.beta})`);
+  if (outBias) addOutBias(be, outBias, c, p[8] ?? 0);
   if (!rows || p.length === 0) { be.groupedMatmul(a, b, c, plain); return; }
   const temps: Buf[] = [];
   const gathered = (x: Buf, idx: Buf | undefined, at: number, what: string): Buf => {

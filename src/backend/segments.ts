@@ -4,7 +4,7 @@
  * expert (`expertGroups`), grouped products whose group sizes come from a buffer
  * (`GroupedMatmulArgs.segments`), and the bounds check of grouped problems.
  */
-import type { GroupedMatmulArgs } from './contract.js';
+import type { Backend, Buf, GroupedMatmulArgs } from './contract.js';
 
 /** The grouping `expertGroups` writes: offsets (E + 1) and, per grouped row, its token, slot and expert. */
 export interface ExpertGroups {
@@ -120,10 +120,27 @@ export function checkProblems(op: string, p: Int32Array, transA: boolean, transB
 }
 
 /**
+ * Adds a grouped product's outBias (GroupedMatmulArgs.outBias, checked) to every row of c (rows of ldc
+ * f32), the step before the scatter-add on the paths that do not fuse it.
+ */
+export function addOutBias(be: Backend, outBias: Buf, c: Buf, ldc: number): void {
+  if (ldc > 0) be.copyStrided(outBias, 0, [0, 1], c, 0, [ldc, 1], [Math.floor(c.size / ldc), ldc], true);
+}
+
+/**
  * Checks a grouped product's epilogue (GroupedMatmulArgs.bias, biasStride, relu): beta 0, transA false,
- * no rows.c, an f32 bias with every used group's n entries inside it. Throws naming the violation.
+ * no rows.c, an f32 bias with every used group's n entries inside it; and its outBias: with rows.c, f32,
+ * of each group's ldc entries. Throws naming the violation.
  */
 export function checkGroupedEpilogue(args: GroupedMatmulArgs): void {
+  if (args.outBias) {
+    const ob = args.outBias, p = args.problems;
+    if (!args.rows?.c) throw new Error('groupedMatmul: outBias needs a scattered C (rows.c)');
+    if (ob.dtype !== 'f32') throw new Error(`groupedMatmul: outBias must be f32, got ${ob.dtype}`);
+    for (let q = 0; q < p.length; q += 9) {
+      if (p[q + 8] !== ob.size) throw new Error(`groupedMatmul: group ${q / 9}: outBias has ${ob.size} entries, C rows ${p[q + 8]}`);
+    }
+  }
   if (!args.bias && !args.relu) return;
   if (args.beta !== 0 || args.transA || args.rows?.c) {
     throw new Error('groupedMatmul: bias and relu need beta 0, transA false and no rows.c');

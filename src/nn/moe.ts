@@ -85,11 +85,11 @@ export function moeFFN(x: Tensor, p: FFNParams, router: Tensor, o: MoEOptions): 
     h = T.gelu(h);
     if (gate) h = T.routerGate(h, gate.s, gate.rowSlot);
   }
-  const scatter = { scatter: rowToken, outRows: N };
-  let y = o.wOutT // (N, d_model)
-    ? T.segmentMatmul(h, o.wOutT, offsets, { nExpert: E, k: s, n: dm, stride: s * dm, ld: dm, transB: false }, scatter)
-    : T.segmentMatmul(h, p.w_out, offsets, { nExpert: E, k: s, n: dm, stride: s, ld: dff, transB: true }, scatter);
-  if (p.b_out) y = T.add(y, p.b_out);
+  // The output bias is added in the scatter-add.
+  const scatter = { scatter: rowToken, outRows: N }, out = { outBias: p.b_out ?? undefined };
+  const y = o.wOutT // (N, d_model)
+    ? T.segmentMatmul(h, o.wOutT, offsets, { nExpert: E, k: s, n: dm, stride: s * dm, ld: dm, transB: false }, scatter, out)
+    : T.segmentMatmul(h, p.w_out, offsets, { nExpert: E, k: s, n: dm, stride: s, ld: dff, transB: true }, scatter, out);
   return { y, routing };
 }
 

@@ -8,7 +8,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 import { ArrayPool } from './pool.js';
-import { checkExpertBuffers, checkGroupedEpilogue, groupExperts, resolveSegments } from '../segments.js';
+import { addOutBias, checkExpertBuffers, checkGroupedEpilogue, groupExperts, resolveSegments } from '../segments.js';
 
 type Arr = Float32Array | Uint16Array | Int32Array;
 
@@ -302,6 +302,7 @@ export class CpuBackend implements Backend {
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
     checkGroupedEpilogue(g);
     if (g.segments) { this.groupedMatmul(a, b, c, resolveSegments(g, this.i('groupedMatmul', g.segments, 'segments'))); return; }
+    if (g.outBias) addOutBias(this, g.outBias, c, g.problems[8] ?? 0);
     this.kernel(() => {
       const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b');
       need('groupedMatmul', g.problems instanceof Int32Array, () => 'problems must be an Int32Array');

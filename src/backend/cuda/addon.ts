@@ -94,9 +94,10 @@ export interface CudaAddon {
    * out[t] (+)= Σ src[j] over the sources j of target t in plan order (a 'sorted' or 'listed' plan of m
    * sources with `chunks` chunks, from scatterPlan; listed: the plan is 'listed'); src (·, d), out (n, d);
    * init: out starts from zeros (every row written) instead of its content. srcBf16: src is bf16 (summed in fp32).
+   * bias: a row of d floats added to every row of out first (GroupedMatmulArgs.outBias), or 0.
    */
   segmentSum(src: Ptr, plan: Ptr, n: number, m: number, chunks: number, listed: boolean, out: Ptr, d: number, init: boolean,
-    op: string, srcBf16: boolean): void;
+    op: string, srcBf16: boolean, bias: Ptr): void;
   /**
    * out[idx[i]] = (init ? 0 : out[idx[i]]) + src[i] for i < m, the targets distinct (a 'unique' plan);
    * src (m, d), out (·, d).

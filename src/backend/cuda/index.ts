@@ -50,7 +50,7 @@ import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostA
 import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
 import { cublasCandidates, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
-import { checkExpertBuffers, checkExperts, checkGroupedEpilogue, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
+import { addOutBias, checkExpertBuffers, checkExperts, checkGroupedEpilogue, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
 
 const UNARY_CODE: Record<UnaryOp, number> = { relu: 0, gelu: 1, neg: 2, exp: 3, log: 4, sqrt: 5, square: 6, tanh: 7 };
 const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3 };
@@ -438,10 +438,14 @@ export class CudaBackend implements Backend {
    * is written: always through a plan (rows without sources get zeros), and for distinct targets when
    * there are n of them.
    */
-  private scatterAdd(op: string, src: number, idx: Buf, count: number, out: Buf, n: number, d: number, srcBf16 = false): void {
+  private scatterAdd(op: string, src: number, idx: Buf, count: number, out: Buf, n: number, d: number, srcBf16 = false,
+    bias?: Buf): void {
     const I = this.typed(op, idx, 'idx', count, 'i32');
     const plan = this.scatterPlan(op, I, count, n);
     need(op, !srcBf16 || plan.kind === 'listed', () => 'bf16 sources need a listed plan');
+    // A bias row for every row of out: added by the segment sums as they start a row, else first.
+    const fused = bias && (plan.kind === 'listed' || plan.kind === 'sorted');
+    if (bias && !fused) addOutBias(this, bias, out, d);
     const O = this.typed(op, out, 'out', n * d, 'f32');
     const unique = plan.kind === 'unique';
     const init = O.zeroPending && O.twin === null && O.size === n * d && (!unique || count === n);
@@ -449,7 +453,8 @@ export class CudaBackend implements Backend {
     const o = init ? this.o(op, out, 'out', n * d) : this.w(op, out, 'out', n * d);
     if (unique) this.nat.scatterUnique(src, ix, count, o, d, init, op);
     else if (plan.kind === 'bounds') this.nat.segmentSumBounds(src, plan.ptr, n, count, o, d, init, op);
-    else this.nat.segmentSum(src, plan.ptr, n, count, plan.chunks, plan.kind === 'listed', o, d, init, op, srcBf16);
+    else this.nat.segmentSum(src, plan.ptr, n, count, plan.chunks, plan.kind === 'listed', o, d, init, op, srcBf16,
+      fused ? this.r(op, bias, 'outBias', d) : 0);
   }
 
   // ------------------------------------------------------------ memory
@@ -826,7 +831,7 @@ export class CudaBackend implements Backend {
     const scratch = this.nat.malloc(Math.max(scratchBytes, 1));
     if (!covers(sizeC)) this.nat.zero(scratch, scratchBytes);
     this.nat.groupedGemm(pa, ra, pb, rb, scratch, p, g.transA, g.transB, g.alpha, 0, sp, total, half, 0, 0, false);
-    this.scatterAdd(op, scratch, Ic, Ic.size, c, rowsC, ldc, half);
+    this.scatterAdd(op, scratch, Ic, Ic.size, c, rowsC, ldc, half, g.outBias);
     this.nat.free(scratch);
   }
 

@@ -176,6 +176,11 @@ export interface SegmentEpilogue {
    * row, from the same grouping as `offsets`.
    */
   gate?: { s: Tensor; rowSlot: Tensor };
+  /**
+   * With rows.scatter: (n) added once to every output row (the MoE's output bias, fused into the
+   * scatter-add: GroupedMatmulArgs.outBias).
+   */
+  outBias?: Tensor;
 }
 
 /**
@@ -187,9 +192,10 @@ export interface SegmentEpilogue {
  * weight gradient is written only inside the experts' regions (zero elsewhere). The input gradient is
  * the same product with gather and scatter swapped. With `epi` (not with a scatter), y = act(product +
  * bias[expert]); ReLU's gradient mask is then y > 0; with ReLU also the router gate (`epi.gate`: y in
- * value, a gradient for s). Throws on mismatched shapes here (also a gate without ReLU, or whose s is not
- * (N, k) or rowSlot not one entry per product row), and on offsets that decrease or overrun the rows in
- * the backend.
+ * value, a gradient for s). With a scatter, `epi.outBias` is added to every output row. Throws on
+ * mismatched shapes here (also a gate without ReLU, or whose s is not (N, k) or rowSlot not one entry per
+ * product row; an outBias without a scatter or not of n entries), and on offsets that decrease or
+ * overrun the rows in the backend.
  */
 export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLayout, rows: SegmentRows = {},
   epi: SegmentEpilogue = {}): Tensor {
@@ -214,7 +220,13 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
   if (rows.scatter && !(Number.isInteger(rows.outRows) && rows.outRows! >= 0)) {
     throw new Error(`segmentMatmul: rows.scatter needs outRows, a non-negative integer (got ${rows.outRows})`);
   }
-  const { bias, rowExpert, gate } = epi, relu = epi.relu ?? false;
+  const { bias, rowExpert, gate, outBias } = epi, relu = epi.relu ?? false;
+  if (outBias) {
+    if (!rows.scatter) throw new Error('segmentMatmul: an output bias needs a scattered output (rows.scatter)');
+    backendOf('segmentMatmul', x, outBias);
+    expectDtype('segmentMatmul', outBias, 'f32', 'outBias');
+    if (outBias.size !== n) throw new Error(`segmentMatmul: outBias ${fmt(outBias)} must have ${n} entries`);
+  }
   if (gate && !relu) throw new Error('segmentMatmul: a router gate epilogue needs relu');
   if (gate) {
     backendOf('segmentMatmul', x, gate.s, gate.rowSlot);
@@ -237,9 +249,9 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
   be.groupedMatmul(x.buf('segmentMatmul'), w.buf('segmentMatmul'), y.buf('segmentMatmul'), {
     problems, transA: false, transB: L.transB, alpha: 1, beta: rows.scatter ? 1 : 0,
     rows: bufs({ a: rows.gather, c: rows.scatter }), segments: offsets.buf('segmentMatmul'),
-    bias: bias?.buf('segmentMatmul'), biasStride: n, relu,
+    bias: bias?.buf('segmentMatmul'), biasStride: n, relu, outBias: outBias?.buf('segmentMatmul'),
   });
-  const inputs = [x, w, ...(bias ? [bias] : []), ...(gate ? [gate.s] : [])];
+  const inputs = [x, w, ...(bias ? [bias] : []), ...(gate ? [gate.s] : []), ...(outBias ? [outBias] : [])];
   return record(y, 'segmentMatmul', inputs, (gy) => {
     // The gradient before the epilogue: ReLU's mask y > 0 (with the gate's row dots); the bias gradient
     // its rows summed per expert.
@@ -257,7 +269,10 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
       gb = out(bias.shape, be);
       be.scatterAddRows(g.buf('segmentMatmul'), rowExpert!.buf('segmentMatmul'), gb.buf('segmentMatmul'), total, E, n);
     }
-    const grads = (gx: Tensor | null, gw: Tensor | null) => [gx, gw, ...(bias ? [gb] : []), ...(gate ? [gs] : [])];
+    // The output bias's gradient: gy's rows summed.
+    const gob = outBias && needsGrad(outBias) ? sumTo(gy, outBias.shape) : null;
+    const grads = (gx: Tensor | null, gw: Tensor | null) =>
+      [gx, gw, ...(bias ? [gb] : []), ...(gate ? [gs] : []), ...(outBias ? [gob] : [])];
     // gx = g[seg_e] · op(w_e)ᵀ: the same memory read with the transpose flipped, gather and scatter swapped.
     const gx = !needsGrad(x) ? null : segmentMatmul(g, w, offsets, { ...L, k: n, n: k, transB: !L.transB },
       { gather: rows.scatter, scatter: rows.gather, outRows: x.shape[0] });
