@@ -308,7 +308,7 @@ describe('cpu backend: large sizes match ref', () => {
       // an output bias without a scattered C, or not of C's row length
       assert.throws(() => be.groupedMatmul(a, w, c, { ...args, outBias: bias }), /groupedMatmul: outBias needs a scattered C \(rows.c\)/);
       assert.throws(() => be.groupedMatmul(a, w, c, { ...args, beta: 1, rows: { c: rc }, outBias: bias }),
-        /groupedMatmul: group 0: outBias has 9 entries, C rows 5/);
+        /groupedMatmul: group 0: outBias has 9 entries, C's row length \(ldc\) is 5/);
       for (const x of [a, w, c, bias, rc]) be.free(x);
     }
   });

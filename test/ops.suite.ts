@@ -221,6 +221,20 @@ function cases(): OpCase[] {
         { scatter: sc!, outRows: 9 }, { outBias: b! }),
     });
   }
+  {
+    // An output bias with the other scatter plans: non-decreasing targets with a run beyond a 32-source
+    // chunk (and a target with none), and unsorted repeats beyond a chunk; rows of 4 (whole vectors).
+    const E = 2, k = 3, n = 4, offsets = index([0, 30, 100]);
+    const sorted = [...Array<number>(40).fill(0), ...Array<number>(25).fill(1), ...Array<number>(35).fill(3)];
+    const repeats = Array.from(ints(r, 100, 0, 3));
+    for (const [name, idx] of [['non-decreasing targets, a run beyond a chunk', sorted], ['unsorted repeats beyond a chunk', repeats]] as const) {
+      out.push({
+        name: `segmentMatmul scatter + output bias (${name})`, inputs: [f([100, k], r), f([E, n, k], r), f([n], r), index(idx), offsets],
+        fn: ([x, w, b, sc, o]) => T.segmentMatmul(x!, w!, o!, { nExpert: E, k, n, stride: k * n, ld: k, transB: true },
+          { scatter: sc!, outRows: 4 }, { outBias: b! }),
+      });
+    }
+  }
   out.push(...moeRoutingCases(r));
   out.push(...scatterAddCases(r));
   return out;

@@ -144,9 +144,10 @@ export interface GroupedMatmulArgs {
   biasStride?: number;
   relu?: boolean;
   /**
-   * With rows.c: an f32 row of ldc entries added once to every row of C before the product rows are
-   * (the MoE's output bias fused into its scatter-add; rows no product row hits get it too). Throws
-   * without rows.c, or when a group's ldc is not its size.
+   * With rows.c: an f32 row of ldc entries added once to every row of C, as are the product rows (the
+   * MoE's output bias fused into its scatter-add; rows no product row hits get it too; the order of
+   * the adds is the backend's). Throws without rows.c, when not f32, or when a group's ldc is not its
+   * size.
    */
   outBias?: Buf;
 }

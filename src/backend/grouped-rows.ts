@@ -32,8 +32,26 @@ export function groupedMatmulByCopies(be: Backend, a: Buf, b: Buf, c: Buf, args:
   const { rows, outBias, ...plain } = args;
   const p = args.problems;
   if (rows?.c && args.beta !== 1) throw new Error(`groupedMatmul: a scattered C (rows.c) accumulates, beta must be 1 (got ${args.beta})`);
-  if (outBias) addOutBias(be, outBias, c, p[8] ?? 0);
-  if (!rows || p.length === 0) { be.groupedMatmul(a, b, c, plain); return; }
+  const run = (A: Buf, B: Buf): void => {
+    if (!rows?.c) { be.groupedMatmul(A, B, c, plain); return; }
+    const ldc = sharedLd(p, 8, 'C');
+    if (ldc === 0) { be.groupedMatmul(A, B, c, plain); return; }
+    const C = be.alloc('f32', rows.c.size * ldc); // (rows.c.size, ldc), zero-filled
+    try {
+      be.groupedMatmul(A, B, C, { ...plain, beta: 0 });
+      be.scatterAddRows(C, rows.c, c, rows.c.size, Math.floor(c.size / ldc), ldc);
+    } finally {
+      be.free(C);
+    }
+  };
+  if (!rows || p.length === 0) run(a, b);
+  else withGathered(be, a, b, rows, p, run);
+  if (outBias) addOutBias(be, outBias, c);
+}
+
+/** Runs `run` on A and B, each gathered into a copy through its row index when it has one. */
+function withGathered(be: Backend, a: Buf, b: Buf, rows: NonNullable<GroupedMatmulArgs['rows']>, p: Int32Array,
+  run: (A: Buf, B: Buf) => void): void {
   const temps: Buf[] = [];
   const gathered = (x: Buf, idx: Buf | undefined, at: number, what: string): Buf => {
     const ld = idx ? sharedLd(p, at, what) : 0;
@@ -44,14 +62,7 @@ export function groupedMatmulByCopies(be: Backend, a: Buf, b: Buf, c: Buf, args:
     return copy;
   };
   try {
-    const A = gathered(a, rows.a, 4, 'A'), B = gathered(b, rows.b, 6, 'B');
-    if (!rows.c) { be.groupedMatmul(A, B, c, plain); return; }
-    const ldc = sharedLd(p, 8, 'C');
-    if (ldc === 0) { be.groupedMatmul(A, B, c, plain); return; }
-    const C = be.alloc('f32', rows.c.size * ldc); // (rows.c.size, ldc), zero-filled
-    temps.push(C);
-    be.groupedMatmul(A, B, C, { ...plain, beta: 0 });
-    be.scatterAddRows(C, rows.c, c, rows.c.size, Math.floor(c.size / ldc), ldc);
+    run(gathered(a, rows.a, 4, 'A'), gathered(b, rows.b, 6, 'B'));
   } finally {
     for (const t of temps) be.free(t);
   }

@@ -120,10 +120,11 @@ export function checkProblems(op: string, p: Int32Array, transA: boolean, transB
 }
 
 /**
- * Adds a grouped product's outBias (GroupedMatmulArgs.outBias, checked) to every row of c (rows of ldc
- * f32), the step before the scatter-add on the paths that do not fuse it.
+ * Adds a grouped product's outBias (GroupedMatmulArgs.outBias, checked: C's row length) to every row of
+ * c, on the paths that do not fuse it into the scatter-add (after the products, which validate first).
  */
-export function addOutBias(be: Backend, outBias: Buf, c: Buf, ldc: number): void {
+export function addOutBias(be: Backend, outBias: Buf, c: Buf): void {
+  const ldc = outBias.size;
   if (ldc > 0) be.copyStrided(outBias, 0, [0, 1], c, 0, [ldc, 1], [Math.floor(c.size / ldc), ldc], true);
 }
 
@@ -138,7 +139,7 @@ export function checkGroupedEpilogue(args: GroupedMatmulArgs): void {
     if (!args.rows?.c) throw new Error('groupedMatmul: outBias needs a scattered C (rows.c)');
     if (ob.dtype !== 'f32') throw new Error(`groupedMatmul: outBias must be f32, got ${ob.dtype}`);
     for (let q = 0; q < p.length; q += 9) {
-      if (p[q + 8] !== ob.size) throw new Error(`groupedMatmul: group ${q / 9}: outBias has ${ob.size} entries, C rows ${p[q + 8]}`);
+      if (p[q + 8] !== ob.size) throw new Error(`groupedMatmul: group ${q / 9}: outBias has ${ob.size} entries, C's row length (ldc) is ${p[q + 8]}`);
     }
   }
   if (!args.bias && !args.relu) return;

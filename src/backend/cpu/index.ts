@@ -302,7 +302,6 @@ export class CpuBackend implements Backend {
   groupedMatmul(a: Buf, b: Buf, c: Buf, g: GroupedMatmulArgs): void {
     checkGroupedEpilogue(g);
     if (g.segments) { this.groupedMatmul(a, b, c, resolveSegments(g, this.i('groupedMatmul', g.segments, 'segments'))); return; }
-    if (g.outBias) addOutBias(this, g.outBias, c, g.problems[8] ?? 0);
     this.kernel(() => {
       const A = this.f('groupedMatmul', a, 'a'), B = this.f('groupedMatmul', b, 'b');
       need('groupedMatmul', g.problems instanceof Int32Array, () => 'problems must be an Int32Array');
@@ -319,6 +318,7 @@ export class CpuBackend implements Backend {
         idx(g.rows?.a, 'rows.a'), idx(g.rows?.b, 'rows.b'), idx(g.rows?.c, 'rows.c'));
       if (bias || g.relu) this.nat.groupedBiasAct(C, g.problems, bias, g.biasStride ?? 0, g.relu ?? false);
     });
+    if (g.outBias) addOutBias(this, g.outBias, c);
   }
 
   // ------------------------------------------------------------ NN kernels

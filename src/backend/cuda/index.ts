@@ -436,16 +436,19 @@ export class CudaBackend implements Backend {
    * order; a fixed blocking, so still deterministic). Distinct targets are added directly, without a
    * device plan. An output still awaiting its zero-fill is written instead (no memset) when every row
    * is written: always through a plan (rows without sources get zeros), and for distinct targets when
-   * there are n of them.
+   * there are n of them. `bias`: a row of d added to every row of out (GroupedMatmulArgs.outBias; for
+   * distinct or bounds targets added first, which settles a pending zero-fill).
    */
   private scatterAdd(op: string, src: number, idx: Buf, count: number, out: Buf, n: number, d: number, srcBf16 = false,
     bias?: Buf): void {
     const I = this.typed(op, idx, 'idx', count, 'i32');
     const plan = this.scatterPlan(op, I, count, n);
     need(op, !srcBf16 || plan.kind === 'listed', () => 'bf16 sources need a listed plan');
-    // A bias row for every row of out: added by the segment sums as they start a row, else first.
+    // A bias row for every row of out (GroupedMatmulArgs.outBias): added by the segment sums as they
+    // start a row, else first (the indices are checked by now).
     const fused = bias && (plan.kind === 'listed' || plan.kind === 'sorted');
-    if (bias && !fused) addOutBias(this, bias, out, d);
+    if (bias && !fused) addOutBias(this, bias, out);
+    const biasPtr = fused ? this.r(op, bias, 'outBias', d) : 0;
     const O = this.typed(op, out, 'out', n * d, 'f32');
     const unique = plan.kind === 'unique';
     const init = O.zeroPending && O.twin === null && O.size === n * d && (!unique || count === n);
@@ -453,8 +456,7 @@ export class CudaBackend implements Backend {
     const o = init ? this.o(op, out, 'out', n * d) : this.w(op, out, 'out', n * d);
     if (unique) this.nat.scatterUnique(src, ix, count, o, d, init, op);
     else if (plan.kind === 'bounds') this.nat.segmentSumBounds(src, plan.ptr, n, count, o, d, init, op);
-    else this.nat.segmentSum(src, plan.ptr, n, count, plan.chunks, plan.kind === 'listed', o, d, init, op, srcBf16,
-      fused ? this.r(op, bias, 'outBias', d) : 0);
+    else this.nat.segmentSum(src, plan.ptr, n, count, plan.chunks, plan.kind === 'listed', o, d, init, op, srcBf16, biasPtr);
   }
 
   // ------------------------------------------------------------ memory
@@ -791,7 +793,8 @@ export class CudaBackend implements Backend {
     if (groups === 0) {
       this.r(op, a, 'a');
       this.r(op, b, 'b');
-      this.w(op, c, 'c');
+      if (g.outBias) addOutBias(this, g.outBias, c);
+      else this.w(op, c, 'c');
       return;
     }
     const bias = g.bias ? this.r(op, g.bias, 'bias') : 0, stride = g.biasStride ?? 0;

@@ -225,7 +225,7 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
     if (!rows.scatter) throw new Error('segmentMatmul: an output bias needs a scattered output (rows.scatter)');
     backendOf('segmentMatmul', x, outBias);
     expectDtype('segmentMatmul', outBias, 'f32', 'outBias');
-    if (outBias.size !== n) throw new Error(`segmentMatmul: outBias ${fmt(outBias)} must have ${n} entries`);
+    if (outBias.rank !== 1 || outBias.size !== n) throw new Error(`segmentMatmul: outBias ${fmt(outBias)} must be (${n})`);
   }
   if (gate && !relu) throw new Error('segmentMatmul: a router gate epilogue needs relu');
   if (gate) {
