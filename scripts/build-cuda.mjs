@@ -7,7 +7,7 @@
 // run time. SSD_SKIP_CUDA=1 skips the build; SSD_CUDA_ARCHS overrides the -gencode list
 // (e.g. "90a" for a faster local build).
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +15,6 @@ import { fileURLToPath } from 'node:url';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const src = join(root, 'native', 'cuda');
 const common = join(root, 'native', 'common');
-const objDir = join(root, 'build', 'cuda');
 const out = join(root, 'build', 'Release', 'ssd_cuda.node');
 
 if (process.env.SSD_SKIP_CUDA === '1') {
@@ -69,6 +68,11 @@ const require = createRequire(import.meta.url);
 const napiInc = require('node-addon-api').include_dir.replace(/^"|"$/g, '');
 
 const archs = (process.env.SSD_CUDA_ARCHS ?? '80,90a,90ptx').split(',').map((s) => s.trim()).filter(Boolean);
+// Objects per architecture list, and the list the addon was last linked for: a build for other
+// architectures neither reuses objects compiled for these nor keeps an addon linked from them.
+const archKey = archs.join('-');
+const objDir = join(root, 'build', 'cuda', archKey);
+const linkedFor = `${out}.archs`;
 const gencode = archs.flatMap((a) => a.endsWith('ptx')
   ? ['-gencode', `arch=compute_${a.slice(0, -3)},code=compute_${a.slice(0, -3)}`]
   : ['-gencode', `arch=compute_${a},code=sm_${a}`]);
@@ -116,9 +120,11 @@ try {
   await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, async () => {
     while (queue.length) await run(queue.shift());
   }));
-  if (jobs.length > 0 || !existsSync(out)) {
+  const relink = jobs.length > 0 || !existsSync(out) || !existsSync(linkedFor) || readFileSync(linkedFor, 'utf8') !== archKey;
+  if (relink) {
     execFileSync('g++', ['-shared', '-o', out, ...objs, '-L', libDir, '-lcudart_static', '-ldl', '-lrt', '-lpthread'],
       { stdio: 'inherit' });
+    writeFileSync(linkedFor, archKey);
   }
 } catch (e) {
   console.error(`ssd: building the CUDA backend failed: ${e.message}`);
