@@ -298,11 +298,14 @@ if (why) {
       }, 1e-4);
     }
 
-    {
-      const N = 64, V = 50257;
+    // V % 4 = 1: rows of any alignment (an element per lane); V % 8 = 0: float4 rows read in place.
+    for (const V of [50257, 50000]) {
+      const N = 64;
       const logits = randn(r, N * V, 3), tg = ints(r, N, 0, V), gl = randn(r, N);
       tg[5] = -1;
-      close('crossEntropy fwd+bwd N64 V50257', (be) => {
+      tg[6] = 0;
+      tg[7] = V - 1;
+      close(`crossEntropy fwd+bwd N64 V${V}`, (be) => {
         const L = put(be, logits), Tg = put(be, tg, 'i32'), Lo = be.alloc('f32', N), Ls = be.alloc('f32', N);
         const GL = put(be, gl), G = be.alloc('f32', N * V);
         be.crossEntropy(L, Tg, Lo, Ls, N, V);
@@ -563,7 +566,7 @@ if (why) {
       cuda.free(G);
     });
 
-    it('bf16 copies written beside their f32 outputs (ReLU backward, layerNorm, cross-entropy backward) equal a cast', () => {
+    it('bf16 copies written beside their f32 outputs (ReLU backward, layerNorm, cross-entropy backward, AdamW) equal a cast', () => {
       // A product reads the copy its producer wrote; the same product of a fresh upload of the f32 output
       // reads a cast: the bits agree exactly.
       const be = createCudaBackend({ matmul: 'bf16' }), r2 = rng(21), rows = 128, cols = 96, V = 33333;
@@ -597,7 +600,29 @@ if (why) {
       be.crossEntropyBackward(L, tg, lse, gl, gL, rows, V);
       assert.deepEqual(mm(gL, W, rows, V, cols), viaCast(gL, rows, V, W, cols), 'cross-entropy backward (padded copy)');
       assert.throws(() => be.crossEntropyBackward(L, tg, lse, gl, L, rows, V), /glogits must not be the logits buffer/);
-      for (const t of [W, x, gy, g, y, mu, rs, gamma, beta, L, tg, lo, lse, gl, gL]) be.free(t);
+      // AdamW on weights with a copy: W (plain), and W2 read as the tied output layer reads its table
+      // (x2 · W2ᵀ, a row-padded copy: V = 33333 rows of 128, past the padding threshold).
+      const W2 = put(be, randn(r2, V * 128)), x2 = put(be, randn(r2, rows * 128));
+      const mmT = (a: Buf, b: Buf, m: number, k: number, n: number) => {
+        const c = be.alloc('f32', m * n);
+        be.matmul(a, b, c, { batch: 1, m, n, k, transA: false, transB: true, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        const out = be.download(c);
+        be.free(c);
+        return out;
+      };
+      mmT(x2, W2, rows, 128, V);
+      const step = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, step: 1, gradScale: 0.5 };
+      for (const [P, n] of [[W, V * cols], [W2, V * 128]] as const) {
+        const G = put(be, randn(r2, n)), M = be.alloc('f32', n), Vs = be.alloc('f32', n);
+        be.adamw(P, G, M, Vs, step);
+        for (const t of [G, M, Vs]) be.free(t);
+      }
+      // The same products of fresh uploads of the updated weights read casts.
+      const fresh = put(be, be.download(W)), fresh2 = put(be, be.download(W2));
+      assert.deepEqual(mm(gL, W, rows, V, cols), mm(gL, fresh, rows, V, cols), 'AdamW, plain copy (W)');
+      assert.deepEqual(mmT(x2, W2, rows, 128, V), mmT(x2, fresh2, rows, 128, V), 'AdamW, row-padded copy (W2)');
+      assert.deepEqual(mm(x, W2, rows, cols, 128), mm(x, fresh2, rows, cols, 128), 'AdamW, row-padded copy read plain');
+      for (const t of [W, W2, x2, fresh, fresh2, x, gy, g, y, mu, rs, gamma, beta, L, tg, lo, lse, gl, gL]) be.free(t);
     });
 
     it('a short training run: cpu and cuda loss curves agree within bf16 noise', () => {

@@ -206,11 +206,11 @@ Napi::Value Dropout(const Napi::CallbackInfo& info) {
   dropout(fp(info, 0), fp(info, 1), i64(info, 2), (float)num(info, 3), (uint32_t)i64(info, 4));
   return U(info);
 }
-// adamw(p, g, m, v, n, lr, b1, b2, eps, wd, step, gradScale)
+// adamw(p, g, m, v, n, lr, b1, b2, eps, wd, step, gradScale, p16)
 Napi::Value AdamW(const Napi::CallbackInfo& info) {
   double b1 = num(info, 6), b2 = num(info, 7), step = num(info, 10);
   double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
-  adamw(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), i64(info, 4), (float)num(info, 5), (float)b1, (float)b2,
+  adamw(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), (uint16_t*)ptr(info, 12), i64(info, 4), (float)num(info, 5), (float)b1, (float)b2,
         (float)num(info, 8), (float)num(info, 9), (float)bc1, (float)bc2, (float)num(info, 11));
   return U(info);
 }

@@ -103,8 +103,9 @@ void binary(int op, const float* a, const float* b, float* out, const Dims& d);
 void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t inner);
 double sum_squares(const float* x, int64_t n);
 void dropout(const float* x, float* out, int64_t n, float p, uint32_t seed);
-void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps, float wd,
-           float bc1, float bc2, float gscale);
+// AdamW on n parameters; with p16 (or null) also their bf16 copy.
+void adamw(float* p, const float* g, float* m, float* v, uint16_t* p16, int64_t n, float lr, float b1, float b2, float eps,
+           float wd, float bc1, float bc2, float gscale);
 
 // nn.cu
 void softmax(const float* x, float* out, int64_t rows, int64_t cols);

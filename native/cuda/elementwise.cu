@@ -321,8 +321,11 @@ __device__ __forceinline__ void adamw_one(float& p, float g, float& m, float& v,
   p = pi - lr * (m / bc1) / (sqrtf(v / bc2) + eps);
 }
 // 16-byte accesses over the first n / 4 quads, then the tail (memory-bound: 28 bytes per element).
+// With p16 the updated parameters' bf16 copy is written beside them (the cast the next product would
+// otherwise run: it reads p again), with the cast's rounding (f2bf).
 __global__ void k_adamw(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
-                        int64_t n, float lr, float b1, float b2, float eps, float wd, float bc1, float bc2, float gs) {
+                        uint16_t* __restrict__ p16, int64_t n, float lr, float b1, float b2, float eps, float wd, float bc1,
+                        float bc2, float gs) {
   const int64_t n4 = n / 4;
   GRID_STRIDE(i, n4) {
     float4 P = reinterpret_cast<float4*>(p)[i], M = reinterpret_cast<float4*>(m)[i], V = reinterpret_cast<float4*>(v)[i];
@@ -334,10 +337,12 @@ __global__ void k_adamw(float* __restrict__ p, const float* __restrict__ g, floa
     reinterpret_cast<float4*>(p)[i] = P;
     reinterpret_cast<float4*>(m)[i] = M;
     reinterpret_cast<float4*>(v)[i] = V;
+    if (p16) reinterpret_cast<uint2*>(p16)[i] = make_uint2(f2bf(P.x) | ((uint32_t)f2bf(P.y) << 16), f2bf(P.z) | ((uint32_t)f2bf(P.w) << 16));
   }
   GRID_STRIDE(i, n - 4 * n4) {
     const int64_t j = 4 * n4 + i;
     adamw_one(p[j], g[j], m[j], v[j], lr, b1, b2, eps, wd, bc1, bc2, gs);
+    if (p16) p16[j] = f2bf(p[j]);
   }
 }
 }  // namespace
@@ -468,9 +473,9 @@ void dropout(const float* x, float* out, int64_t n, float p, uint32_t seed) {
   LAUNCH(k_dropout, n, x, out, n, p, inv, seed);
 }
 
-void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps, float wd,
-           float bc1, float bc2, float gscale) {
-  LAUNCH(k_adamw, (n + 3) / 4, p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, gscale);
+void adamw(float* p, const float* g, float* m, float* v, uint16_t* p16, int64_t n, float lr, float b1, float b2, float eps,
+           float wd, float bc1, float bc2, float gscale) {
+  LAUNCH(k_adamw, (n + 3) / 4, p, g, m, v, p16, n, lr, b1, b2, eps, wd, bc1, bc2, gscale);
 }
 
 }  // namespace ssdc

@@ -369,29 +369,67 @@ __global__ void k_ce(const float* __restrict__ x, int64_t ldx, const int32_t* __
     }
   }
 }
+// ∂loss/∂logits = gl[n] · (softmax(x[n]) − onehot(t[n])) (zero for an ignored target t < 0), into
+// gx (rows V apart, f32, when given) and g16 (bf16, rows ld16 apart, zeros in columns V .. ld16; when
+// given). One block per row; warp w takes chunks of U·32·VEC consecutive columns, lane l the VEC
+// consecutive columns at l·VEC of each 32·VEC: with VEC = 4 (rows of x 16-byte aligned, of g16 8-byte)
+// the loads are float4 and the bf16 stores 8 bytes, and the f32 stores (rows of any alignment) are
+// made coalesced by a shuffle (store i of a lane writes column 32i + l of the warp's 128). U loads per
+// lane are in flight before their math. The same values as an element per thread: measured 2.5 ->
+// 1.25 ms for GPT-2's logits (8192 x 50257) on an H200.
+template <int VEC>
 __global__ void k_ce_bwd(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg,
                          const float* __restrict__ lse, const float* __restrict__ gl, float* __restrict__ gx,
                          __nv_bfloat16* __restrict__ g16, int64_t ld16, int64_t N, int64_t V) {
-  constexpr int U = 4;  // elements per thread in flight: the U loads of an iteration are issued first
+  constexpr int U = 4, W = 32 * VEC;
+  using Vec = typename std::conditional<VEC == 4, float4, float>::type;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int64_t cols = g16 ? ld16 : V;  // columns written (bf16: through the padding)
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    int t = tg[n];
-    float l = lse[n], g = gl[n];
+    const int t = tg[n];
+    const float l = lse[n], g = t < 0 ? 0.f : gl[n];
     const float* xr = x + n * ldx;
-    for (int64_t j0 = threadIdx.x; j0 < V; j0 += U * kT) {
-      float xv[U];
+    for (int64_t c0 = (int64_t)warp * U * W; c0 < cols; c0 += (int64_t)warps * U * W) {
+      Vec xv[U];
 #pragma unroll
-      for (int q = 0; q < U; ++q) xv[q] = j0 + q * kT < V ? xr[j0 + q * kT] : 0.f;
+      for (int u = 0; u < U; ++u) {
+        const int64_t j = c0 + u * W + VEC * lane;
+        xv[u] = j < V ? *reinterpret_cast<const Vec*>(xr + j) : Vec{};
+      }
 #pragma unroll
-      for (int q = 0; q < U; ++q) {
-        const int64_t j = j0 + q * kT;
-        if (j >= V) break;
-        const float v = t < 0 ? 0.f : g * (expf(xv[q] - l) - (j == t ? 1.f : 0.f));
-        gx[n * V + j] = v;
-        if (g16) g16[n * ld16 + j] = __float2bfloat16(v);
+      for (int u = 0; u < U; ++u) {
+        const int64_t j = c0 + u * W + VEC * lane;
+        const float* xs = reinterpret_cast<const float*>(&xv[u]);
+        float v[VEC];
+#pragma unroll
+        for (int q = 0; q < VEC; ++q)
+          v[q] = t < 0 || j + q >= V ? 0.f : g * (expf(xs[q] - l) - (j + q == t ? 1.f : 0.f));
+        if (g16 && j < cols) {
+          if constexpr (VEC == 4) {
+            const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
+            uint2 w;
+            memcpy(&w.x, &a, 4);
+            memcpy(&w.y, &b, 4);
+            *reinterpret_cast<uint2*>(g16 + n * ld16 + j) = w;
+          } else {
+            g16[n * ld16 + j] = __float2bfloat16(v[0]);
+          }
+        }
+        if (!gx) continue;
+        if constexpr (VEC == 4) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int src = 8 * i + (lane >> 2), q = lane & 3;
+            const float s0 = __shfl_sync(0xffffffffu, v[0], src), s1 = __shfl_sync(0xffffffffu, v[1], src);
+            const float s2 = __shfl_sync(0xffffffffu, v[2], src), s3 = __shfl_sync(0xffffffffu, v[3], src);
+            const int64_t jj = c0 + u * W + 32 * i + lane;
+            if (jj < V) gx[n * V + jj] = q == 0 ? s0 : q == 1 ? s1 : q == 2 ? s2 : s3;
+          }
+        } else if (j < V) {
+          gx[n * V + j] = v[0];
+        }
       }
     }
-    if (g16)
-      for (int64_t j = V + threadIdx.x; j < ld16; j += kT) g16[n * ld16 + j] = __float2bfloat16(0.f);
   }
 }
 
@@ -767,8 +805,10 @@ void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, floa
 void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targets, const float* lse, const float* gloss,
                             float* glogits, uint16_t* g16, int64_t ld16, int64_t N, int64_t V) {
   if (N == 0) return;
-  k_ce_bwd<<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, lse, gloss, glogits,
-                                              reinterpret_cast<__nv_bfloat16*>(g16), ld16, N, V);
+  auto* b16 = reinterpret_cast<__nv_bfloat16*>(g16);
+  const bool v4 = ld % 4 == 0 && ((uintptr_t)logits & 15) == 0 && (!g16 || (ld16 % 4 == 0 && ((uintptr_t)g16 & 7) == 0));
+  if (v4) k_ce_bwd<4><<<rows_grid(N), 512, 0, stream()>>>(logits, ld, targets, lse, gloss, glogits, b16, ld16, N, V);
+  else k_ce_bwd<1><<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, lse, gloss, glogits, b16, ld16, N, V);
   check_launch("crossEntropyBackward");
 }
 // ReLU's backward from its output y and the router gate's row dots in one pass (Backend.reluBackwardRowDot):

@@ -48,8 +48,9 @@ export interface CudaAddon {
   reduceSum(x: Ptr, out: Ptr, outer: number, mid: number, inner: number): void;
   sumSquares(x: Ptr, n: number): number;
   dropout(x: Ptr, out: Ptr, n: number, p: number, seed: number): void;
+  /** AdamW; with p16 (0: none) also the updated parameters' bf16 copy. */
   adamw(p: Ptr, g: Ptr, m: Ptr, v: Ptr, n: number, lr: number, b1: number, b2: number, eps: number, wd: number,
-    step: number, gradScale: number): void;
+    step: number, gradScale: number, p16: Ptr): void;
 
   /** The matmul with its epilogue (bias, relu; 0 / false: none); returns whether biasGrad (0: none) was written. */
   gemm(a: Ptr, aType: number, lda: number, sA: number, b: Ptr, bType: number, ldb: number, sB: number, c: Ptr, ldc: number,

@@ -952,8 +952,13 @@ export class CudaBackend implements Backend {
     need(op, this.buf(op, g, 'g').size === n && this.buf(op, m, 'm').size === n && this.buf(op, v, 'v').size === n,
       () => `sizes differ: p ${n}, g ${g.size}, m ${m.size}, v ${v.size}`);
     need(op, a.step >= 1, () => `step must be >= 1, got ${a.step}`);
-    this.nat.adamw(this.w(op, p, 'p'), this.r(op, g, 'g'), this.w(op, m, 'm'), this.w(op, v, 'v'), n, a.lr, a.beta1, a.beta2,
-      a.eps, a.weightDecay, a.step, a.gradScale);
+    const P = p as CudaBuf, pp = this.w(op, p, 'p');
+    // A weight read by products has a bf16 shadow: the update writes it too (no cast before the next
+    // product), when its layout starts with the plain copy (a row-padded one keeps its zero rows).
+    const p16 = P.shadow !== 0 && contiguousElems(P.shadowLayout, n) >= n ? P.shadow : 0;
+    if (p16) P.shadowVersion = P.version;
+    this.nat.adamw(pp, this.r(op, g, 'g'), this.w(op, m, 'm'), this.w(op, v, 'v'), n, a.lr, a.beta1, a.beta2,
+      a.eps, a.weightDecay, a.step, a.gradScale, p16);
   }
 
   // ------------------------------------------------------------ MoE primitives
