@@ -625,6 +625,44 @@ if (why) {
       for (const t of [W, W2, x2, fresh, fresh2, x, gy, g, y, mu, rs, gamma, beta, L, tg, lo, lse, gl, gL]) be.free(t);
     });
 
+    it('matmul bf16Out writes only the bf16 copy: products, ReLU masks and attention read it, reads of C widen it', () => {
+      const be = createCudaBackend({ matmul: 'bf16' }), r2 = rng(22);
+      // A qkv-like output: B 2, T 128, H 2, D 32 (3·H·D = 192 columns).
+      const B = 2, Tn = 128, H = 2, D = 32, rows = B * Tn, nIn = 64, nOut = 3 * H * D;
+      const X = put(be, randn(r2, rows * nIn)), W = put(be, randn(r2, nOut * nIn, 0.3)), bias = put(be, randn(r2, nOut));
+      const W2 = put(be, randn(r2, nOut * 64)), gy = put(be, randn(r2, rows * nOut));
+      const lin = (relu: boolean, bf16Out: boolean, k = nIn) => {
+        const Y = be.alloc('f32', rows * nOut);
+        be.matmul(X, W, Y, { batch: 1, m: rows, n: nOut, k, transA: false, transB: true, strideA: 0, strideB: 0, strideC: 0,
+          alpha: 1, beta: 0, bias, relu, bf16Out });
+        return Y;
+      };
+      /** What a product, ReLU's backward and attention compute from Y (none reads Y's f32 content). */
+      const readers = (Y: Buf) => {
+        const P = be.alloc('f32', rows * 64), gx = be.alloc('f32', rows * nOut);
+        const out = be.alloc('f32', rows * H * D), lse = be.alloc('f32', B * H * Tn);
+        be.matmul(Y, W2, P, { batch: 1, m: rows, n: 64, k: nOut, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        be.unaryBackward('relu', Y, gy, gx);
+        be.attention(Y, out, lse, B, Tn, H, D, true, 1 / Math.sqrt(D));
+        return [P, gx, out, lse].map((t) => { const d = be.download(t); be.free(t); return d; });
+      };
+      const isBf16 = (v: number) => (new Uint32Array(Float32Array.of(v).buffer)[0]! & 0xffff) === 0;
+      for (const [relu, k] of [[false, nIn], [true, nIn], [true, 0]] as const) {
+        const Y = lin(relu, true, k), got = readers(Y);
+        const y = be.download(Y); // widened from the copy
+        assert.ok(y.every(isBf16), `relu ${relu}, k ${k}: C holds bf16 values`);
+        const F = lin(relu, false, k), f32 = be.download(F);
+        for (let i = 0; i < y.length; i++) {
+          const tol = 2 ** -8 * Math.abs(f32[i]!) + 1e-6;
+          assert.ok(Math.abs(y[i]! - f32[i]!) <= tol, `relu ${relu}, k ${k}: C[${i}] = ${y[i]} vs ${f32[i]} in f32`);
+        }
+        const fresh = put(be, y);
+        assert.deepEqual(got, readers(fresh), `relu ${relu}, k ${k}: the readers of the copy equal those of the widened values`);
+        for (const t of [Y, F, fresh]) be.free(t);
+      }
+      for (const t of [X, W, bias, W2, gy]) be.free(t);
+    });
+
     it('a short training run: cpu and cuda loss curves agree within bf16 noise', () => {
       const curves = [cpu, cuda].map((be) => {
         T.useBackend(be);

@@ -88,6 +88,18 @@ function cases(): OpCase[] {
       fn: ([x, w, b]) => T.linear(x!, w!, b!, { relu: true }),
     });
   }
+  // Outputs a backend may keep at bf16 precision (cuda: only the bf16 copy is written; ReLU's mask and
+  // attention read it, the f32 values are widened from it when read).
+  out.push({
+    name: 'linear relu bf16Out (80,64)·(96,64)ᵀ + b',
+    inputs: [f([80, 64], r, 0.02), f([96, 64], r), bias(96)],
+    fn: ([x, w, b]) => T.linear(x!, w!, b!, { relu: true, bf16Out: true }),
+  });
+  out.push({
+    name: 'attention of a bf16Out linear: B2 T33 H2 D16 causal',
+    inputs: [f([2, 33, 24], r), f([96, 24], r, 0.3), f([96], r)],
+    fn: ([x, w, b]) => T.attention(T.linear(x!, w!, b!, { bf16Out: true }), 2, true),
+  });
   // broadcasting arithmetic
   out.push({ name: 'add broadcast (3,1,5)+(4,1)', inputs: [f([3, 1, 5], r), f([4, 1], r)], fn: ([a, b]) => T.add(a!, b!) });
   out.push({ name: 'sub (7)-(1)', inputs: [f([7], r), f([1], r)], fn: ([a, b]) => T.sub(a!, b!) });

@@ -181,8 +181,10 @@ Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
 
 // ---------------------------------------------------------------- elementwise
 Napi::Value Unary(const Napi::CallbackInfo& info) { unary((int)i64(info, 0), fp(info, 1), fp(info, 2), i64(info, 3)); return U(info); }
+// unaryBackward(op, x, gy, gx, gx16, n, x16)
 Napi::Value UnaryBackward(const Napi::CallbackInfo& info) {
-  unary_backward((int)i64(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), (uint16_t*)ptr(info, 4), i64(info, 5));
+  unary_backward((int)i64(info, 0), fp(info, 1), (const uint16_t*)ptr(info, 6), fp(info, 2), fp(info, 3), (uint16_t*)ptr(info, 4),
+                 i64(info, 5));
   return U(info);
 }
 Napi::Value Affine(const Napi::CallbackInfo& info) {
@@ -219,12 +221,12 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
 // gemm(A, aType, lda, sA, B, bType, ldb, sB, C, ldc, sC, batch, m, n, k, tA, tB, alpha, beta, compute, bias, relu,
 // biasGrad) -> whether biasGrad was written; bias, biasGrad 0: none
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
-  const bool fused =
+  const int done =
       gemm(ptr(info, 0), (int)i64(info, 1), i64(info, 2), i64(info, 3), ptr(info, 4), (int)i64(info, 5), i64(info, 6),
            i64(info, 7), fp(info, 8), i64(info, 9), i64(info, 10), i64(info, 11), i64(info, 12), i64(info, 13),
            i64(info, 14), flag(info, 15), flag(info, 16), (float)num(info, 17), (float)num(info, 18), (int)i64(info, 19),
-           fp(info, 20), flag(info, 21), fp(info, 22));
-  return Napi::Boolean::New(info.Env(), fused);
+           fp(info, 20), flag(info, 21), fp(info, 22), (uint16_t*)ptr(info, 23));
+  return Napi::Number::New(info.Env(), done);
 }
 // biasAct(C, ldc, sC, batch, m, n, bias, relu): the matmul epilogue alone (bias 0: none)
 Napi::Value BiasAct(const Napi::CallbackInfo& info) {

@@ -97,7 +97,9 @@ void copy_bytes(const void* src, void* dst, int64_t bytes);
 void copy_strided(int kind, const void* src, int64_t so, void* dst, int64_t dof, const Dims& d, bool acc);
 void unary(int op, const float* x, float* out, int64_t n);
 // gx16 (or null): gx's bf16 copy, written beside it (rounded to nearest even, as a cast).
-void unary_backward(int op, const float* x, const float* gy, float* gx, uint16_t* gx16, int64_t n);
+// gx = gy · f'(x) (and its bf16 copy gx16, or null); x16 (or null; ReLU only): x's bf16 copy, read
+// for ReLU's mask instead of x (a product's output kept at bf16 precision: the same mask).
+void unary_backward(int op, const float* x, const uint16_t* x16, const float* gy, float* gx, uint16_t* gx16, int64_t n);
 void affine(const float* x, float* out, int64_t n, float scale, float shift);
 void binary(int op, const float* a, const float* b, float* out, const Dims& d);
 void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t inner);
@@ -165,10 +167,14 @@ bool cublas_ready();
 // bias (n floats, or null) and relu: the epilogue C = act(alpha·op(A)·op(B) + beta·C + bias) (MatmulArgs),
 // fused through cuBLASLt where it has an algorithm for the product, else run by bias_act after it.
 // bias_grad (m floats, or null; batch 1, no bias or relu): Σ_p op(A)[i, p] through cuBLASLt's BGRADB
-// epilogue (alpha 1 only); returns whether it was written (false: the caller sums).
-bool gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
-          int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
-          float beta, int compute, const float* bias, bool relu, float* bias_grad);
+// epilogue (alpha 1 only). c16 (or null; batch 1, beta 0, ldc = n, no bias_grad): C's bf16 copy,
+// written by the product itself where cuBLASLt has an algorithm for a bf16 output (C is then not
+// written), else cast from C. Returns kGemmBiasGrad when bias_grad was written (else the caller sums)
+// | kGemmOnlyC16 when only c16 was.
+constexpr int kGemmBiasGrad = 1, kGemmOnlyC16 = 2;
+int gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
+         int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
+         float beta, int compute, const float* bias, bool relu, float* bias_grad, uint16_t* c16);
 // The epilogue alone, in place on C (batch, m, n; rows ldc, batches sC apart): C = act(C + bias); NaN
 // -> 0 under ReLU.
 void bias_act(float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu);

@@ -112,11 +112,20 @@ __global__ void k_unary(int op, const float* __restrict__ x, float* __restrict__
   }
   GRID_STRIDE(i, n - 4 * n4) o[4 * n4 + i] = unary_f(op, x[4 * n4 + i]);
 }
-__global__ void k_unary_bwd(int op, const float* __restrict__ x, const float* __restrict__ gy, float* __restrict__ gx,
-                            __nv_bfloat16* __restrict__ gx16, int64_t n) {
+// With x16 (ReLU only) x is read from its bf16 copy (widened: the same sign).
+__global__ void k_unary_bwd(int op, const float* __restrict__ x, const __nv_bfloat16* __restrict__ x16,
+                            const float* __restrict__ gy, float* __restrict__ gx, __nv_bfloat16* __restrict__ gx16, int64_t n) {
   const int64_t n4 = n / 4;
   GRID_STRIDE(i, n4) {
-    const float4 v = reinterpret_cast<const float4*>(x)[i], g = reinterpret_cast<const float4*>(gy)[i];
+    float4 v;
+    if (x16) {
+      const uint2 u = reinterpret_cast<const uint2*>(x16)[i];
+      v = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                      __uint_as_float(u.y & 0xffff0000u));
+    } else {
+      v = reinterpret_cast<const float4*>(x)[i];
+    }
+    const float4 g = reinterpret_cast<const float4*>(gy)[i];
     const float4 r = make_float4(unary_grad(op, v.x, g.x), unary_grad(op, v.y, g.y), unary_grad(op, v.z, g.z),
                                  unary_grad(op, v.w, g.w));
     reinterpret_cast<float4*>(gx)[i] = r;
@@ -129,7 +138,7 @@ __global__ void k_unary_bwd(int op, const float* __restrict__ x, const float* __
     }
   }
   GRID_STRIDE(i, n - 4 * n4) {
-    const float r = unary_grad(op, x[4 * n4 + i], gy[4 * n4 + i]);
+    const float r = unary_grad(op, x16 ? __bfloat162float(x16[4 * n4 + i]) : x[4 * n4 + i], gy[4 * n4 + i]);
     gx[4 * n4 + i] = r;
     if (gx16) gx16[4 * n4 + i] = __float2bfloat16(r);
   }
@@ -394,8 +403,10 @@ void copy_strided(int kind, const void* src, int64_t so, void* dst, int64_t dof,
 }
 
 void unary(int op, const float* x, float* out, int64_t n) { LAUNCH(k_unary, (n + 3) / 4, op, x, out, n); }
-void unary_backward(int op, const float* x, const float* gy, float* gx, uint16_t* gx16, int64_t n) {
-  LAUNCH(k_unary_bwd, (n + 3) / 4, op, x, gy, gx, reinterpret_cast<__nv_bfloat16*>(gx16), n);
+void unary_backward(int op, const float* x, const uint16_t* x16, const float* gy, float* gx, uint16_t* gx16, int64_t n) {
+  if (x16 && op != 0) throw CudaError("unaryBackward: only ReLU reads its input's bf16 copy");
+  LAUNCH(k_unary_bwd, (n + 3) / 4, op, x, reinterpret_cast<const __nv_bfloat16*>(x16), gy, gx,
+         reinterpret_cast<__nv_bfloat16*>(gx16), n);
 }
 void affine(const float* x, float* out, int64_t n, float scale, float shift) { LAUNCH(k_affine, n, x, out, n, scale, shift); }
 

@@ -38,8 +38,8 @@ Cublas g_cublas;
 
 // cuBLASLt (the matmuls with a fused epilogue), from the same dlopen'ed libcublasLt. Enum values and
 // the heuristic result's layout are those of cublasLt.h (CUDA 12 and 13).
-enum { LT_DESC_TRANSA = 3, LT_DESC_TRANSB = 4, LT_DESC_EPILOGUE = 7, LT_DESC_BIAS_POINTER = 8 };
-enum { LT_EPILOGUE_RELU = 2, LT_EPILOGUE_BIAS = 4, LT_EPILOGUE_BGRADB = 512 };
+enum { LT_DESC_TRANSA = 3, LT_DESC_TRANSB = 4, LT_DESC_EPILOGUE = 7, LT_DESC_BIAS_POINTER = 8, LT_DESC_BIAS_DATA_TYPE = 26 };
+enum { LT_EPILOGUE_DEFAULT = 1, LT_EPILOGUE_RELU = 2, LT_EPILOGUE_BIAS = 4, LT_EPILOGUE_BGRADB = 512 };
 enum { LT_PREF_MAX_WORKSPACE = 1, LT_PREF_ALIGN_A = 5, LT_PREF_ALIGN_B = 6, LT_PREF_ALIGN_C = 7, LT_PREF_ALIGN_D = 8 };
 struct LtHeuristic {
   uint64_t algo[8];
@@ -209,16 +209,17 @@ uint32_t alignment(const void* p) {
 // One product with its epilogue through cuBLASLt; false where cuBLASLt or an algorithm for it is
 // missing. Plans are cached by shape, types and alignments (at most 512; then they start over).
 // The epilogue: bias (+ ReLU) or ReLU, or (bias_grad) BGRADB: the sums over k of cuBLASLt's B (our
-// op(A)) into `bias`.
-bool gemm_lt(const void* A, int at, int64_t lda, const void* B, int bt, int64_t ldb, float* C, int64_t ldc, int64_t m,
-             int64_t n, int64_t k, bool tA, bool tB, float alpha, float beta, int ct, const float* bias, bool relu,
-             bool bias_grad) {
+// op(A)) into `bias`, or none. C's type ct_out: CUDA_R_32F_, or CUDA_R_16BF_ (the bias stays fp32).
+bool gemm_lt(const void* A, int at, int64_t lda, const void* B, int bt, int64_t ldb, void* C, int ct_out, int64_t ldc,
+             int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha, float beta, int ct, const float* bias,
+             bool relu, bool bias_grad) {
   // The heuristics take no alignment hint for the bias vector: its kernels may assume 16 bytes.
   if (!lt_ready() || (bias && alignment(bias) < 16)) return false;
-  const uint32_t epi = bias_grad ? LT_EPILOGUE_BGRADB : (bias ? LT_EPILOGUE_BIAS : 0) | (relu ? LT_EPILOGUE_RELU : 0);
+  const uint32_t fused = bias_grad ? LT_EPILOGUE_BGRADB : (bias ? LT_EPILOGUE_BIAS : 0) | (relu ? LT_EPILOGUE_RELU : 0);
+  const uint32_t epi = fused ? fused : LT_EPILOGUE_DEFAULT;
   const uint32_t alA = alignment(B), alB = alignment(A), alC = alignment(C), alBias = bias ? alignment(bias) : 0;
   char key[256];
-  snprintf(key, sizeof key, "%d %d %d %u %lld %lld %lld %lld %lld %lld %d %d %u %u %u %u %d", at, bt, ct, epi,
+  snprintf(key, sizeof key, "%d %d %d %d %u %lld %lld %lld %lld %lld %lld %d %d %u %u %u %u %d", at, bt, ct, ct_out, epi,
            (long long)lda, (long long)ldb, (long long)ldc, (long long)m, (long long)n, (long long)k, tA, tB, alA, alB,
            alC, alBias, beta != 0.f);
   auto it = g_lt_plans.find(key);
@@ -242,9 +243,13 @@ bool gemm_lt(const void* A, int at, int64_t lda, const void* B, int bt, int64_t 
     cb_check(g_lt.desc_set(p.desc, LT_DESC_TRANSB, &opb, sizeof opb), "cublasLtMatmulDescSetAttribute");
     cb_check(g_lt.desc_set(p.desc, LT_DESC_EPILOGUE, &epi, sizeof epi), "cublasLtMatmulDescSetAttribute");
     if (bias) cb_check(g_lt.desc_set(p.desc, LT_DESC_BIAS_POINTER, &bias, sizeof bias), "cublasLtMatmulDescSetAttribute");
+    if (bias && ct_out != CUDA_R_32F_) {
+      const int32_t bias_type = CUDA_R_32F_;
+      cb_check(g_lt.desc_set(p.desc, LT_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type), "cublasLtMatmulDescSetAttribute");
+    }
     cb_check(g_lt.layout_create(&p.la, bt, tB ? k : n, tB ? n : k, ldb), "cublasLtMatrixLayoutCreate");
     cb_check(g_lt.layout_create(&p.lb, at, tA ? m : k, tA ? k : m, lda), "cublasLtMatrixLayoutCreate");
-    cb_check(g_lt.layout_create(&p.lc, CUDA_R_32F_, n, m, ldc), "cublasLtMatrixLayoutCreate");
+    cb_check(g_lt.layout_create(&p.lc, ct_out, n, m, ldc), "cublasLtMatrixLayoutCreate");
     void* pref = nullptr;
     cb_check(g_lt.pref_create(&pref), "cublasLtMatmulPreferenceCreate");
     const uint64_t ws = kLtWorkspace;
@@ -275,32 +280,47 @@ void bias_act(float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64
   check_launch("matmul (bias / ReLU epilogue)");
 }
 
-bool gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
-          int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
-          float beta, int compute, const float* bias, bool relu, float* bias_grad) {
-  if (batch == 0 || m == 0 || n == 0) return false;
-  if (k == 0) {
-    k_scale_c<<<grid_for(batch * m * n, 256), 256, 0, stream()>>>(C, ldc, sC, batch, m, n, beta);
-    check_launch("matmul");
-    bias_act(C, ldc, sC, batch, m, n, bias, relu);
-    return false;
-  }
-  if (!g_cublas.h) throw CudaError("matmul: cuBLAS is not loaded");
-  int ct = compute == 0 ? COMPUTE_32F : compute == 1 ? COMPUTE_32F_FAST_TF32 : compute == 3 ? COMPUTE_32F_FAST_16BF : COMPUTE_32F;
-  int at = aType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_, bt = bType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_;
+namespace {
+int gemm_f32(const void* A, int at, int64_t lda, int64_t sA, const void* B, int bt, int64_t ldb, int64_t sB, float* C,
+             int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
+             float beta, int ct, const float* bias, bool relu, float* bias_grad) {
   if (bias_grad && batch == 1 && alpha == 1.f &&
-      gemm_lt(A, at, lda, B, bt, ldb, C, ldc, m, n, k, tA, tB, alpha, beta, ct, bias_grad, false, true))
-    return true;
+      gemm_lt(A, at, lda, B, bt, ldb, C, CUDA_R_32F_, ldc, m, n, k, tA, tB, alpha, beta, ct, bias_grad, false, true))
+    return kGemmBiasGrad;
   if ((bias || relu) && batch == 1 &&
-      gemm_lt(A, at, lda, B, bt, ldb, C, ldc, m, n, k, tA, tB, alpha, beta, ct, bias, relu, false))
-    return false;
+      gemm_lt(A, at, lda, B, bt, ldb, C, CUDA_R_32F_, ldc, m, n, k, tA, tB, alpha, beta, ct, bias, relu, false))
+    return 0;
   // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
   cb_check(g_cublas.gemm_sb(g_cublas.h, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n, (int)m,
                             (int)k, &alpha, B, bt, (int)ldb, (long long)sB, A, at, (int)lda, (long long)sA, &beta, C,
                             CUDA_R_32F_, (int)ldc, (long long)sC, (int)batch, ct, CUBLAS_GEMM_DEFAULT),
            "cublasGemmStridedBatchedEx");
   bias_act(C, ldc, sC, batch, m, n, bias, relu);
-  return false;
+  return 0;
+}
+}  // namespace
+
+int gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
+         int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
+         float beta, int compute, const float* bias, bool relu, float* bias_grad, uint16_t* c16) {
+  if (batch == 0 || m == 0 || n == 0) return 0;
+  if (c16 && (batch != 1 || beta != 0.f || ldc != n || bias_grad)) throw CudaError("matmul: a bf16 copy of C needs batch 1, beta 0, ldc = n and no bias gradient");
+  int ct = compute == 0 ? COMPUTE_32F : compute == 1 ? COMPUTE_32F_FAST_TF32 : compute == 3 ? COMPUTE_32F_FAST_16BF : COMPUTE_32F;
+  int at = aType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_, bt = bType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_;
+  if (k > 0 && c16 && g_cublas.h &&
+      gemm_lt(A, at, lda, B, bt, ldb, c16, CUDA_R_16BF_, ldc, m, n, k, tA, tB, alpha, beta, ct, bias, relu, false))
+    return kGemmOnlyC16;
+  int done = 0;
+  if (k == 0) {
+    k_scale_c<<<grid_for(batch * m * n, 256), 256, 0, stream()>>>(C, ldc, sC, batch, m, n, beta);
+    check_launch("matmul");
+    bias_act(C, ldc, sC, batch, m, n, bias, relu);
+  } else {
+    if (!g_cublas.h) throw CudaError("matmul: cuBLAS is not loaded");
+    done = gemm_f32(A, at, lda, sA, B, bt, ldb, sB, C, ldc, sC, batch, m, n, k, tA, tB, alpha, beta, ct, bias, relu, bias_grad);
+  }
+  if (c16) cast_f32_bf16(C, c16, m * n);
+  return done;
 }
 
 }  // namespace ssdc

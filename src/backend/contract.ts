@@ -96,6 +96,13 @@ export interface MatmulArgs {
    * (autocast's precision) where cuBLASLt fuses it, else A itself.
    */
   biasGrad?: Buf;
+  /**
+   * The output may be kept at bf16 precision, as autocast keeps a product's output (for activations
+   * that only feed products, attention and ReLU's mask): a backend with bf16 copies of its buffers (cuda
+   * in bf16) then writes only the copy, and C's f32 content is the copy's values. Others ignore it.
+   * Honoured for batch 1, beta 0 and C overwritten whole, without biasGrad.
+   */
+  bf16Out?: boolean;
 }
 
 /**

@@ -13,9 +13,13 @@ export interface FFNParams {
   b_out: Tensor | null;
 }
 
-/** The FFN's hidden activations act(x W_inᵀ + b_in): x (N, d_model) -> (N, d_ff); ReLU fused into the product. */
+/**
+ * The FFN's hidden activations act(x W_inᵀ + b_in): x (N, d_model) -> (N, d_ff); ReLU fused into the
+ * product, its output kept at bf16 precision where the backend has bf16 copies (it feeds W_out's
+ * product and ReLU's mask only: LinearOpts.bf16Out).
+ */
 export function ffnHidden(x: Tensor, p: FFNParams, activation: 'relu' | 'gelu'): Tensor {
-  return activation === 'relu' ? T.linear(x, p.w_in, p.b_in, { relu: true }) : T.gelu(T.linear(x, p.w_in, p.b_in));
+  return activation === 'relu' ? T.linear(x, p.w_in, p.b_in, { relu: true, bf16Out: true }) : T.gelu(T.linear(x, p.w_in, p.b_in));
 }
 
 /** The FFN's output from its hidden activations: h (N, d_ff) -> h W_outᵀ + b_out (N, d_model). */

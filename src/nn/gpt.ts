@@ -121,7 +121,9 @@ export class GPT {
     for (let i = 0; i < c.n_layer; i++) {
       const h = `h.${i}`;
       const a = T.layerNorm(x, this.p(`${h}.ln_1.weight`), this.p(`${h}.ln_1.bias`));
-      const qkv = T.linear(a, this.p(`${h}.attn.w_qkv`), this.p(`${h}.attn.b_qkv`)); // (B, T, 3·d_model)
+      // (B, T, 3·d_model); at bf16 precision where the backend allows (LinearOpts.bf16Out) when only
+      // the attention kernel reads it (the KV cache copies it in f32).
+      const qkv = T.linear(a, this.p(`${h}.attn.w_qkv`), this.p(`${h}.attn.b_qkv`), { bf16Out: !opts.cache });
       const att = opts.cache ? opts.cache.attend(i, qkv) : T.attention(qkv, c.n_head, true); // (B, T, d_model)
       const proj = T.linear(att, this.p(`${h}.attn.w_proj`), this.p(`${h}.attn.b_proj`)); // (B, T, d_model)
       x = T.add(x, drop(proj, 2 * i + 1));

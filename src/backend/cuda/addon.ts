@@ -11,6 +11,9 @@ import { packageRoot } from '../cpu/addon.js';
 type Ptr = number;
 type HostArr = Float32Array | Int32Array | Uint16Array;
 
+/** Bits of `CudaAddon.gemm`'s result (native kGemmBiasGrad, kGemmOnlyC16). */
+export const GEMM_BIAS_GRAD = 1, GEMM_ONLY_C16 = 2;
+
 export interface CudaAddon {
   probe(): { count: number; error: string };
   init(): string;
@@ -41,8 +44,8 @@ export interface CudaAddon {
     dstStrides: number[], shape: number[], acc: boolean): void;
 
   unary(op: number, x: Ptr, out: Ptr, n: number): void;
-  /** gx16: 0, or where gx's bf16 copy is written too. */
-  unaryBackward(op: number, x: Ptr, gy: Ptr, gx: Ptr, gx16: Ptr, n: number): void;
+  /** gx16: 0, or where gx's bf16 copy is written too; x16 (ReLU only; 0: none): x's bf16 copy, read instead of x. */
+  unaryBackward(op: number, x: Ptr, gy: Ptr, gx: Ptr, gx16: Ptr, n: number, x16: Ptr): void;
   affine(x: Ptr, out: Ptr, n: number, scale: number, shift: number): void;
   binary(op: number, a: Ptr, aStrides: number[], b: Ptr, bStrides: number[], out: Ptr, shape: number[]): void;
   reduceSum(x: Ptr, out: Ptr, outer: number, mid: number, inner: number): void;
@@ -52,10 +55,14 @@ export interface CudaAddon {
   adamw(p: Ptr, g: Ptr, m: Ptr, v: Ptr, n: number, lr: number, b1: number, b2: number, eps: number, wd: number,
     step: number, gradScale: number, p16: Ptr): void;
 
-  /** The matmul with its epilogue (bias, relu; 0 / false: none); returns whether biasGrad (0: none) was written. */
+  /**
+   * The matmul with its epilogue (bias, relu; 0 / false: none) and, with c16 (0: none; batch 1, beta 0,
+   * ldc = n, no biasGrad), C's bf16 copy. Returns GEMM_BIAS_GRAD when biasGrad (0: none) was written |
+   * GEMM_ONLY_C16 when only c16 was (C not written).
+   */
   gemm(a: Ptr, aType: number, lda: number, sA: number, b: Ptr, bType: number, ldb: number, sB: number, c: Ptr, ldc: number,
     sC: number, batch: number, m: number, n: number, k: number, tA: boolean, tB: boolean, alpha: number, beta: number,
-    compute: number, bias: Ptr, relu: boolean, biasGrad: Ptr): boolean;
+    compute: number, bias: Ptr, relu: boolean, biasGrad: Ptr, c16: Ptr): number;
   /** The matmul epilogue alone, in place: c (batch, m, n; rows ldc, batches sC apart) = act(c + bias); bias 0: none. */
   biasAct(c: Ptr, ldc: number, sC: number, batch: number, m: number, n: number, bias: Ptr, relu: boolean): void;
   /**

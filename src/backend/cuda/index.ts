@@ -16,7 +16,10 @@
  * of a training step gets: the contract's zero-filled allocations without a memset per activation.
  * Likewise a large GEMM output with a misaligned row length (the logits over GPT-2's 50257 tokens) is
  * computed into an aligned `twin` (cuBLAS runs several times faster there); cross-entropy reads the
- * twin directly, and anything else that reads the buffer first gets the twin copied into it.
+ * twin directly, and anything else that reads the buffer first gets the twin copied into it. A product
+ * asked for a bf16 output (`MatmulArgs.bf16Out`: autocast's precision for activations that feed
+ * products, attention and ReLU's mask) writes only the bf16 shadow; those readers take the shadow, and
+ * anything that reads the f32 buffer first gets the shadow widened into it.
  *
  * Index buffers (i32) keep a host copy of their content while it is current (taken on upload and on
  * download; any device write makes it stale). Index validation (gathers, embeddings, cross-entropy
@@ -48,7 +51,7 @@
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
 import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
-import { cublasCandidates, loadCudaAddon, type CudaAddon } from './addon.js';
+import { cublasCandidates, GEMM_BIAS_GRAD, GEMM_ONLY_C16, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
 import { addOutBias, checkExpertBuffers, checkExperts, checkGroupedEpilogue, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
 
@@ -132,6 +135,11 @@ class CudaBuf implements Buf {
   zeroPending = false;
   /** When set, the buffer's content lives here instead (see the file comment). */
   twin: Twin | null = null;
+  /**
+   * The content is the current (plain) shadow's values, widened when first read as f32: a product's
+   * output kept at bf16 precision (MatmulArgs.bf16Out), never written in f32 (see the file comment).
+   */
+  fromShadow = false;
   /** An i32 buffer's content on the host, current while `hostVersion === version` (see the file comment). */
   host: Int32Array | null = null;
   hostVersion = -1;
@@ -301,6 +309,10 @@ export class CudaBackend implements Backend {
   }
   /** Brings the buffer's memory up to date before anything observes it: its twin or deferred zeros. */
   private settle(b: CudaBuf): void {
+    if (b.fromShadow) {
+      b.fromShadow = false;
+      this.nat.cast(1, b.shadow, b.ptr, b.size);
+    }
     const t = b.twin;
     if (t) {
       b.twin = null;
@@ -314,6 +326,7 @@ export class CudaBackend implements Backend {
   /** The buffer is about to be overwritten in full: deferred zeros and a twin are dropped. */
   private overwritten(b: CudaBuf): void {
     b.zeroPending = false;
+    b.fromShadow = false;
     if (b.twin) {
       this.nat.free(b.twin.ptr);
       b.twin = null;
@@ -354,6 +367,7 @@ export class CudaBackend implements Backend {
    * request it contains: a row-padded copy also serves plain reads.
    */
   private shadow(b: CudaBuf, want: PadLayout | null = null): number {
+    if (b.fromShadow && serves(b.shadowLayout, want, b.size)) return b.shadow;
     this.settle(b);
     if (b.dtype === 'bf16') return b.ptr;
     if (b.shadow !== 0 && b.shadowVersion === b.version && serves(b.shadowLayout, want, b.size)) return b.shadow;
@@ -606,11 +620,13 @@ export class CudaBackend implements Backend {
     need(o, code !== undefined, () => `unknown op ${op}`);
     const n = this.buf(o, x, 'x').size;
     need(o, this.buf(o, gy, 'gy').size === n && this.buf(o, gx, 'gx').size === n, () => `${op}: sizes differ`);
-    const X = this.r(o, x, 'x'), G = this.r(o, gy, 'gy'), out = this.o(o, gx, 'gx', n);
+    // ReLU's mask from a product output kept at bf16 precision is read from that copy (the same signs).
+    const XB = x as CudaBuf, x16 = op === 'relu' && XB.fromShadow && XB !== gx ? this.shadow(XB) : 0;
+    const X = x16 ? 0 : this.r(o, x, 'x'), G = this.r(o, gy, 'gy'), out = this.o(o, gx, 'gx', n);
     // ReLU's gradient feeds products (a linear layer's or an expert's backward): its bf16 copy is
     // written beside it.
     const out16 = op === 'relu' && this.matmulMode === 'bf16' ? this.shadowFor(gx as CudaBuf, null) : 0;
-    this.nat.unaryBackward(code, X, G, out, out16, n);
+    this.nat.unaryBackward(code, X, G, out, out16, n, x16);
   }
   affine(x: Buf, out: Buf, scale: number, shift: number): void {
     const n = this.buf('affine', x, 'x').size;
@@ -702,8 +718,8 @@ export class CudaBackend implements Backend {
     }
     const bf = this.matmulMode === 'bf16';
     if (!bf) {
-      sumRows(this.nat.gemm(A.ptr, 0, lda, g.strideA, B.ptr, 0, ldb, g.strideB, C, n, g.strideC, batch, m, n, k, g.transA,
-        g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>], bias, relu, biasGrad));
+      sumRows((this.nat.gemm(A.ptr, 0, lda, g.strideA, B.ptr, 0, ldb, g.strideB, C, n, g.strideC, batch, m, n, k, g.transA,
+        g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>], bias, relu, biasGrad, 0) & GEMM_BIAS_GRAD) !== 0);
       return;
     }
     // Large single products get misaligned sizes padded to multiples of 8 (zeros in the operands):
@@ -728,8 +744,13 @@ export class CudaBackend implements Backend {
     }
     // The epilogue is fused into the product, except over a padded width (the bias has n entries).
     const fused = nn === n;
-    sumRows(this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch, m,
-      nn, kk, g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu, biasGrad));
+    // A bf16 output (autocast's precision): the product writes C's bf16 shadow, and C is widened from it
+    // only if something reads C itself (see the file comment).
+    const Cb = c as CudaBuf, c16 = g.bf16Out && whole && batch === 1 && fused && !biasGrad ? this.shadowFor(Cb, null) : 0;
+    const done = this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch,
+      m, nn, kk, g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu, biasGrad, c16);
+    sumRows((done & GEMM_BIAS_GRAD) !== 0);
+    Cb.fromShadow = (done & GEMM_ONLY_C16) !== 0;
     if (!fused) this.nat.biasAct(out, ldc, g.strideC, batch, m, n, bias, relu);
   }
   /**
@@ -807,7 +828,7 @@ export class CudaBackend implements Backend {
         if (m === 0 || n === 0) continue;
         this.nat.gemm(pa + p[q + 3]! * eb, bf ? 1 : 0, p[q + 4]!, 0, pb + p[q + 5]! * eb, bf ? 1 : 0, p[q + 6]!, 0, C + p[q + 7]! * 4,
           p[q + 8]!, 0, 1, m, n, p[q + 2]!, g.transA, g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>],
-          bias && bias + (q / 9) * stride * 4, g.relu ?? false, 0);
+          bias && bias + (q / 9) * stride * 4, g.relu ?? false, 0, 0);
       }
       return;
     }
@@ -887,7 +908,8 @@ export class CudaBackend implements Backend {
     const op = 'attention';
     this.dims(op, { B, T, H, D });
     const tc = this.tensorCoreAttention(D);
-    const q = this.r(op, qkv, 'qkv', B * T * 3 * H * D), q16 = tc ? this.shadow(qkv as CudaBuf) : 0;
+    // The tensor-core kernels read only the bf16 copy of qkv.
+    const q16 = tc ? this.shadow(this.typed(op, qkv, 'qkv', B * T * 3 * H * D, 'f32')) : 0, q = tc ? 0 : this.r(op, qkv, 'qkv', B * T * 3 * H * D);
     this.nat.attention(q, q16, this.o(op, out, 'out', B * T * H * D), this.o(op, lse, 'lse', B * H * T), B, T, H, D, causal,
       scale, tc ? 0 : 1);
   }
@@ -897,7 +919,7 @@ export class CudaBackend implements Backend {
     this.dims(op, { B, T, H, D });
     const nq = B * T * 3 * H * D, no = B * T * H * D;
     const tc = this.tensorCoreAttention(D);
-    const q = this.r(op, qkv, 'qkv', nq), q16 = tc ? this.shadow(qkv as CudaBuf) : 0;
+    const q16 = tc ? this.shadow(this.typed(op, qkv, 'qkv', nq, 'f32')) : 0, q = tc ? 0 : this.r(op, qkv, 'qkv', nq);
     const go = this.r(op, gout, 'gout', no), go16 = tc ? this.shadow(gout as CudaBuf) : 0;
     this.nat.attentionBackward(q, q16, this.r(op, out, 'out', no), this.r(op, lse, 'lse', B * H * T), go, go16,
       this.o(op, gqkv, 'gqkv', nq), B, T, H, D, causal, scale, tc ? 0 : 1);

@@ -51,6 +51,11 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOpts = {}): Tensor {
 export interface LinearOpts {
   /** Apply ReLU to the output (fused into the product with the bias). */
   relu?: boolean;
+  /**
+   * The output only feeds products, attention or ReLU's backward: a backend may keep it at bf16
+   * precision (MatmulArgs.bf16Out, autocast's activations), so its values may be bf16-rounded.
+   */
+  bf16Out?: boolean;
 }
 
 /**
@@ -73,7 +78,7 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null, opts: LinearOpts 
   const y = out([...x.shape.slice(0, -1), nOut], be);
   be.matmul(x.buf('linear'), w.buf('linear'), y.buf('linear'), {
     batch: 1, m: rows, n: nOut, k: nIn, transA: false, transB: true, strideA: 0, strideB: 0, strideC: rows * nOut,
-    alpha: 1, beta: 0, bias: b?.buf('linear'), relu,
+    alpha: 1, beta: 0, bias: b?.buf('linear'), relu, bf16Out: opts.bf16Out ?? false,
   });
   return record(y, 'linear', b ? [x, w, b] : [x, w], (g) => {
     const gp = relu ? reluGrad(y, g) : g; // (..., out): the gradient before the activation
