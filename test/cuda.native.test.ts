@@ -594,6 +594,17 @@ if (why) {
       be.free(dots);
       be.layerNorm(x, gamma, beta, y, mu, rs, rows, cols, 1e-5);
       assert.deepEqual(mm(y, W, rows, cols, cols), viaCast(y, rows, cols, W, cols), 'layerNorm');
+      {
+        // Attention (tensor cores, D 32): its output and the backward's gqkv, B 2, T 64 (rows), H 3.
+        const Bq = 2, Tq = rows / 2, Hq = 3, Dq = 32, wq = 3 * Hq * Dq, wo = Hq * Dq; // wo = cols
+        const qkv = put(be, randn(r2, rows * wq)), out = be.alloc('f32', rows * wo), lse = be.alloc('f32', Bq * Hq * Tq);
+        const gq = be.alloc('f32', rows * wq), Wq = put(be, randn(r2, wq * cols));
+        be.attention(qkv, out, lse, Bq, Tq, Hq, Dq, true, 0.2);
+        assert.deepEqual(mm(out, W, rows, wo, cols), viaCast(out, rows, wo, W, cols), 'attention output');
+        be.attentionBackward(qkv, out, lse, gy, gq, Bq, Tq, Hq, Dq, true, 0.2);
+        assert.deepEqual(mm(gq, Wq, rows, wq, cols), viaCast(gq, rows, wq, Wq, cols), 'attention backward (gqkv)');
+        for (const t of [qkv, out, lse, gq, Wq]) be.free(t);
+      }
       const L = put(be, randn(r2, rows * V)), tg = put(be, ints(r2, rows, 0, V), 'i32'), lo = be.alloc('f32', rows);
       const lse = be.alloc('f32', rows), gl = put(be, randn(r2, rows)), gL = be.alloc('f32', rows * V);
       be.crossEntropy(L, tg, lo, lse, rows, V);
@@ -642,18 +653,47 @@ if (why) {
         const P = be.alloc('f32', rows * 64), gx = be.alloc('f32', rows * nOut);
         const out = be.alloc('f32', rows * H * D), lse = be.alloc('f32', B * H * Tn);
         be.matmul(Y, W2, P, { batch: 1, m: rows, n: 64, k: nOut, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        const Q = be.alloc('f32', nOut * nOut); // Yᵀ·Y: Y as both operands, transposed
+        be.matmul(Y, Y, Q, { batch: 1, m: nOut, n: nOut, k: rows, transA: true, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
         be.unaryBackward('relu', Y, gy, gx);
         be.attention(Y, out, lse, B, Tn, H, D, true, 1 / Math.sqrt(D));
-        return [P, gx, out, lse].map((t) => { const d = be.download(t); be.free(t); return d; });
+        return [P, Q, gx, out, lse].map((t) => { const d = be.download(t); be.free(t); return d; });
       };
       const isBf16 = (v: number) => (new Uint32Array(Float32Array.of(v).buffer)[0]! & 0xffff) === 0;
+      {
+        // layerNorm's bf16Out: rows of 192 run the warp kernel (y not written), rows of 190 the block one.
+        for (const c of [nOut, nOut - 2]) {
+          const Xn = put(be, randn(r2, rows * c, 2)), g = put(be, randn(r2, c)), bt = put(be, randn(r2, c));
+          const Wn = put(be, randn(r2, c * 64)), mu = be.alloc('f32', rows), rs = be.alloc('f32', rows);
+          const ln = (bf16Out: boolean) => {
+            const Yn = be.alloc('f32', rows * c);
+            be.layerNorm(Xn, g, bt, Yn, mu, rs, rows, c, 1e-5, bf16Out);
+            return Yn;
+          };
+          const mm = (a: Buf) => {
+            const P = be.alloc('f32', rows * 64);
+            be.matmul(a, Wn, P, { batch: 1, m: rows, n: 64, k: c, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+            const d = be.download(P);
+            be.free(P);
+            return d;
+          };
+          const Yh = ln(true), prod = mm(Yh), yh = be.download(Yh), Yf = ln(false), yf = be.download(Yf);
+          if (c % 4 === 0) assert.ok(yh.every(isBf16), `layerNorm ${c}: y holds bf16 values`);
+          for (let i = 0; i < yh.length; i++) assert.ok(Math.abs(yh[i]! - yf[i]!) <= 2 ** -8 * Math.abs(yf[i]!) + 1e-6, `layerNorm ${c}: y[${i}]`);
+          const fresh = put(be, yh);
+          assert.deepEqual(prod, mm(fresh), `layerNorm ${c}: a product of the copy equals one of the widened values`);
+          for (const t of [Xn, g, bt, Wn, mu, rs, Yh, Yf, fresh]) be.free(t);
+        }
+      }
       for (const [relu, k] of [[false, nIn], [true, nIn], [true, 0]] as const) {
+        // The readers take the copy (the products as A and, transposed, as B).
         const Y = lin(relu, true, k), got = readers(Y);
-        const y = be.download(Y); // widened from the copy
-        assert.ok(y.every(isBf16), `relu ${relu}, k ${k}: C holds bf16 values`);
-        const F = lin(relu, false, k), f32 = be.download(F);
+        const y = be.download(Y); // widened from the copy (k = 0: C is the bias, written in f32 and cast)
+        if (k > 0) assert.ok(y.every(isBf16), `relu ${relu}, k ${k}: C holds bf16 values`);
+        // Within bf16 rounding of the f32 product and of the bias (added as its bf16 copy).
+        const F = lin(relu, false, k), f32 = be.download(F), b = be.download(bias);
         for (let i = 0; i < y.length; i++) {
-          const tol = 2 ** -8 * Math.abs(f32[i]!) + 1e-6;
+          const tol = 2 ** -8 * (Math.abs(f32[i]!) + Math.abs(b[i % nOut]!)) + 1e-6;
           assert.ok(Math.abs(y[i]! - f32[i]!) <= tol, `relu ${relu}, k ${k}: C[${i}] = ${y[i]} vs ${f32[i]} in f32`);
         }
         const fresh = put(be, y);

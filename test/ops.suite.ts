@@ -132,6 +132,13 @@ function cases(): OpCase[] {
       fn: ([x, g, b]) => T.layerNorm(x!, g!, b!),
     });
   }
+  // An output a backend may keep at bf16 precision: rows of 768 (the warp-per-row kernel) and of 7.
+  for (const [rows, cols] of [[6, 768], [3, 7]] as const) {
+    out.push({
+      name: `layerNorm bf16Out ${rows}x${cols}`, inputs: [f([rows, cols], r, 2), f([cols], r), f([cols], r)],
+      fn: ([x, g, b]) => T.layerNorm(x!, g!, b!, 1e-5, { bf16Out: true }),
+    });
+  }
   out.push({
     name: 'embedding (repeated ids)', inputs: [f([11, 6], r), { data: [3, 0, 10, 3, 3, 7, 1], shape: [7], dtype: 'i32', noGrad: true }],
     fn: ([t, ids]) => T.embedding(t!, ids!),

@@ -225,7 +225,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
       gemm(ptr(info, 0), (int)i64(info, 1), i64(info, 2), i64(info, 3), ptr(info, 4), (int)i64(info, 5), i64(info, 6),
            i64(info, 7), fp(info, 8), i64(info, 9), i64(info, 10), i64(info, 11), i64(info, 12), i64(info, 13),
            i64(info, 14), flag(info, 15), flag(info, 16), (float)num(info, 17), (float)num(info, 18), (int)i64(info, 19),
-           fp(info, 20), flag(info, 21), fp(info, 22), (uint16_t*)ptr(info, 23));
+           fp(info, 20), flag(info, 21), fp(info, 22), (uint16_t*)ptr(info, 23), (const uint16_t*)ptr(info, 24));
   return Napi::Number::New(info.Env(), done);
 }
 // biasAct(C, ldc, sC, batch, m, n, bias, relu): the matmul epilogue alone (bias 0: none)
@@ -250,10 +250,11 @@ Napi::Value SoftmaxBackward(const Napi::CallbackInfo& info) {
   softmax_backward(fp(info, 0), fp(info, 1), fp(info, 2), i64(info, 3), i64(info, 4));
   return U(info);
 }
+// layerNorm(x, g, b, y, y16, mean, rstd, rows, cols, eps, y16Only) -> whether y was left unwritten
 Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
-  layer_norm(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), (uint16_t*)ptr(info, 4), fp(info, 5), fp(info, 6),
-             i64(info, 7), i64(info, 8), (float)num(info, 9));
-  return U(info);
+  const bool skipped = layer_norm(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), (uint16_t*)ptr(info, 4), fp(info, 5),
+                                  fp(info, 6), i64(info, 7), i64(info, 8), (float)num(info, 9), flag(info, 10));
+  return Napi::Boolean::New(info.Env(), skipped);
 }
 Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
   layer_norm_backward(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), fp(info, 4), fp(info, 5), fp(info, 6),
@@ -349,17 +350,17 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   topk(fp(info, 0), fp(info, 1), ip(info, 2), i64(info, 3), i64(info, 4), i64(info, 5));
   return U(info);
 }
-// attention(qkv, q16, out, lse, B, T, H, D, causal, scale, impl)
+// attention(qkv, q16, out, lse, B, T, H, D, causal, scale, impl, out16)
 Napi::Value Attention(const Napi::CallbackInfo& info) {
-  attention(fp(info, 0), (const uint16_t*)ptr(info, 1), fp(info, 2), fp(info, 3), (int)i64(info, 4), (int)i64(info, 5),
-            (int)i64(info, 6), (int)i64(info, 7), flag(info, 8), (float)num(info, 9), (int)i64(info, 10));
+  attention(fp(info, 0), (const uint16_t*)ptr(info, 1), fp(info, 2), (uint16_t*)ptr(info, 11), fp(info, 3), (int)i64(info, 4),
+            (int)i64(info, 5), (int)i64(info, 6), (int)i64(info, 7), flag(info, 8), (float)num(info, 9), (int)i64(info, 10));
   return U(info);
 }
-// attentionBackward(qkv, q16, out, lse, gout, go16, gqkv, B, T, H, D, causal, scale, impl)
+// attentionBackward(qkv, q16, out, lse, gout, go16, gqkv, B, T, H, D, causal, scale, impl, gqkv16)
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   attention_backward(fp(info, 0), (const uint16_t*)ptr(info, 1), fp(info, 2), fp(info, 3), fp(info, 4),
-                     (const uint16_t*)ptr(info, 5), fp(info, 6), (int)i64(info, 7), (int)i64(info, 8), (int)i64(info, 9),
-                     (int)i64(info, 10), flag(info, 11), (float)num(info, 12), (int)i64(info, 13));
+                     (const uint16_t*)ptr(info, 5), fp(info, 6), (uint16_t*)ptr(info, 14), (int)i64(info, 7), (int)i64(info, 8),
+                     (int)i64(info, 9), (int)i64(info, 10), flag(info, 11), (float)num(info, 12), (int)i64(info, 13));
   return U(info);
 }
 // attentionCached(qkv, kc, vc, out, pos Int32Array, B, T, H, D, Tmax, scale)

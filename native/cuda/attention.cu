@@ -98,11 +98,20 @@ template <int D> constexpr size_t smem_bytes(int tiles, int stats) {
   return (size_t)tiles * TILE * ld<D>() * sizeof(bf16) + (size_t)stats * sizeof(float);
 }
 
+// Two consecutive outputs at element `at` of o (f32) and, where the bf16 copy is kept (o16 not null),
+// of o16: the copy a product reads, written by its producer (no cast pass).
+__device__ __forceinline__ void put2(float* __restrict__ o, bf16* __restrict__ o16, int64_t at, float x, float y) {
+  *reinterpret_cast<float2*>(o + at) = make_float2(x, y);
+  if (o16) *reinterpret_cast<__nv_bfloat162*>(o16 + at) = __floats2bfloat162_rn(x, y);
+}
+
 // ---------------------------------------------------------------- forward
-// Grid (query tiles, B·H); causal grids run the longest rows first. q16 is the bf16 copy of qkv.
+// Grid (query tiles, B·H); causal grids run the longest rows first. q16 is the bf16 copy of qkv; out16
+// (or null) receives out's.
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32) k_fwd(const bf16* __restrict__ q16, float* __restrict__ out,
-                                                     float* __restrict__ lse, int T, int H, bool causal, float scale) {
+                                                     bf16* __restrict__ out16, float* __restrict__ lse, int T, int H,
+                                                     bool causal, float scale) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
   bf16* Ks = Qs + TILE * ld<D>();       // 2 stages
@@ -194,9 +203,9 @@ __global__ void __launch_bounds__(kWarps * 32) k_fwd(const bf16* __restrict__ q1
     const int t = row0 + i * 8;
     if (t >= T) continue;
     const float inv = 1.f / l[i];
-    float* dst = out + (((int64_t)b * T + t) * H + h) * D + 2 * c;
+    const int64_t at = (((int64_t)b * T + t) * H + h) * D + 2 * c;
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[j][2 * i] * inv, o[j][2 * i + 1] * inv);
+    for (int j = 0; j < D / 8; ++j) put2(out, out16, at + j * 8, o[j][2 * i] * inv, o[j][2 * i + 1] * inv);
     if (c == 0) lse[(int64_t)bh * T + t] = m[i] / kLog2e + logf(l[i]);
   }
 }
@@ -226,7 +235,8 @@ __global__ void k_delta(const float* __restrict__ out, const float* __restrict__
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32) k_bwd_kv(const bf16* __restrict__ q16, const bf16* __restrict__ go16,
                                                         const float* __restrict__ lse, const float* __restrict__ delta,
-                                                        float* __restrict__ gqkv, int T, int H, bool causal, float scale) {
+                                                        float* __restrict__ gqkv, bf16* __restrict__ g16, int T, int H,
+                                                        bool causal, float scale) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* Vs = Ks + TILE * ld<D>();
@@ -305,12 +315,11 @@ __global__ void __launch_bounds__(kWarps * 32) k_bwd_kv(const bf16* __restrict__
   for (int i = 0; i < 2; ++i) {
     const int key = key0 + i * 8;
     if (key >= T) continue;
-    float* gk = gqkv + qkv_at(b, key, 1, h, 2 * c, T, H, D);
-    float* gv = gqkv + qkv_at(b, key, 2, h, 2 * c, T, H, D);
+    const int64_t gk = qkv_at(b, key, 1, h, 2 * c, T, H, D), gv = qkv_at(b, key, 2, h, 2 * c, T, H, D);
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
-      *reinterpret_cast<float2*>(gk + j * 8) = make_float2(dk[j][2 * i], dk[j][2 * i + 1]);
-      *reinterpret_cast<float2*>(gv + j * 8) = make_float2(dv[j][2 * i], dv[j][2 * i + 1]);
+      put2(gqkv, g16, gk + j * 8, dk[j][2 * i], dk[j][2 * i + 1]);
+      put2(gqkv, g16, gv + j * 8, dv[j][2 * i], dv[j][2 * i + 1]);
     }
   }
 }
@@ -320,7 +329,8 @@ __global__ void __launch_bounds__(kWarps * 32) k_bwd_kv(const bf16* __restrict__
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32) k_bwd_q(const bf16* __restrict__ q16, const bf16* __restrict__ go16,
                                                        const float* __restrict__ lse, const float* __restrict__ delta,
-                                                       float* __restrict__ gqkv, int T, int H, bool causal, float scale) {
+                                                       float* __restrict__ gqkv, bf16* __restrict__ g16, int T, int H,
+                                                       bool causal, float scale) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
   bf16* dOs = Qs + TILE * ld<D>();
@@ -391,32 +401,32 @@ __global__ void __launch_bounds__(kWarps * 32) k_bwd_q(const bf16* __restrict__ 
   for (int i = 0; i < 2; ++i) {
     const int t = row0 + i * 8;
     if (t >= T) continue;
-    float* dst = gqkv + qkv_at(b, t, 0, h, 2 * c, T, H, D);
+    const int64_t at = qkv_at(b, t, 0, h, 2 * c, T, H, D);
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) *reinterpret_cast<float2*>(dst + j * 8) = make_float2(dq[j][2 * i], dq[j][2 * i + 1]);
+    for (int j = 0; j < D / 8; ++j) put2(gqkv, g16, at + j * 8, dq[j][2 * i], dq[j][2 * i + 1]);
   }
 }
 
 template <int D>
-void tc_forward(const bf16* q16, float* out, float* lse, int B, int T, int H, bool causal, float scale) {
+void tc_forward(const bf16* q16, float* out, bf16* out16, float* lse, int B, int T, int H, bool causal, float scale) {
   static bool init = false;
   const size_t sm = smem_bytes<D>(5, 0);
   allow_smem(k_fwd<D>, sm, init, "attention (smem)");
   dim3 g((T + TILE - 1) / TILE, B * H);
-  k_fwd<D><<<g, kWarps * 32, sm, stream()>>>(q16, out, lse, T, H, causal, scale);
+  k_fwd<D><<<g, kWarps * 32, sm, stream()>>>(q16, out, out16, lse, T, H, causal, scale);
   check_launch("attention");
 }
 template <int D>
-void tc_backward(const bf16* q16, const bf16* go16, const float* lse, const float* delta, float* gqkv, int B, int T,
-                 int H, bool causal, float scale) {
+void tc_backward(const bf16* q16, const bf16* go16, const float* lse, const float* delta, float* gqkv, bf16* g16, int B,
+                 int T, int H, bool causal, float scale) {
   static bool init_kv = false, init_q = false;
   const size_t sm_kv = smem_bytes<D>(6, 4 * TILE), sm_q = smem_bytes<D>(6, 0);
   allow_smem(k_bwd_kv<D>, sm_kv, init_kv, "attentionBackward (smem)");
   allow_smem(k_bwd_q<D>, sm_q, init_q, "attentionBackward (smem)");
   dim3 g((T + TILE - 1) / TILE, B * H);
-  k_bwd_kv<D><<<g, kWarps * 32, sm_kv, stream()>>>(q16, go16, lse, delta, gqkv, T, H, causal, scale);
+  k_bwd_kv<D><<<g, kWarps * 32, sm_kv, stream()>>>(q16, go16, lse, delta, gqkv, g16, T, H, causal, scale);
   check_launch("attentionBackward");
-  k_bwd_q<D><<<g, kWarps * 32, sm_q, stream()>>>(q16, go16, lse, delta, gqkv, T, H, causal, scale);
+  k_bwd_q<D><<<g, kWarps * 32, sm_q, stream()>>>(q16, go16, lse, delta, gqkv, g16, T, H, causal, scale);
   check_launch("attentionBackward");
 }
 
@@ -567,8 +577,8 @@ __global__ void k_cache_attend(const float* __restrict__ qkv, const float* __res
 bool tc_head(int D) { return D == 16 || D == 32 || D == 64 || D == 128; }
 }  // namespace
 
-void attention(const float* qkv, const uint16_t* q16, float* out, float* lse, int B, int T, int H, int D, bool causal,
-               float scale, int impl) {
+void attention(const float* qkv, const uint16_t* q16, float* out, uint16_t* out16, float* lse, int B, int T, int H, int D,
+               bool causal, float scale, int impl) {
   if ((int64_t)B * T * H == 0) return;
   if (D == 0) {
     fill32(lse, (int64_t)B * H * T, 0u);  // degenerate; not used by the model
@@ -577,11 +587,12 @@ void attention(const float* qkv, const uint16_t* q16, float* out, float* lse, in
   if (impl == 0) {
     if (!tc_head(D) || !q16) throw CudaError("attention: the tensor-core path needs D in {16, 32, 64, 128} and a bf16 copy");
     const bf16* q = reinterpret_cast<const bf16*>(q16);
+    bf16* o16 = reinterpret_cast<bf16*>(out16);
     switch (D) {
-      case 16: tc_forward<16>(q, out, lse, B, T, H, causal, scale); return;
-      case 32: tc_forward<32>(q, out, lse, B, T, H, causal, scale); return;
-      case 64: tc_forward<64>(q, out, lse, B, T, H, causal, scale); return;
-      default: tc_forward<128>(q, out, lse, B, T, H, causal, scale); return;
+      case 16: tc_forward<16>(q, out, o16, lse, B, T, H, causal, scale); return;
+      case 32: tc_forward<32>(q, out, o16, lse, B, T, H, causal, scale); return;
+      case 64: tc_forward<64>(q, out, o16, lse, B, T, H, causal, scale); return;
+      default: tc_forward<128>(q, out, o16, lse, B, T, H, causal, scale); return;
     }
   }
   int64_t n = (int64_t)B * H * T;
@@ -590,8 +601,8 @@ void attention(const float* qkv, const uint16_t* q16, float* out, float* lse, in
 }
 
 void attention_backward(const float* qkv, const uint16_t* q16, const float* out, const float* lse, const float* gout,
-                        const uint16_t* go16, float* gqkv, int B, int T, int H, int D, bool causal, float scale,
-                        int impl) {
+                        const uint16_t* go16, float* gqkv, uint16_t* gqkv16, int B, int T, int H, int D, bool causal,
+                        float scale, int impl) {
   int64_t n = (int64_t)B * H * T;
   if (n == 0 || D == 0) return;
   if (impl == 0 && (!tc_head(D) || !q16 || !go16)) {
@@ -602,11 +613,12 @@ void attention_backward(const float* qkv, const uint16_t* q16, const float* out,
   check_launch("attentionBackward");
   if (impl == 0) {
     const bf16 *q = reinterpret_cast<const bf16*>(q16), *go = reinterpret_cast<const bf16*>(go16);
+    bf16* g16 = reinterpret_cast<bf16*>(gqkv16);
     switch (D) {
-      case 16: tc_backward<16>(q, go, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
-      case 32: tc_backward<32>(q, go, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
-      case 64: tc_backward<64>(q, go, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
-      default: tc_backward<128>(q, go, lse, delta.as<float>(), gqkv, B, T, H, causal, scale); return;
+      case 16: tc_backward<16>(q, go, lse, delta.as<float>(), gqkv, g16, B, T, H, causal, scale); return;
+      case 32: tc_backward<32>(q, go, lse, delta.as<float>(), gqkv, g16, B, T, H, causal, scale); return;
+      case 64: tc_backward<64>(q, go, lse, delta.as<float>(), gqkv, g16, B, T, H, causal, scale); return;
+      default: tc_backward<128>(q, go, lse, delta.as<float>(), gqkv, g16, B, T, H, causal, scale); return;
     }
   }
   k_simt_bwd_q<<<grid_for(n, 128), 128, 0, stream()>>>(qkv, gout, lse, delta.as<float>(), gqkv, B, T, H, D, causal, scale);

@@ -112,9 +112,10 @@ void adamw(float* p, const float* g, float* m, float* v, uint16_t* p16, int64_t 
 // nn.cu
 void softmax(const float* x, float* out, int64_t rows, int64_t cols);
 void softmax_backward(const float* y, const float* gy, float* gx, int64_t rows, int64_t cols);
-// y16 (or null): y's bf16 copy, written beside it.
-void layer_norm(const float* x, const float* g, const float* b, float* y, uint16_t* y16, float* mean, float* rstd,
-                int64_t rows, int64_t cols, float eps);
+// y16 (or null): y's bf16 copy, written beside it; with y16_only y itself is not written where the
+// warp-per-row kernel runs (rows of cols % 4 == 0, at most 1024): returns whether it was skipped.
+bool layer_norm(const float* x, const float* g, const float* b, float* y, uint16_t* y16, float* mean, float* rstd,
+                int64_t rows, int64_t cols, float eps, bool y16_only);
 void layer_norm_backward(const float* x, const float* g, const float* mean, const float* rstd, const float* gy,
                          float* gx, float* gg, float* gb, int64_t rows, int64_t cols);
 // out (m, d) = rows idx[i] of x (indices validated by the caller).
@@ -168,13 +169,13 @@ bool cublas_ready();
 // fused through cuBLASLt where it has an algorithm for the product, else run by bias_act after it.
 // bias_grad (m floats, or null; batch 1, no bias or relu): Σ_p op(A)[i, p] through cuBLASLt's BGRADB
 // epilogue (alpha 1 only). c16 (or null; batch 1, beta 0, ldc = n, no bias_grad): C's bf16 copy,
-// written by the product itself where cuBLASLt has an algorithm for a bf16 output (C is then not
-// written), else cast from C. Returns kGemmBiasGrad when bias_grad was written (else the caller sums)
-// | kGemmOnlyC16 when only c16 was.
+// written by the product itself (with bias16, the bias's bf16 copy, as autocast adds it) where
+// cuBLASLt has an algorithm for a bf16 output (C is then not written), else cast from C. Returns
+// kGemmBiasGrad when bias_grad was written (else the caller sums) | kGemmOnlyC16 when only c16 was.
 constexpr int kGemmBiasGrad = 1, kGemmOnlyC16 = 2;
 int gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
          int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
-         float beta, int compute, const float* bias, bool relu, float* bias_grad, uint16_t* c16);
+         float beta, int compute, const float* bias, bool relu, float* bias_grad, uint16_t* c16, const uint16_t* bias16);
 // The epilogue alone, in place on C (batch, m, n; rows ldc, batches sC apart): C = act(C + bias); NaN
 // -> 0 under ReLU.
 void bias_act(float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, const float* bias, bool relu);
@@ -191,11 +192,12 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
 
 // attention.cu. impl 0: tensor cores (D in {16, 32, 64, 128}), reading the bf16 copies q16 of qkv and
 // go16 of gout; impl 1: plain fp32 SIMT kernels on qkv / gout (the bf16 pointers unused, may be null).
-void attention(const float* qkv, const uint16_t* q16, float* out, float* lse, int B, int T, int H, int D, bool causal,
-               float scale, int impl);
+// out16 / gqkv16 (or null; the tensor-core path only): the output's bf16 copy, written beside it.
+void attention(const float* qkv, const uint16_t* q16, float* out, uint16_t* out16, float* lse, int B, int T, int H, int D,
+               bool causal, float scale, int impl);
 void attention_backward(const float* qkv, const uint16_t* q16, const float* out, const float* lse, const float* gout,
-                        const uint16_t* go16, float* gqkv, int B, int T, int H, int D, bool causal, float scale,
-                        int impl);
+                        const uint16_t* go16, float* gqkv, uint16_t* gqkv16, int B, int T, int H, int D, bool causal,
+                        float scale, int impl);
 void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos_host, int B, int T, int H,
                       int D, int Tmax, float scale);
 

@@ -38,7 +38,7 @@ Cublas g_cublas;
 
 // cuBLASLt (the matmuls with a fused epilogue), from the same dlopen'ed libcublasLt. Enum values and
 // the heuristic result's layout are those of cublasLt.h (CUDA 12 and 13).
-enum { LT_DESC_TRANSA = 3, LT_DESC_TRANSB = 4, LT_DESC_EPILOGUE = 7, LT_DESC_BIAS_POINTER = 8, LT_DESC_BIAS_DATA_TYPE = 26 };
+enum { LT_DESC_TRANSA = 3, LT_DESC_TRANSB = 4, LT_DESC_EPILOGUE = 7, LT_DESC_BIAS_POINTER = 8 };
 enum { LT_EPILOGUE_DEFAULT = 1, LT_EPILOGUE_RELU = 2, LT_EPILOGUE_BIAS = 4, LT_EPILOGUE_BGRADB = 512 };
 enum { LT_PREF_MAX_WORKSPACE = 1, LT_PREF_ALIGN_A = 5, LT_PREF_ALIGN_B = 6, LT_PREF_ALIGN_C = 7, LT_PREF_ALIGN_D = 8 };
 struct LtHeuristic {
@@ -209,9 +209,10 @@ uint32_t alignment(const void* p) {
 // One product with its epilogue through cuBLASLt; false where cuBLASLt or an algorithm for it is
 // missing. Plans are cached by shape, types and alignments (at most 512; then they start over).
 // The epilogue: bias (+ ReLU) or ReLU, or (bias_grad) BGRADB: the sums over k of cuBLASLt's B (our
-// op(A)) into `bias`, or none. C's type ct_out: CUDA_R_32F_, or CUDA_R_16BF_ (the bias stays fp32).
+// op(A)) into `bias`, or none. C's type ct_out: CUDA_R_32F_, or CUDA_R_16BF_; the bias has C's type
+// (cuBLAS 13 on an H200 has no algorithm for a bf16 C with an fp32 bias).
 bool gemm_lt(const void* A, int at, int64_t lda, const void* B, int bt, int64_t ldb, void* C, int ct_out, int64_t ldc,
-             int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha, float beta, int ct, const float* bias,
+             int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha, float beta, int ct, const void* bias,
              bool relu, bool bias_grad) {
   // The heuristics take no alignment hint for the bias vector: its kernels may assume 16 bytes.
   if (!lt_ready() || (bias && alignment(bias) < 16)) return false;
@@ -243,10 +244,6 @@ bool gemm_lt(const void* A, int at, int64_t lda, const void* B, int bt, int64_t 
     cb_check(g_lt.desc_set(p.desc, LT_DESC_TRANSB, &opb, sizeof opb), "cublasLtMatmulDescSetAttribute");
     cb_check(g_lt.desc_set(p.desc, LT_DESC_EPILOGUE, &epi, sizeof epi), "cublasLtMatmulDescSetAttribute");
     if (bias) cb_check(g_lt.desc_set(p.desc, LT_DESC_BIAS_POINTER, &bias, sizeof bias), "cublasLtMatmulDescSetAttribute");
-    if (bias && ct_out != CUDA_R_32F_) {
-      const int32_t bias_type = CUDA_R_32F_;
-      cb_check(g_lt.desc_set(p.desc, LT_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type), "cublasLtMatmulDescSetAttribute");
-    }
     cb_check(g_lt.layout_create(&p.la, bt, tB ? k : n, tB ? n : k, ldb), "cublasLtMatrixLayoutCreate");
     cb_check(g_lt.layout_create(&p.lb, at, tA ? m : k, tA ? k : m, lda), "cublasLtMatrixLayoutCreate");
     cb_check(g_lt.layout_create(&p.lc, ct_out, n, m, ldc), "cublasLtMatrixLayoutCreate");
@@ -302,13 +299,14 @@ int gemm_f32(const void* A, int at, int64_t lda, int64_t sA, const void* B, int 
 
 int gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
          int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
-         float beta, int compute, const float* bias, bool relu, float* bias_grad, uint16_t* c16) {
+         float beta, int compute, const float* bias, bool relu, float* bias_grad, uint16_t* c16, const uint16_t* bias16) {
   if (batch == 0 || m == 0 || n == 0) return 0;
-  if (c16 && (batch != 1 || beta != 0.f || ldc != n || bias_grad)) throw CudaError("matmul: a bf16 copy of C needs batch 1, beta 0, ldc = n and no bias gradient");
+  if (c16 && (batch != 1 || beta != 0.f || ldc != n || bias_grad))
+    throw CudaError("matmul: a bf16 copy of C needs batch 1, beta 0, ldc = n and no bias gradient");
   int ct = compute == 0 ? COMPUTE_32F : compute == 1 ? COMPUTE_32F_FAST_TF32 : compute == 3 ? COMPUTE_32F_FAST_16BF : COMPUTE_32F;
   int at = aType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_, bt = bType == 1 ? CUDA_R_16BF_ : CUDA_R_32F_;
-  if (k > 0 && c16 && g_cublas.h &&
-      gemm_lt(A, at, lda, B, bt, ldb, c16, CUDA_R_16BF_, ldc, m, n, k, tA, tB, alpha, beta, ct, bias, relu, false))
+  if (k > 0 && c16 && g_cublas.h && (!bias || bias16) &&
+      gemm_lt(A, at, lda, B, bt, ldb, c16, CUDA_R_16BF_, ldc, m, n, k, tA, tB, alpha, beta, ct, bias16, relu, false))
     return kGemmOnlyC16;
   int done = 0;
   if (k == 0) {

@@ -116,6 +116,56 @@ __global__ void k_layer_norm(const float* __restrict__ x, const float* __restric
     }
   }
 }
+// Rows of cols % 4 == 0, cols <= 128·MAXV (GPT-2's 768): a warp per row, the row held in registers
+// (float4 loads, read once), mean and variance from xor-shuffle trees (two passes over the registers),
+// y (when given) and y16 (when given) written with 16- and 8-byte stores.
+template <int MAXV>
+__global__ void k_layer_norm_warp(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ bt,
+                                  float* __restrict__ y, __nv_bfloat16* __restrict__ y16, float* __restrict__ mean,
+                                  float* __restrict__ rstd, int64_t rows, int cols, float eps) {
+  const int lane = threadIdx.x & 31, c4 = cols / 4;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const float4* xr = reinterpret_cast<const float4*>(x + r * cols);
+    float4 xv[MAXV];
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < MAXV; ++i) {
+      const int q = lane + 32 * i;
+      xv[i] = q < c4 ? xr[q] : make_float4(0.f, 0.f, 0.f, 0.f);
+      s += (xv[i].x + xv[i].y) + (xv[i].z + xv[i].w);
+    }
+    const float mu = warp_sum(s) / (float)cols;
+    float v = 0.f;
+#pragma unroll
+    for (int i = 0; i < MAXV; ++i) {
+      if (lane + 32 * i >= c4) continue;
+      const float a = xv[i].x - mu, b = xv[i].y - mu, c = xv[i].z - mu, d = xv[i].w - mu;
+      v += (a * a + b * b) + (c * c + d * d);
+    }
+    const float rs = rsqrtf(warp_sum(v) / (float)cols + eps);
+    if (lane == 0) {
+      mean[r] = mu;
+      rstd[r] = rs;
+    }
+#pragma unroll
+    for (int i = 0; i < MAXV; ++i) {
+      const int q = lane + 32 * i;
+      if (q >= c4) continue;
+      const float4 gq = reinterpret_cast<const float4*>(g)[q], bq = reinterpret_cast<const float4*>(bt)[q];
+      const float4 o = make_float4((xv[i].x - mu) * rs * gq.x + bq.x, (xv[i].y - mu) * rs * gq.y + bq.y,
+                                   (xv[i].z - mu) * rs * gq.z + bq.z, (xv[i].w - mu) * rs * gq.w + bq.w);
+      if (y) reinterpret_cast<float4*>(y + r * cols)[q] = o;
+      if (y16) {
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(o.x, o.y), hi = __floats2bfloat162_rn(o.z, o.w);
+        uint2 u;
+        memcpy(&u.x, &lo, 4);
+        memcpy(&u.y, &hi, 4);
+        reinterpret_cast<uint2*>(y16 + r * cols)[q] = u;
+      }
+    }
+  }
+}
 __global__ void k_layer_norm_bwd_x(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ mean,
                                    const float* __restrict__ rstd, const float* __restrict__ gy, float* __restrict__ gx,
                                    int64_t rows, int64_t cols) {
@@ -606,12 +656,22 @@ void softmax_backward(const float* y, const float* gy, float* gx, int64_t rows, 
   else k_softmax_bwd<<<rows_grid(rows), kT, 0, stream()>>>(y, gy, gx, rows, cols);
   check_launch("softmaxBackward");
 }
-void layer_norm(const float* x, const float* g, const float* b, float* y, uint16_t* y16, float* mean, float* rstd,
-                int64_t rows, int64_t cols, float eps) {
-  if (rows == 0) return;
-  k_layer_norm<<<rows_grid(rows), kT, 0, stream()>>>(x, g, b, y, reinterpret_cast<__nv_bfloat16*>(y16), mean, rstd, rows,
-                                                     cols, eps);
+bool layer_norm(const float* x, const float* g, const float* b, float* y, uint16_t* y16, float* mean, float* rstd,
+                int64_t rows, int64_t cols, float eps, bool y16_only) {
+  if (rows == 0) return false;
+  auto* o16 = reinterpret_cast<__nv_bfloat16*>(y16);
+  constexpr int kMaxV = 8;  // float4s per lane: rows of up to 1024
+  const bool warp = cols % 4 == 0 && cols > 0 && cols <= 128 * kMaxV && ((uintptr_t)x & 15) == 0 && ((uintptr_t)y & 15) == 0 &&
+                    ((uintptr_t)g & 15) == 0 && ((uintptr_t)b & 15) == 0 && ((uintptr_t)y16 & 7) == 0;
+  const bool skip = warp && y16_only && y16;
+  if (warp) {
+    k_layer_norm_warp<kMaxV><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, g, b, skip ? nullptr : y, o16, mean, rstd, rows,
+                                                                          (int)cols, eps);
+  } else {
+    k_layer_norm<<<rows_grid(rows), kT, 0, stream()>>>(x, g, b, y, o16, mean, rstd, rows, cols, eps);
+  }
   check_launch("layerNorm");
+  return skip;
 }
 void layer_norm_backward(const float* x, const float* g, const float* mean, const float* rstd, const float* gy,
                          float* gx, float* gg, float* gb, int64_t rows, int64_t cols) {

@@ -99,8 +99,9 @@ export interface MatmulArgs {
   /**
    * The output may be kept at bf16 precision, as autocast keeps a product's output (for activations
    * that only feed products, attention and ReLU's mask): a backend with bf16 copies of its buffers (cuda
-   * in bf16) then writes only the copy, and C's f32 content is the copy's values. Others ignore it.
-   * Honoured for batch 1, beta 0 and C overwritten whole, without biasGrad.
+   * in bf16) then writes only the copy (adding the bias's bf16 copy, as autocast does), and C's f32
+   * content is the copy's values. Others ignore it. Honoured for batch 1, beta 0 and C overwritten
+   * whole, without biasGrad.
    */
   bf16Out?: boolean;
 }
@@ -230,9 +231,11 @@ export interface Backend {
   softmaxBackward(y: Buf, gy: Buf, gx: Buf, rows: number, cols: number): void;
   /**
    * LayerNorm over the last axis: y = (x − mean) · rstd · gamma + beta, rstd = 1/sqrt(var + eps)
-   * (biased variance). x, y (rows, cols); gamma, beta (cols); mean, rstd (rows) are written.
+   * (biased variance). x, y (rows, cols); gamma, beta (cols); mean, rstd (rows) are written. With
+   * bf16Out y may be kept at bf16 precision (see MatmulArgs.bf16Out).
    */
-  layerNorm(x: Buf, gamma: Buf, beta: Buf, y: Buf, mean: Buf, rstd: Buf, rows: number, cols: number, eps: number): void;
+  layerNorm(x: Buf, gamma: Buf, beta: Buf, y: Buf, mean: Buf, rstd: Buf, rows: number, cols: number, eps: number,
+    bf16Out?: boolean): void;
   /** gx (rows, cols) written; ggamma, gbeta (cols) ACCUMULATED into. */
   layerNormBackward(x: Buf, gamma: Buf, mean: Buf, rstd: Buf, gy: Buf, gx: Buf, ggamma: Buf, gbeta: Buf,
     rows: number, cols: number): void;

@@ -120,14 +120,15 @@ export class GPT {
     x = drop(x, 0);
     for (let i = 0; i < c.n_layer; i++) {
       const h = `h.${i}`;
-      const a = T.layerNorm(x, this.p(`${h}.ln_1.weight`), this.p(`${h}.ln_1.bias`));
+      // The normalised inputs of the attention and FFN feed their input products only (bf16Out).
+      const a = T.layerNorm(x, this.p(`${h}.ln_1.weight`), this.p(`${h}.ln_1.bias`), 1e-5, { bf16Out: true });
       // (B, T, 3·d_model); at bf16 precision where the backend allows (LinearOpts.bf16Out) when only
       // the attention kernel reads it (the KV cache copies it in f32).
       const qkv = T.linear(a, this.p(`${h}.attn.w_qkv`), this.p(`${h}.attn.b_qkv`), { bf16Out: !opts.cache });
       const att = opts.cache ? opts.cache.attend(i, qkv) : T.attention(qkv, c.n_head, true); // (B, T, d_model)
       const proj = T.linear(att, this.p(`${h}.attn.w_proj`), this.p(`${h}.attn.b_proj`)); // (B, T, d_model)
       x = T.add(x, drop(proj, 2 * i + 1));
-      const m = T.reshape(T.layerNorm(x, this.p(`${h}.ln_2.weight`), this.p(`${h}.ln_2.bias`)), [B * Tn, c.d_model]);
+      const m = T.reshape(T.layerNorm(x, this.p(`${h}.ln_2.weight`), this.p(`${h}.ln_2.bias`), 1e-5, { bf16Out: true }), [B * Tn, c.d_model]);
       const f = this.ffnOverride ? this.ffnOverride(i, m, this.ffnParams(i)) : ffnDense(m, this.ffnParams(i), c.activation);
       x = T.add(x, drop(T.reshape(f, [B, Tn, c.d_model]), 2 * i + 2));
     }

@@ -57,12 +57,12 @@ export interface CudaAddon {
 
   /**
    * The matmul with its epilogue (bias, relu; 0 / false: none) and, with c16 (0: none; batch 1, beta 0,
-   * ldc = n, no biasGrad), C's bf16 copy. Returns GEMM_BIAS_GRAD when biasGrad (0: none) was written |
-   * GEMM_ONLY_C16 when only c16 was (C not written).
+   * ldc = n, no biasGrad), C's bf16 copy (a product with a bf16 output adds bias16, the bias's bf16 copy).
+   * Returns GEMM_BIAS_GRAD when biasGrad (0: none) was written | GEMM_ONLY_C16 when only c16 was (C not written).
    */
   gemm(a: Ptr, aType: number, lda: number, sA: number, b: Ptr, bType: number, ldb: number, sB: number, c: Ptr, ldc: number,
     sC: number, batch: number, m: number, n: number, k: number, tA: boolean, tB: boolean, alpha: number, beta: number,
-    compute: number, bias: Ptr, relu: boolean, biasGrad: Ptr, c16: Ptr): number;
+    compute: number, bias: Ptr, relu: boolean, biasGrad: Ptr, c16: Ptr, bias16: Ptr): number;
   /** The matmul epilogue alone, in place: c (batch, m, n; rows ldc, batches sC apart) = act(c + bias); bias 0: none. */
   biasAct(c: Ptr, ldc: number, sC: number, batch: number, m: number, n: number, bias: Ptr, relu: boolean): void;
   /**
@@ -94,7 +94,9 @@ export interface CudaAddon {
   softmax(x: Ptr, out: Ptr, rows: number, cols: number): void;
   softmaxBackward(y: Ptr, gy: Ptr, gx: Ptr, rows: number, cols: number): void;
   /** y16: 0, or where y's bf16 copy is written too. */
-  layerNorm(x: Ptr, g: Ptr, b: Ptr, y: Ptr, y16: Ptr, mean: Ptr, rstd: Ptr, rows: number, cols: number, eps: number): void;
+  /** With y16Only, y is left unwritten where the warp-per-row kernel runs: returns whether it was. */
+  layerNorm(x: Ptr, g: Ptr, b: Ptr, y: Ptr, y16: Ptr, mean: Ptr, rstd: Ptr, rows: number, cols: number, eps: number,
+    y16Only: boolean): boolean;
   layerNormBackward(x: Ptr, g: Ptr, mean: Ptr, rstd: Ptr, gy: Ptr, gx: Ptr, gg: Ptr, gb: Ptr, rows: number, cols: number): void;
   /** out (m, d) = rows idx[i] of x (indices validated by the caller). */
   gatherRows(x: Ptr, idx: Ptr, out: Ptr, m: number, d: number, op: string): void;
@@ -133,12 +135,15 @@ export interface CudaAddon {
   activationBits(x: Ptr, out: Ptr, rows: number, cols: number): void;
   topkBackward(g: Ptr, indices: Ptr, gx: Ptr, rows: number, cols: number, k: number): void;
   topk(x: Ptr, values: Ptr, indices: Ptr, rows: number, cols: number, k: number): void;
-  /** impl 0: tensor cores on q16, the bf16 copy of qkv; 1: fp32 SIMT on qkv (q16 unused, 0). */
+  /**
+   * impl 0: tensor cores on q16, the bf16 copy of qkv (and out's copy written to out16 unless 0); 1: fp32
+   * SIMT on qkv (q16, out16 unused, 0).
+   */
   attention(qkv: Ptr, q16: Ptr, out: Ptr, lse: Ptr, B: number, T: number, H: number, D: number, causal: boolean,
-    scale: number, impl: number): void;
-  /** As `attention`; go16 is the bf16 copy of gout (0 for impl 1). */
+    scale: number, impl: number, out16: Ptr): void;
+  /** As `attention`; go16 is the bf16 copy of gout, gqkv16 receives gqkv's (both 0 for impl 1). */
   attentionBackward(qkv: Ptr, q16: Ptr, out: Ptr, lse: Ptr, gout: Ptr, go16: Ptr, gqkv: Ptr, B: number, T: number,
-    H: number, D: number, causal: boolean, scale: number, impl: number): void;
+    H: number, D: number, causal: boolean, scale: number, impl: number, gqkv16: Ptr): void;
   attentionCached(qkv: Ptr, kc: Ptr, vc: Ptr, out: Ptr, pos: Int32Array, B: number, T: number, H: number, D: number,
     Tmax: number, scale: number): void;
 }

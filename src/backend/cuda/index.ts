@@ -681,9 +681,9 @@ export class CudaBackend implements Backend {
   matmul(a: Buf, b: Buf, c: Buf, g: MatmulArgs): void {
     const { batch, m, n, k } = g, op = 'matmul';
     this.dims(op, { batch, m, n, k, strideA: g.strideA, strideB: g.strideB, strideC: g.strideC });
-    const A = this.buf(op, a, 'a'), B = this.buf(op, b, 'b');
-    this.r(op, a, 'a');
-    this.r(op, b, 'b');
+    // Operands are settled where their f32 content is read: in bf16 the products read shadows (a
+    // product output kept at bf16 precision is not widened for them).
+    const A = this.typed(op, a, 'a', 0, 'f32'), B = this.typed(op, b, 'b', 0, 'f32');
     checkMatmulEpilogue(g);
     const bias = g.bias ? this.r(op, g.bias, 'bias') : 0, relu = g.relu ?? false;
     // The bias gradient: fused (cuBLASLt) where it can be, else summed from A (f32) after the product.
@@ -718,8 +718,10 @@ export class CudaBackend implements Backend {
     }
     const bf = this.matmulMode === 'bf16';
     if (!bf) {
+      this.settle(A);
+      this.settle(B);
       sumRows((this.nat.gemm(A.ptr, 0, lda, g.strideA, B.ptr, 0, ldb, g.strideB, C, n, g.strideC, batch, m, n, k, g.transA,
-        g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>], bias, relu, biasGrad, 0) & GEMM_BIAS_GRAD) !== 0);
+        g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>], bias, relu, biasGrad, 0, 0) & GEMM_BIAS_GRAD) !== 0);
       return;
     }
     // Large single products get misaligned sizes padded to multiples of 8 (zeros in the operands):
@@ -744,11 +746,12 @@ export class CudaBackend implements Backend {
     }
     // The epilogue is fused into the product, except over a padded width (the bias has n entries).
     const fused = nn === n;
-    // A bf16 output (autocast's precision): the product writes C's bf16 shadow, and C is widened from it
-    // only if something reads C itself (see the file comment).
+    // A bf16 output (autocast's precision, bf16 bias included): the product writes C's bf16 shadow, and C
+    // is widened from it only if something reads C itself (see the file comment).
     const Cb = c as CudaBuf, c16 = g.bf16Out && whole && batch === 1 && fused && !biasGrad ? this.shadowFor(Cb, null) : 0;
+    const bias16 = c16 && g.bias ? this.shadow(this.buf(op, g.bias, 'bias')) : 0;
     const done = this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch,
-      m, nn, kk, g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu, biasGrad, c16);
+      m, nn, kk, g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu, biasGrad, c16, bias16);
     sumRows((done & GEMM_BIAS_GRAD) !== 0);
     Cb.fromShadow = (done & GEMM_ONLY_C16) !== 0;
     if (!fused) this.nat.biasAct(out, ldc, g.strideC, batch, m, n, bias, relu);
@@ -828,7 +831,7 @@ export class CudaBackend implements Backend {
         if (m === 0 || n === 0) continue;
         this.nat.gemm(pa + p[q + 3]! * eb, bf ? 1 : 0, p[q + 4]!, 0, pb + p[q + 5]! * eb, bf ? 1 : 0, p[q + 6]!, 0, C + p[q + 7]! * 4,
           p[q + 8]!, 0, 1, m, n, p[q + 2]!, g.transA, g.transB, g.alpha, g.beta, COMPUTE[this.matmulMode as Exclude<MatmulMode, 'own'>],
-          bias && bias + (q / 9) * stride * 4, g.relu ?? false, 0, 0);
+          bias && bias + (q / 9) * stride * 4, g.relu ?? false, 0, 0, 0);
       }
       return;
     }
@@ -875,7 +878,8 @@ export class CudaBackend implements Backend {
     const n = rows * cols;
     this.nat.softmaxBackward(this.r(op, y, 'y', n), this.r(op, gy, 'gy', n), this.o(op, gx, 'gx', n), rows, cols);
   }
-  layerNorm(x: Buf, gamma: Buf, beta: Buf, y: Buf, mean: Buf, rstd: Buf, rows: number, cols: number, eps: number): void {
+  layerNorm(x: Buf, gamma: Buf, beta: Buf, y: Buf, mean: Buf, rstd: Buf, rows: number, cols: number, eps: number,
+    bf16Out = false): void {
     const op = 'layerNorm';
     this.dims(op, { rows, cols });
     const n = rows * cols;
@@ -884,7 +888,7 @@ export class CudaBackend implements Backend {
     // The output feeds a product (the attention's or FFN's input projection, the output layer): its
     // bf16 copy is written beside it.
     const out16 = this.matmulMode === 'bf16' && y.size === n ? this.shadowFor(y as CudaBuf, null) : 0;
-    this.nat.layerNorm(X, G, B, out, out16, M, R, rows, cols, eps);
+    (y as CudaBuf).fromShadow = this.nat.layerNorm(X, G, B, out, out16, M, R, rows, cols, eps, bf16Out && out16 !== 0);
   }
   layerNormBackward(x: Buf, gamma: Buf, mean: Buf, rstd: Buf, gy: Buf, gx: Buf, ggamma: Buf, gbeta: Buf,
     rows: number, cols: number): void {
@@ -907,11 +911,16 @@ export class CudaBackend implements Backend {
   attention(qkv: Buf, out: Buf, lse: Buf, B: number, T: number, H: number, D: number, causal: boolean, scale: number): void {
     const op = 'attention';
     this.dims(op, { B, T, H, D });
-    const tc = this.tensorCoreAttention(D);
-    // The tensor-core kernels read only the bf16 copy of qkv.
-    const q16 = tc ? this.shadow(this.typed(op, qkv, 'qkv', B * T * 3 * H * D, 'f32')) : 0, q = tc ? 0 : this.r(op, qkv, 'qkv', B * T * 3 * H * D);
-    this.nat.attention(q, q16, this.o(op, out, 'out', B * T * H * D), this.o(op, lse, 'lse', B * H * T), B, T, H, D, causal,
-      scale, tc ? 0 : 1);
+    const tc = this.tensorCoreAttention(D), nq = B * T * 3 * H * D, no = B * T * H * D;
+    // The tensor-core kernels read only the bf16 copy of qkv, and write the output's (the projection's
+    // operand) beside it.
+    const q16 = tc ? this.shadow(this.typed(op, qkv, 'qkv', nq, 'f32')) : 0, q = tc ? 0 : this.r(op, qkv, 'qkv', nq);
+    const o = this.o(op, out, 'out', no), l = this.o(op, lse, 'lse', B * H * T);
+    this.nat.attention(q, q16, o, l, B, T, H, D, causal, scale, tc ? 0 : 1, this.copyBeside(tc, out, no));
+  }
+  /** The bf16 shadow of an output `b` of `n` elements that a tensor-core kernel writes beside it (0: none). */
+  private copyBeside(tc: boolean, b: Buf, n: number): number {
+    return tc && this.matmulMode === 'bf16' && b.size === n ? this.shadowFor(b as CudaBuf, null) : 0;
   }
   attentionBackward(qkv: Buf, out: Buf, lse: Buf, gout: Buf, gqkv: Buf, B: number, T: number, H: number, D: number,
     causal: boolean, scale: number): void {
@@ -921,8 +930,9 @@ export class CudaBackend implements Backend {
     const tc = this.tensorCoreAttention(D);
     const q16 = tc ? this.shadow(this.typed(op, qkv, 'qkv', nq, 'f32')) : 0, q = tc ? 0 : this.r(op, qkv, 'qkv', nq);
     const go = this.r(op, gout, 'gout', no), go16 = tc ? this.shadow(gout as CudaBuf) : 0;
-    this.nat.attentionBackward(q, q16, this.r(op, out, 'out', no), this.r(op, lse, 'lse', B * H * T), go, go16,
-      this.o(op, gqkv, 'gqkv', nq), B, T, H, D, causal, scale, tc ? 0 : 1);
+    const g = this.o(op, gqkv, 'gqkv', nq);
+    this.nat.attentionBackward(q, q16, this.r(op, out, 'out', no), this.r(op, lse, 'lse', B * H * T), go, go16, g, B, T, H, D,
+      causal, scale, tc ? 0 : 1, this.copyBeside(tc, gqkv, nq));
   }
   attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Int32Array, B: number, T: number, H: number,
     D: number, Tmax: number, scale: number): void {

@@ -20,9 +20,10 @@ export function softmax(x: Tensor): Tensor {
 
 /**
  * LayerNorm over the last axis (Ba et al. 2016): x (..., C), gamma (C), beta (C) -> (..., C).
- * Biased variance, `eps` inside the square root.
+ * Biased variance, `eps` inside the square root. With `bf16Out` (an output that only feeds products)
+ * a backend may keep the output at bf16 precision (Backend.layerNorm).
  */
-export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): Tensor {
+export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5, opts: { bf16Out?: boolean } = {}): Tensor {
   const b = backendOf('layerNorm', x, gamma, beta);
   const C = x.shape[x.rank - 1]!;
   for (const [t, w] of [[x, 'x'], [gamma, 'gamma'], [beta, 'beta']] as const) expectDtype('layerNorm', t, 'f32', w);
@@ -32,7 +33,7 @@ export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): T
   const rows = x.size / C;
   const y = out(x.shape, b), mu = out([rows], b), rstd = out([rows], b);
   b.layerNorm(x.buf('layerNorm'), gamma.buf('layerNorm'), beta.buf('layerNorm'), y.buf('layerNorm'),
-    mu.buf('layerNorm'), rstd.buf('layerNorm'), rows, C, eps);
+    mu.buf('layerNorm'), rstd.buf('layerNorm'), rows, C, eps, opts.bf16Out ?? false);
   return record(y, 'layerNorm', [x, gamma, beta], (g) => {
     const gx = out(x.shape, b), gg = out(gamma.shape, b), gb = out(beta.shape, b);
     b.layerNormBackward(x.buf('layerNorm'), gamma.buf('layerNorm'), mu.buf('layerNorm'), rstd.buf('layerNorm'),
