@@ -567,6 +567,7 @@ if (why) {
     });
 
     it('bf16 copies written beside their f32 outputs (ReLU backward, layerNorm, cross-entropy backward, AdamW) equal a cast', () => {
+      const isBf16Value = (v: number) => (new Uint32Array(Float32Array.of(v).buffer)[0]! & 0xffff) === 0;
       // A product reads the copy its producer wrote; the same product of a fresh upload of the f32 output
       // reads a cast: the bits agree exactly.
       const be = createCudaBackend({ matmul: 'bf16' }), r2 = rng(21), rows = 128, cols = 96, V = 33333;
@@ -610,6 +611,27 @@ if (why) {
       be.crossEntropy(L, tg, lo, lse, rows, V);
       be.crossEntropyBackward(L, tg, lse, gl, gL, rows, V);
       assert.deepEqual(mm(gL, W, rows, V, cols), viaCast(gL, rows, V, W, cols), 'cross-entropy backward (padded copy)');
+      {
+        // Logits kept at bf16 precision (a padded copy: V = 33333) and a gradient kept so too: the loss
+        // and gradient equal those of the widened logits, and the products of the gradient's copy those
+        // of the widened gradient.
+        const Hh = put(be, randn(r2, rows * cols)), Lb = be.alloc('f32', rows * V), gLb = be.alloc('f32', rows * V);
+        be.matmul(Hh, W, Lb, { batch: 1, m: rows, n: V, k: cols, transA: false, transB: true, strideA: 0, strideB: 0, strideC: 0,
+          alpha: 1, beta: 0, bf16Out: true });
+        const lo2 = be.alloc('f32', rows), lse2 = be.alloc('f32', rows), gF = be.alloc('f32', rows * V);
+        be.crossEntropy(Lb, tg, lo2, lse2, rows, V);
+        be.crossEntropyBackward(Lb, tg, lse2, gl, gLb, rows, V, true);
+        const prodB = mm(gLb, W, rows, V, cols), lb = be.download(Lb);
+        assert.ok(lb.every(isBf16Value), 'bf16Out logits hold bf16 values');
+        const Lf = put(be, lb);
+        be.crossEntropy(Lf, tg, lo, lse, rows, V);
+        be.crossEntropyBackward(Lf, tg, lse, gl, gF, rows, V);
+        assert.deepEqual(be.download(lo2), be.download(lo), 'loss from the bf16 copy of the logits');
+        assert.deepEqual(prodB, viaCast(gLb, rows, V, W, cols), 'the gradient kept at bf16 precision (padded copy)');
+        const gb = be.download(gLb), gf = be.download(gF);
+        for (let i = 0; i < gb.length; i++) assert.ok(Math.abs(gb[i]! - gf[i]!) <= 2 ** -8 * Math.abs(gf[i]!), `gradient [${i}]`);
+        for (const t of [Hh, Lb, gLb, lo2, lse2, gF, Lf]) be.free(t);
+      }
       assert.throws(() => be.crossEntropyBackward(L, tg, lse, gl, L, rows, V), /glogits must not be the logits buffer/);
       // AdamW on weights with a copy: W (plain), and W2 read as the tied output layer reads its table
       // (x2 · W2ᵀ, a row-padded copy: V = 33333 rows of 128, past the padding threshold).

@@ -170,6 +170,16 @@ function cases(): OpCase[] {
       fn: ([l, t]) => T.crossEntropy(l!, t!),
     });
   }
+  {
+    // The output layer as GPT trains it: logits and their gradient may be kept at bf16 precision.
+    const targets = ints(r, 6, 0, 50);
+    targets[2] = -1;
+    out.push({
+      name: 'crossEntropy of bf16Out logits (6,16)·(50,16)ᵀ, bf16Grad',
+      inputs: [f([6, 16], r), f([50, 16], r, 0.5), { data: targets, shape: [6], dtype: 'i32', noGrad: true }],
+      fn: ([h, w, t]) => T.crossEntropy(T.matmul(h!, w!, { transB: true, bf16Out: true }), t!, { bf16Grad: true }),
+    });
+  }
   // MoE primitives
   out.push({ name: 'topk values', inputs: [f([6, 9], r)], fn: ([x]) => T.topk(x!, 3).values });
   {

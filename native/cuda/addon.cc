@@ -166,6 +166,11 @@ Napi::Value CastPad(const Napi::CallbackInfo& info) {
   cast_f32_bf16_pad(fp(info, 0), (uint16_t*)ptr(info, 1), i64(info, 2), i64(info, 3), i64(info, 4), i64(info, 5));
   return U(info);
 }
+// widenUnpad(x16, out, rows, cols, ld)
+Napi::Value WidenUnpad(const Napi::CallbackInfo& info) {
+  cast_bf16_f32_unpad((const uint16_t*)ptr(info, 0), fp(info, 1), i64(info, 2), i64(info, 3), i64(info, 4));
+  return U(info);
+}
 // copy2d(src, srcPitchBytes, dst, dstPitchBytes, widthBytes, rows)
 Napi::Value Copy2D(const Napi::CallbackInfo& info) {
   copy_2d(ptr(info, 0), i64(info, 1), ptr(info, 2), i64(info, 3), i64(info, 4), i64(info, 5));
@@ -319,14 +324,14 @@ Napi::Value IntRange(const Napi::CallbackInfo& info) {
   r.Set(1u, hi);
   return r;
 }
-// crossEntropy(logits, ld, targets, losses, lse, N, V)
+// crossEntropy(logits, ld, targets, losses, lse, N, V, logitsBf16)
 Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
-  cross_entropy(fp(info, 0), i64(info, 1), ip(info, 2), fp(info, 3), fp(info, 4), i64(info, 5), i64(info, 6));
+  cross_entropy(ptr(info, 0), flag(info, 7), i64(info, 1), ip(info, 2), fp(info, 3), fp(info, 4), i64(info, 5), i64(info, 6));
   return U(info);
 }
-// crossEntropyBackward(logits, ld, targets, lse, gloss, glogits, g16, ld16, N, V); g16 0: no bf16 copy
+// crossEntropyBackward(logits, ld, targets, lse, gloss, glogits, g16, ld16, N, V, logitsBf16); glogits / g16 0: not written
 Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info) {
-  cross_entropy_backward(fp(info, 0), i64(info, 1), ip(info, 2), fp(info, 3), fp(info, 4), fp(info, 5),
+  cross_entropy_backward(ptr(info, 0), flag(info, 10), i64(info, 1), ip(info, 2), fp(info, 3), fp(info, 4), fp(info, 5),
                          (uint16_t*)ptr(info, 6), i64(info, 7), i64(info, 8), i64(info, 9));
   return U(info);
 }
@@ -393,6 +398,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("cast", Cast);
   FN("copyBytes", CopyBytes);
   FN("castPad", CastPad);
+  FN("widenUnpad", WidenUnpad);
   FN("copy2d", Copy2D);
   FN("copyStrided", CopyStrided);
   FN("unary", Unary);

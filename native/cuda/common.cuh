@@ -88,6 +88,8 @@ void cast_bf16_f32(const uint16_t* x, float* out, int64_t n);
 // (rows, cols) f32 -> (out_rows, ld) bf16, zero in the padding rows and columns (aligned operands for
 // cuBLAS); ld even, out_rows >= rows.
 void cast_f32_bf16_pad(const float* x, uint16_t* out, int64_t rows, int64_t cols, int64_t out_rows, int64_t ld);
+// out (rows, cols) f32 = the first cols of each bf16 row of x, rows ld apart (a padded copy widened).
+void cast_bf16_f32_unpad(const uint16_t* x, float* out, int64_t rows, int64_t cols, int64_t ld);
 // rows of `width` bytes from src (rows src_pitch bytes apart) to dst (dst_pitch apart).
 void copy_2d(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t width, int64_t rows);
 void cast_i32_f32(const int32_t* x, float* out, int64_t n);
@@ -137,11 +139,13 @@ void segment_sum_bounds(const float* src, const int32_t* plan, int64_t n, int64_
 // each row of out has at most one source, so the result is that of segment_sum); src (m, d), out (·, d).
 void scatter_unique(const float* src, const int32_t* idx, int64_t m, float* out, int64_t d, bool init, const char* op);
 // logits rows are `ld` floats apart (ld >= V; an aligned twin of the logits buffer); glogits (N, V).
-void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
+// logits: fp32, or bf16 (a product output kept at bf16 precision), rows ld elements apart.
+void cross_entropy(const void* logits, bool bf16, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
                    int64_t V);
-// g16 (or null): glogits' bf16 copy, rows ld16 >= V apart, zeros in columns V .. ld16.
-void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targets, const float* lse, const float* gloss,
-                            float* glogits, uint16_t* g16, int64_t ld16, int64_t N, int64_t V);
+// glogits (or null: only the copy) fp32; g16 (or null): glogits' bf16 copy, rows ld16 >= V apart, zeros in
+// columns V .. ld16.
+void cross_entropy_backward(const void* logits, bool bf16, int64_t ld, const int32_t* targets, const float* lse,
+                            const float* gloss, float* glogits, uint16_t* g16, int64_t ld16, int64_t N, int64_t V);
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
 // gx = gy where y > 0 else 0 (and its bf16 copy gx16 unless null); dots[r] = Σ_c gx[r, c]·y[r, c] in f64.
 void relu_backward_row_dot(const float* y, const float* gy, float* gx, uint16_t* gx16, float* dots, int64_t rows,

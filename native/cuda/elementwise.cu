@@ -47,6 +47,13 @@ __global__ void k_f32_bf16_pad(const float* __restrict__ x, uint32_t* __restrict
   }
 }
 __global__ void k_bf16_f32(const uint16_t* x, float* o, int64_t n) { GRID_STRIDE(i, n) o[i] = bf2f(x[i]); }
+// o (rows, cols) = the bf16 rows of x, ld apart (the reverse of k_f32_bf16_pad's columns).
+__global__ void k_bf16_f32_unpad(const uint16_t* __restrict__ x, float* __restrict__ o, int64_t rows, int64_t cols, int64_t ld) {
+  GRID_STRIDE(i, rows * cols) {
+    const int64_t r = i / cols;
+    o[i] = bf2f(x[r * ld + (i - r * cols)]);
+  }
+}
 __global__ void k_i32_f32(const int32_t* x, float* o, int64_t n) { GRID_STRIDE(i, n) o[i] = (float)x[i]; }
 __global__ void k_f32_i32(const float* x, int32_t* o, int64_t n) { GRID_STRIDE(i, n) o[i] = (int32_t)x[i]; }
 
@@ -377,6 +384,9 @@ void cast_f32_bf16_pad(const float* x, uint16_t* out, int64_t rows, int64_t cols
   dim3 g(grid_for(ld / 2, kThreads, 64), (unsigned)std::min<int64_t>(out_rows, 65535));
   k_f32_bf16_pad<<<g, kThreads, 0, stream()>>>(x, reinterpret_cast<uint32_t*>(out), rows, cols, out_rows, ld);
   check_launch("castPad");
+}
+void cast_bf16_f32_unpad(const uint16_t* x, float* out, int64_t rows, int64_t cols, int64_t ld) {
+  LAUNCH(k_bf16_f32_unpad, rows * cols, x, out, rows, cols, ld);
 }
 void copy_2d(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t width, int64_t rows) {
   if (width == 0 || rows == 0) return;

@@ -392,16 +392,18 @@ __global__ void k_scatter_unique(const float* __restrict__ src, const int32_t* _
 }
 
 // One pass over each row: every thread keeps an online (max, Σ exp(x − max)) over its columns, then
-// the block combines them (max first, then the rescaled sums); fixed order, so deterministic.
-__global__ void k_ce(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg, float* __restrict__ loss,
+// the block combines them (max first, then the rescaled sums); fixed order, so deterministic. Logits
+// (X) fp32 or bf16 (a product's output kept at bf16 precision).
+template <class X>
+__global__ void k_ce(const X* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg, float* __restrict__ loss,
                      float* __restrict__ lse, int64_t N, int64_t V) {
   __shared__ float sh[32];
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    const float* xr = x + n * ldx;
+    const X* xr = x + n * ldx;
     float m = -INFINITY, s = 0.f;
 #pragma unroll 4
     for (int64_t j = threadIdx.x; j < V; j += kT) {
-      const float v = xr[j];
+      const float v = SrcVec<1, X>::load(xr + j);
       if (v > m) {
         s = s * expf(m - v) + 1.f;
         m = v;
@@ -415,7 +417,7 @@ __global__ void k_ce(const float* __restrict__ x, int64_t ldx, const int32_t* __
       float l = mx + logf(s);
       lse[n] = l;
       int t = tg[n];
-      loss[n] = t < 0 ? 0.f : l - xr[t];
+      loss[n] = t < 0 ? 0.f : l - SrcVec<1, X>::load(xr + t);
     }
   }
 }
@@ -426,9 +428,10 @@ __global__ void k_ce(const float* __restrict__ x, int64_t ldx, const int32_t* __
 // the loads are float4 and the bf16 stores 8 bytes, and the f32 stores (rows of any alignment) are
 // made coalesced by a shuffle (store i of a lane writes column 32i + l of the warp's 128). U loads per
 // lane are in flight before their math. The same values as an element per thread: measured 2.5 ->
-// 1.25 ms for GPT-2's logits (8192 x 50257) on an H200.
-template <int VEC>
-__global__ void k_ce_bwd(const float* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg,
+// 1.25 ms for GPT-2's logits (8192 x 50257) on an H200. Logits (X) fp32 or bf16 (then rows of x 8-byte
+// aligned for VEC = 4).
+template <int VEC, class X>
+__global__ void k_ce_bwd(const X* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg,
                          const float* __restrict__ lse, const float* __restrict__ gl, float* __restrict__ gx,
                          __nv_bfloat16* __restrict__ g16, int64_t ld16, int64_t N, int64_t V) {
   constexpr int U = 4, W = 32 * VEC;
@@ -438,13 +441,13 @@ __global__ void k_ce_bwd(const float* __restrict__ x, int64_t ldx, const int32_t
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     const int t = tg[n];
     const float l = lse[n], g = t < 0 ? 0.f : gl[n];
-    const float* xr = x + n * ldx;
+    const X* xr = x + n * ldx;
     for (int64_t c0 = (int64_t)warp * U * W; c0 < cols; c0 += (int64_t)warps * U * W) {
       Vec xv[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t j = c0 + u * W + VEC * lane;
-        xv[u] = j < V ? *reinterpret_cast<const Vec*>(xr + j) : Vec{};
+        xv[u] = j < V ? SrcVec<VEC, X>::load(xr + j) : Vec{};
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -856,19 +859,28 @@ void scatter_unique(const float* src, const int32_t* idx, int64_t m, float* out,
   check_launch(op);
 }
 
-void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
+void cross_entropy(const void* logits, bool bf16, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
                    int64_t V) {
   if (N == 0) return;
-  k_ce<<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, losses, lse, N, V);
+  if (bf16) k_ce<<<rows_grid(N), kT, 0, stream()>>>(static_cast<const __nv_bfloat16*>(logits), ld, targets, losses, lse, N, V);
+  else k_ce<<<rows_grid(N), kT, 0, stream()>>>(static_cast<const float*>(logits), ld, targets, losses, lse, N, V);
   check_launch("crossEntropy");
 }
-void cross_entropy_backward(const float* logits, int64_t ld, const int32_t* targets, const float* lse, const float* gloss,
-                            float* glogits, uint16_t* g16, int64_t ld16, int64_t N, int64_t V) {
+namespace {
+template <class X>
+void ce_backward(const X* x, int64_t ld, const int32_t* targets, const float* lse, const float* gloss, float* glogits,
+                 __nv_bfloat16* g16, int64_t ld16, int64_t N, int64_t V) {
+  const bool v4 = ld % 4 == 0 && ((uintptr_t)x & (4 * sizeof(X) - 1)) == 0 && (!g16 || (ld16 % 4 == 0 && ((uintptr_t)g16 & 7) == 0));
+  if (v4) k_ce_bwd<4, X><<<rows_grid(N), 512, 0, stream()>>>(x, ld, targets, lse, gloss, glogits, g16, ld16, N, V);
+  else k_ce_bwd<1, X><<<rows_grid(N), kT, 0, stream()>>>(x, ld, targets, lse, gloss, glogits, g16, ld16, N, V);
+}
+}  // namespace
+void cross_entropy_backward(const void* logits, bool bf16, int64_t ld, const int32_t* targets, const float* lse,
+                            const float* gloss, float* glogits, uint16_t* g16, int64_t ld16, int64_t N, int64_t V) {
   if (N == 0) return;
   auto* b16 = reinterpret_cast<__nv_bfloat16*>(g16);
-  const bool v4 = ld % 4 == 0 && ((uintptr_t)logits & 15) == 0 && (!g16 || (ld16 % 4 == 0 && ((uintptr_t)g16 & 7) == 0));
-  if (v4) k_ce_bwd<4><<<rows_grid(N), 512, 0, stream()>>>(logits, ld, targets, lse, gloss, glogits, b16, ld16, N, V);
-  else k_ce_bwd<1><<<rows_grid(N), kT, 0, stream()>>>(logits, ld, targets, lse, gloss, glogits, b16, ld16, N, V);
+  if (bf16) ce_backward(static_cast<const __nv_bfloat16*>(logits), ld, targets, lse, gloss, glogits, b16, ld16, N, V);
+  else ce_backward(static_cast<const float*>(logits), ld, targets, lse, gloss, glogits, b16, ld16, N, V);
   check_launch("crossEntropyBackward");
 }
 // ReLU's backward from its output y and the router gate's row dots in one pass (Backend.reluBackwardRowDot):

@@ -281,8 +281,12 @@ export interface Backend {
    * Throws if a target is outside [−1, V).
    */
   crossEntropy(logits: Buf, targets: Buf, losses: Buf, lse: Buf, N: number, V: number): void;
-  /** glogits[n, :] = gloss[n] · (softmax(logits[n]) − onehot(t_n)); zero rows for ignored targets. */
-  crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number): void;
+  /**
+   * glogits[n, :] = gloss[n] · (softmax(logits[n]) − onehot(t_n)); zero rows for ignored targets. With
+   * bf16Out glogits may be kept at bf16 precision (see MatmulArgs.bf16Out).
+   */
+  crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number,
+    bf16Out?: boolean): void;
   /**
    * Fused AdamW, in place on p, m, v (all f32, same size):
    *   g' = gradScale·g; p -= lr·wd·p; m = b1·m + (1−b1)·g'; v = b2·v + (1−b2)·g'²;

@@ -101,8 +101,11 @@ export class GPT {
    * targets are given. Throws if T exceeds the context length (or, with a cache, the cache's room).
    */
   forward(ids: Tensor, opts: ForwardOptions = {}): { logits: Tensor; loss: Tensor | null } {
-    const logits = this.logits(this.hidden(ids, opts)); // (B, T, vocab_size)
-    const loss = opts.targets ? T.crossEntropy(logits, opts.targets) : null;
+    // With targets the logits feed the loss, and their gradient the output layer's products: both may be
+    // kept at bf16 precision (autocast's; MatmulOpts.bf16Out, crossEntropy's bf16Grad), so the logits
+    // returned then hold bf16 values where the backend keeps bf16 copies.
+    const logits = this.logits(this.hidden(ids, opts), opts.targets !== undefined); // (B, T, vocab_size)
+    const loss = opts.targets ? T.crossEntropy(logits, opts.targets, { bf16Grad: true }) : null;
     return { logits, loss };
   }
 
@@ -136,9 +139,12 @@ export class GPT {
     return T.layerNorm(x, this.p('ln_f.weight'), this.p('ln_f.bias'));
   }
 
-  /** The output layer tied to the token embedding: hidden (..., d_model) -> logits (..., vocab_size). */
-  logits(hidden: Tensor): Tensor {
-    return T.matmul(hidden, this.p('wte'), { transB: true });
+  /**
+   * The output layer tied to the token embedding: hidden (..., d_model) -> logits (..., vocab_size); with
+   * bf16Out they may be kept at bf16 precision (MatmulOpts.bf16Out).
+   */
+  logits(hidden: Tensor, bf16Out = false): Tensor {
+    return T.matmul(hidden, this.p('wte'), { transB: true, bf16Out });
   }
 
   /** Parameters that get no weight decay: biases, LayerNorm weights, embeddings. */

@@ -38,6 +38,8 @@ export interface CudaAddon {
   copyBytes(src: Ptr, dst: Ptr, bytes: number): void;
   /** (rows, cols) f32 -> (outRows, ld) bf16, padding rows and columns zero (ld even, outRows >= rows). */
   castPad(x: Ptr, out: Ptr, rows: number, cols: number, outRows: number, ld: number): void;
+  /** out (rows, cols) f32 = the first cols of each bf16 row of x16, rows ld apart. */
+  widenUnpad(x16: Ptr, out: Ptr, rows: number, cols: number, ld: number): void;
   /** `rows` rows of `widthBytes` from src (srcPitch bytes apart) to dst (dstPitch bytes apart). */
   copy2d(src: Ptr, srcPitch: number, dst: Ptr, dstPitch: number, widthBytes: number, rows: number): void;
   copyStrided(kind: number, src: Ptr, srcOff: number, srcStrides: number[], dst: Ptr, dstOff: number,
@@ -123,12 +125,14 @@ export interface CudaAddon {
   scatterPlan(idx: Int32Array, n: number): { kind: 'unique' | 'sorted' | 'listed'; ptr: Ptr; chunks: number };
   /** [smallest, largest] entry of a non-empty array. */
   intRange(a: Int32Array): [number, number];
-  /** logits rows are `ld` floats apart. */
-  crossEntropy(logits: Ptr, ld: number, targets: Ptr, losses: Ptr, lse: Ptr, N: number, V: number): void;
-  /** logits rows are `ld` floats apart; glogits (N, V). */
-  /** g16: 0, or where glogits' bf16 copy is written too, rows ld16 apart (zeros in the padding columns). */
+  /** logits (f32, or bf16 with logitsBf16) rows are `ld` elements apart. */
+  crossEntropy(logits: Ptr, ld: number, targets: Ptr, losses: Ptr, lse: Ptr, N: number, V: number, logitsBf16: boolean): void;
+  /**
+   * logits as for `crossEntropy`; glogits (N, V) f32, or 0 (not written); g16: 0, or where glogits' bf16
+   * copy is written, rows ld16 apart (zeros in the padding columns).
+   */
   crossEntropyBackward(logits: Ptr, ld: number, targets: Ptr, lse: Ptr, gloss: Ptr, glogits: Ptr, g16: Ptr, ld16: number,
-    N: number, V: number): void;
+    N: number, V: number, logitsBf16: boolean): void;
   rowDot(a: Ptr, b: Ptr, out: Ptr, rows: number, cols: number): void;
   /** ReLU's backward from its output with row dots (Backend.reluBackwardRowDot); gx16: gx's bf16 copy, or 0. */
   reluBackwardRowDot(y: Ptr, gy: Ptr, gx: Ptr, gx16: Ptr, dots: Ptr, rows: number, cols: number): void;

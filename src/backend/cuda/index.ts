@@ -311,7 +311,9 @@ export class CudaBackend implements Backend {
   private settle(b: CudaBuf): void {
     if (b.fromShadow) {
       b.fromShadow = false;
-      this.nat.cast(1, b.shadow, b.ptr, b.size);
+      const l = b.shadowLayout;
+      if (l && l.ld !== l.cols) this.nat.widenUnpad(b.shadow, b.ptr, b.size / l.cols, l.cols, l.ld);
+      else this.nat.cast(1, b.shadow, b.ptr, b.size);
     }
     const t = b.twin;
     if (t) {
@@ -390,12 +392,19 @@ export class CudaBackend implements Backend {
     b.shadowVersion = b.version;
     return b.shadow;
   }
-  /** Pointer and row stride of a (rows, cols) f32 input: its twin when it has one, else the buffer. */
-  private rowsIn(op: string, b: Buf, what: string, rows: number, cols: number): { ptr: number; ld: number } {
+  /**
+   * Pointer and row stride of a (rows, cols) f32 input: its twin when it has one, its bf16 shadow when it
+   * is kept at bf16 precision (`bf16`), else the buffer.
+   */
+  private rowsIn(op: string, b: Buf, what: string, rows: number, cols: number): { ptr: number; ld: number; bf16: boolean } {
     const c = this.typed(op, b, what, rows * cols, 'f32');
-    if (c.twin && c.twin.rows === rows && c.twin.cols === cols) return { ptr: c.twin.ptr, ld: c.twin.ld };
+    if (c.twin && c.twin.rows === rows && c.twin.cols === cols) return { ptr: c.twin.ptr, ld: c.twin.ld, bf16: false };
+    const l = c.shadowLayout;
+    if (c.fromShadow && c.size === rows * cols && (!l || (l.cols === cols && l.rows >= rows))) {
+      return { ptr: c.shadow, ld: l?.ld ?? cols, bf16: true };
+    }
     this.settle(c);
-    return { ptr: c.ptr, ld: cols };
+    return { ptr: c.ptr, ld: cols, bf16: false };
   }
 
   /** Keeps `host` as the host copy of an i32 buffer's current content (small enough buffers only). */
@@ -746,15 +755,21 @@ export class CudaBackend implements Backend {
     }
     // The epilogue is fused into the product, except over a padded width (the bias has n entries).
     const fused = nn === n;
-    // A bf16 output (autocast's precision, bf16 bias included): the product writes C's bf16 shadow, and C
-    // is widened from it only if something reads C itself (see the file comment).
-    const Cb = c as CudaBuf, c16 = g.bf16Out && whole && batch === 1 && fused && !biasGrad ? this.shadowFor(Cb, null) : 0;
+    // A bf16 output (autocast's precision, bf16 bias included): the product writes C's bf16 shadow (over
+    // a padded width: its columns padded as the twin's), and C is widened from it only if something reads
+    // C itself (see the file comment).
+    const Cb = c as CudaBuf, half = g.bf16Out && whole && batch === 1 && !biasGrad && (fused || (!bias && !relu));
+    const c16 = half ? this.shadowFor(Cb, fused ? null : { cols: n, ld: nn, rows: m }) : 0;
     const bias16 = c16 && g.bias ? this.shadow(this.buf(op, g.bias, 'bias')) : 0;
     const done = this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch,
       m, nn, kk, g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu, biasGrad, c16, bias16);
     sumRows((done & GEMM_BIAS_GRAD) !== 0);
     Cb.fromShadow = (done & GEMM_ONLY_C16) !== 0;
-    if (!fused) this.nat.biasAct(out, ldc, g.strideC, batch, m, n, bias, relu);
+    if (Cb.fromShadow && Cb.twin) {
+      this.nat.free(Cb.twin.ptr);
+      Cb.twin = null;
+    }
+    if (!fused && !Cb.fromShadow) this.nat.biasAct(out, ldc, g.strideC, batch, m, n, bias, relu);
   }
   /**
    * Whether a grouped product of `groups` groups runs as one cuBLAS GEMM per group (see the file
@@ -962,9 +977,10 @@ export class CudaBackend implements Backend {
     this.checkIndices(op, this.typed(op, targets, 'targets', N, 'i32'), N, -1, V);
     const x = this.rowsIn(op, logits, 'logits', N, V);
     this.nat.crossEntropy(x.ptr, x.ld, this.r(op, targets, 'targets', N, 'i32'), this.o(op, losses, 'losses', N),
-      this.o(op, lse, 'lse', N), N, V);
+      this.o(op, lse, 'lse', N), N, V, x.bf16);
   }
-  crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number): void {
+  crossEntropyBackward(logits: Buf, targets: Buf, lse: Buf, gloss: Buf, glogits: Buf, N: number, V: number,
+    bf16Out = false): void {
     const op = 'crossEntropyBackward';
     this.dims(op, { N, V });
     this.checkIndices('crossEntropy', this.typed(op, targets, 'targets', N, 'i32'), N, -1, V);
@@ -976,7 +992,10 @@ export class CudaBackend implements Backend {
     // `matmul` lays out a large operand with rows of V % 8 != 0 elements.
     const pad = V % 8 !== 0 && N * V >= PAD_MIN ? { cols: V, ld: ceil8(V), rows: N } : null;
     const out16 = this.matmulMode === 'bf16' && N * V > 0 && glogits.size === N * V ? this.shadowFor(glogits as CudaBuf, pad) : 0;
-    this.nat.crossEntropyBackward(x.ptr, x.ld, tg, ls, gl, out, out16, pad?.ld ?? V, N, V);
+    // Kept at bf16 precision (bf16Out), only the copy is written (see the file comment).
+    const only16 = bf16Out && out16 !== 0;
+    this.nat.crossEntropyBackward(x.ptr, x.ld, tg, ls, gl, only16 ? 0 : out, out16, pad?.ld ?? V, N, V, x.bf16);
+    (glogits as CudaBuf).fromShadow = only16;
   }
   adamw(p: Buf, g: Buf, m: Buf, v: Buf, a: AdamWArgs): void {
     const op = 'adamw';

@@ -13,6 +13,11 @@ export interface MatmulOpts {
   transA?: boolean;
   /** Use bᵀ for the last two axes of b (as in `x · Wᵀ` for a Linear weight W of shape (out, in)). */
   transB?: boolean;
+  /**
+   * The output only feeds cross-entropy or products: a backend may keep it at bf16 precision
+   * (MatmulArgs.bf16Out; the output layer's logits, as autocast computes them).
+   */
+  bf16Out?: boolean;
 }
 
 /**
@@ -35,7 +40,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOpts = {}): Tensor {
   const aLead = a.shape.slice(0, -2), bLead = b.shape.slice(0, -2);
   if (b.rank === 2 && !tA && a.rank > 2) {
     // (..., m, k) -> (rows, k): one GEMM for all batch rows.
-    const y2 = bmm(reshape(a, [1, shapeSize(aLead) * am, ak]), reshape(b, [1, ...b.shape]), false, tB);
+    const y2 = bmm(reshape(a, [1, shapeSize(aLead) * am, ak]), reshape(b, [1, ...b.shape]), false, tB, opts.bf16Out);
     return reshape(y2, [...aLead, am, bn]);
   }
   const na = shapeSize(aLead), nb = shapeSize(bLead);
@@ -44,7 +49,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOpts = {}): Tensor {
   }
   const lead = na >= nb ? aLead : bLead;
   const y = bmm(reshape(a, [na, a.shape[a.rank - 2]!, a.shape[a.rank - 1]!]),
-    reshape(b, [nb, b.shape[b.rank - 2]!, b.shape[b.rank - 1]!]), tA, tB);
+    reshape(b, [nb, b.shape[b.rank - 2]!, b.shape[b.rank - 1]!]), tA, tB, opts.bf16Out);
   return reshape(y, [...lead, am, bn]);
 }
 
@@ -107,8 +112,8 @@ function reluGrad(y: Tensor, g: Tensor): Tensor {
   return gx;
 }
 
-/** Rank-3 batched product; batch sizes equal or one of them 1 (broadcast). */
-function bmm(a: Tensor, b: Tensor, tA: boolean, tB: boolean): Tensor {
+/** Rank-3 batched product; batch sizes equal or one of them 1 (broadcast); bf16Out: MatmulOpts.bf16Out. */
+function bmm(a: Tensor, b: Tensor, tA: boolean, tB: boolean, bf16Out = false): Tensor {
   const be = backendOf('matmul', a, b);
   const [na, nb] = [a.shape[0]!, b.shape[0]!];
   const batch = Math.max(na, nb);
@@ -117,7 +122,7 @@ function bmm(a: Tensor, b: Tensor, tA: boolean, tB: boolean): Tensor {
   const y = out([batch, m, n], be);
   be.matmul(a.buf('matmul'), b.buf('matmul'), y.buf('matmul'), {
     batch, m, n, k, transA: tA, transB: tB,
-    strideA: na === 1 ? 0 : m * k, strideB: nb === 1 ? 0 : k * n, strideC: m * n, alpha: 1, beta: 0,
+    strideA: na === 1 ? 0 : m * k, strideB: nb === 1 ? 0 : k * n, strideC: m * n, alpha: 1, beta: 0, bf16Out,
   });
   return record(y, 'matmul', [a, b], (g) => {
     // Gradients of C = op(A)·op(B) for each transpose case (only for operands that need one, e.g. not

@@ -109,9 +109,11 @@ export function attentionCached(qkv: Tensor, kCache: Tensor, vCache: Tensor, pos
 /**
  * Mean softmax cross-entropy over rows with a target (targets of −1 are ignored):
  * logits (..., V) f32, targets (...) i32 -> a scalar (nats). Fused: the softmax is never stored.
+ * With `bf16Grad` (the logits' gradient only feeds products, as the output layer's does) a backend may
+ * keep that gradient at bf16 precision (Backend.crossEntropyBackward's bf16Out).
  * Throws if a target is outside [−1, V) or no row has a target.
  */
-export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {
+export function crossEntropy(logits: Tensor, targets: Tensor, opts: { bf16Grad?: boolean } = {}): Tensor {
   const b = backendOf('crossEntropy', logits, targets);
   expectDtype('crossEntropy', logits, 'f32', 'logits');
   expectDtype('crossEntropy', targets, 'i32', 'targets');
@@ -132,7 +134,7 @@ export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {
     b.affine(gl.buf('crossEntropy'), gl.buf('crossEntropy'), 1 / counted, 0);
     const glogits = out(logits.shape, b);
     b.crossEntropyBackward(logits.buf('crossEntropy'), targets.buf('crossEntropy'), lse.buf('crossEntropy'),
-      gl.buf('crossEntropy'), glogits.buf('crossEntropy'), N, V);
+      gl.buf('crossEntropy'), glogits.buf('crossEntropy'), N, V, opts.bf16Grad ?? false);
     return [glogits, null];
   });
 }
