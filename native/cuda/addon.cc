@@ -224,7 +224,7 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
 
 // ---------------------------------------------------------------- GEMM
 // gemm(A, aType, lda, sA, B, bType, ldb, sB, C, ldc, sC, batch, m, n, k, tA, tB, alpha, beta, compute, bias, relu,
-// biasGrad) -> whether biasGrad was written; bias, biasGrad 0: none
+// biasGrad, c16, bias16) -> kGemmBiasGrad | kGemmOnlyC16 bits (see gemm); bias, biasGrad, c16, bias16 0: none
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   const int done =
       gemm(ptr(info, 0), (int)i64(info, 1), i64(info, 2), i64(info, 3), ptr(info, 4), (int)i64(info, 5), i64(info, 6),

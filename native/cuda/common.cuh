@@ -98,9 +98,8 @@ void copy_bytes(const void* src, void* dst, int64_t bytes);
 // kind: 0 f32, 1 bf16, 2 i32
 void copy_strided(int kind, const void* src, int64_t so, void* dst, int64_t dof, const Dims& d, bool acc);
 void unary(int op, const float* x, float* out, int64_t n);
-// gx16 (or null): gx's bf16 copy, written beside it (rounded to nearest even, as a cast).
-// gx = gy · f'(x) (and its bf16 copy gx16, or null); x16 (or null; ReLU only): x's bf16 copy, read
-// for ReLU's mask instead of x (a product's output kept at bf16 precision: the same mask).
+// gx = gy · f'(x), and its bf16 copy gx16 (or null; rounded to nearest even, as a cast); x16 (or null;
+// ReLU only): x's bf16 copy, read for ReLU's mask instead of x (an output kept at bf16 precision).
 void unary_backward(int op, const float* x, const uint16_t* x16, const float* gy, float* gx, uint16_t* gx16, int64_t n);
 void affine(const float* x, float* out, int64_t n, float scale, float shift);
 void binary(int op, const float* a, const float* b, float* out, const Dims& d);
@@ -114,8 +113,9 @@ void adamw(float* p, const float* g, float* m, float* v, uint16_t* p16, int64_t 
 // nn.cu
 void softmax(const float* x, float* out, int64_t rows, int64_t cols);
 void softmax_backward(const float* y, const float* gy, float* gx, int64_t rows, int64_t cols);
-// y16 (or null): y's bf16 copy, written beside it; with y16_only y itself is not written where the
-// warp-per-row kernel runs (rows of cols % 4 == 0, at most 1024): returns whether it was skipped.
+// y16 (or null): y's bf16 copy, written beside it; with y16_only (and y16) y itself is not written
+// where the warp-per-row kernel runs (rows of cols % 4 == 0, at most 1024; x, y, g, b 16-byte and y16
+// 8-byte aligned): returns whether it was skipped.
 bool layer_norm(const float* x, const float* g, const float* b, float* y, uint16_t* y16, float* mean, float* rstd,
                 int64_t rows, int64_t cols, float eps, bool y16_only);
 void layer_norm_backward(const float* x, const float* g, const float* mean, const float* rstd, const float* gy,

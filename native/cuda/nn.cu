@@ -431,7 +431,7 @@ __global__ void k_ce(const X* __restrict__ x, int64_t ldx, const int32_t* __rest
 // 1.25 ms for GPT-2's logits (8192 x 50257) on an H200. Logits (X) fp32 or bf16 (then rows of x 8-byte
 // aligned for VEC = 4).
 template <int VEC, class X>
-__global__ void k_ce_bwd(const X* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg,
+__global__ void __launch_bounds__(512) k_ce_bwd(const X* __restrict__ x, int64_t ldx, const int32_t* __restrict__ tg,
                          const float* __restrict__ lse, const float* __restrict__ gl, float* __restrict__ gx,
                          __nv_bfloat16* __restrict__ g16, int64_t ld16, int64_t N, int64_t V) {
   constexpr int U = 4, W = 32 * VEC;

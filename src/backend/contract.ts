@@ -98,10 +98,11 @@ export interface MatmulArgs {
   biasGrad?: Buf;
   /**
    * The output may be kept at bf16 precision, as autocast keeps a product's output (for activations
-   * that only feed products, attention and ReLU's mask): a backend with bf16 copies of its buffers (cuda
-   * in bf16) then writes only the copy (adding the bias's bf16 copy, as autocast does), and C's f32
-   * content is the copy's values. Others ignore it. Honoured for batch 1, beta 0 and C overwritten
-   * whole, without biasGrad.
+   * that only feed products, attention, cross-entropy and ReLU's mask): a backend with bf16 copies of its
+   * buffers (cuda in bf16) then writes only the copy (adding the bias's bf16 copy, as autocast does), and
+   * C's f32 content is the copy's values. Others ignore it, and so does cuda for batch > 1, beta ≠ 0, C
+   * not overwritten whole, biasGrad, a bias or ReLU over a padded width, k = 0, or no cuBLASLt
+   * algorithm for a bf16 output (C then keeps fp32 precision).
    */
   bf16Out?: boolean;
 }

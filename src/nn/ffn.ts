@@ -15,8 +15,8 @@ export interface FFNParams {
 
 /**
  * The FFN's hidden activations act(x W_inᵀ + b_in): x (N, d_model) -> (N, d_ff); ReLU fused into the
- * product, its output kept at bf16 precision where the backend has bf16 copies (it feeds W_out's
- * product and ReLU's mask only: LinearOpts.bf16Out).
+ * product, its output kept at bf16 precision where the backend has bf16 copies (LinearOpts.bf16Out: in
+ * training it feeds W_out's product and ReLU's mask only; the SSD monitor's reads widen it, exactly).
  */
 export function ffnHidden(x: Tensor, p: FFNParams, activation: 'relu' | 'gelu'): Tensor {
   return activation === 'relu' ? T.linear(x, p.w_in, p.b_in, { relu: true, bf16Out: true }) : T.gelu(T.linear(x, p.w_in, p.b_in));

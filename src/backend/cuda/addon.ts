@@ -95,8 +95,10 @@ export interface CudaAddon {
 
   softmax(x: Ptr, out: Ptr, rows: number, cols: number): void;
   softmaxBackward(y: Ptr, gy: Ptr, gx: Ptr, rows: number, cols: number): void;
-  /** y16: 0, or where y's bf16 copy is written too. */
-  /** With y16Only, y is left unwritten where the warp-per-row kernel runs: returns whether it was. */
+  /**
+   * y16: 0, or where y's bf16 copy is written too. With y16Only (and y16), y is left unwritten where the
+   * warp-per-row kernel runs; returns true when y was left unwritten.
+   */
   layerNorm(x: Ptr, g: Ptr, b: Ptr, y: Ptr, y16: Ptr, mean: Ptr, rstd: Ptr, rows: number, cols: number, eps: number,
     y16Only: boolean): boolean;
   layerNormBackward(x: Ptr, g: Ptr, mean: Ptr, rstd: Ptr, gy: Ptr, gx: Ptr, gg: Ptr, gb: Ptr, rows: number, cols: number): void;

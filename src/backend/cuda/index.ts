@@ -16,10 +16,11 @@
  * of a training step gets: the contract's zero-filled allocations without a memset per activation.
  * Likewise a large GEMM output with a misaligned row length (the logits over GPT-2's 50257 tokens) is
  * computed into an aligned `twin` (cuBLAS runs several times faster there); cross-entropy reads the
- * twin directly, and anything else that reads the buffer first gets the twin copied into it. A product
- * asked for a bf16 output (`MatmulArgs.bf16Out`: autocast's precision for activations that feed
- * products, attention and ReLU's mask) writes only the bf16 shadow; those readers take the shadow, and
- * anything that reads the f32 buffer first gets the shadow widened into it.
+ * twin directly, and anything else that reads the buffer first gets the twin copied into it. An output
+ * asked for at bf16 precision (`bf16Out` of matmul, layerNorm and crossEntropyBackward: autocast's
+ * precision for activations and gradients that feed products, attention, cross-entropy and ReLU's
+ * mask) is written only into its bf16 shadow; those readers take the shadow, and anything that reads
+ * the f32 buffer first gets the shadow widened into it.
  *
  * Index buffers (i32) keep a host copy of their content while it is current (taken on upload and on
  * download; any device write makes it stale). Index validation (gathers, embeddings, cross-entropy
@@ -136,8 +137,9 @@ class CudaBuf implements Buf {
   /** When set, the buffer's content lives here instead (see the file comment). */
   twin: Twin | null = null;
   /**
-   * The content is the current (plain) shadow's values, widened when first read as f32: a product's
-   * output kept at bf16 precision (MatmulArgs.bf16Out), never written in f32 (see the file comment).
+   * The content is the current shadow's values, widened when first read as f32 (`settle`): an output
+   * kept at bf16 precision (MatmulArgs.bf16Out, layerNorm's and crossEntropyBackward's bf16Out), never
+   * written in f32 (see the file comment).
    */
   fromShadow = false;
   /** An i32 buffer's content on the host, current while `hostVersion === version` (see the file comment). */
@@ -307,7 +309,10 @@ export class CudaBackend implements Backend {
     if (c.size < minSize) throw new Error(`cuda.${op}: ${what} has ${c.size} elements, needs ${minSize}`);
     return c;
   }
-  /** Brings the buffer's memory up to date before anything observes it: its twin or deferred zeros. */
+  /**
+   * Brings the buffer's memory up to date before anything observes it: its shadow widened (`fromShadow`),
+   * its twin copied back, or its deferred zeros.
+   */
   private settle(b: CudaBuf): void {
     if (b.fromShadow) {
       b.fromShadow = false;
@@ -325,7 +330,7 @@ export class CudaBackend implements Backend {
     b.zeroPending = false;
     this.nat.zero(b.ptr, b.size * DTYPE_BYTES[b.dtype]);
   }
-  /** The buffer is about to be overwritten in full: deferred zeros and a twin are dropped. */
+  /** The buffer is about to be overwritten in full: deferred zeros, a twin and `fromShadow` are dropped. */
   private overwritten(b: CudaBuf): void {
     b.zeroPending = false;
     b.fromShadow = false;
@@ -693,6 +698,7 @@ export class CudaBackend implements Backend {
     // Operands are settled where their f32 content is read: in bf16 the products read shadows (a
     // product output kept at bf16 precision is not widened for them).
     const A = this.typed(op, a, 'a', 0, 'f32'), B = this.typed(op, b, 'b', 0, 'f32');
+    need(op, c !== a && c !== b, () => 'c must not be a or b (no in-place product)');
     checkMatmulEpilogue(g);
     const bias = g.bias ? this.r(op, g.bias, 'bias') : 0, relu = g.relu ?? false;
     // The bias gradient: fused (cuBLASLt) where it can be, else summed from A (f32) after the product.
