@@ -571,9 +571,10 @@ if (why) {
       // A product reads the copy its producer wrote; the same product of a fresh upload of the f32 output
       // reads a cast: the bits agree exactly.
       const be = createCudaBackend({ matmul: 'bf16' }), r2 = rng(21), rows = 128, cols = 96, V = 33333;
-      const mm = (a: Buf, b: Buf, m: number, k: number, n: number) => {
+      /** a (m, k) · b (k, n), or · bᵀ with b stored (n, k). */
+      const mm = (a: Buf, b: Buf, m: number, k: number, n: number, transB = false) => {
         const c = be.alloc('f32', m * n);
-        be.matmul(a, b, c, { batch: 1, m, n, k, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
+        be.matmul(a, b, c, { batch: 1, m, n, k, transA: false, transB, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
         const out = be.download(c);
         be.free(c);
         return out;
@@ -649,17 +650,10 @@ if (why) {
         for (const t of [Hh, Lb, gLb, lo2, lse2, gF, Lf, Lt, gT, Lu]) be.free(t);
       }
       assert.throws(() => be.crossEntropyBackward(L, tg, lse, gl, L, rows, V), /glogits must not be the logits buffer/);
-      // AdamW on weights with a copy: W (plain), and W2 read as the tied output layer reads its table
-      // (x2 · W2ᵀ, a row-padded copy: V = 33333 rows of 128, past the padding threshold).
+      // AdamW on weights with a copy: W (row-padded: B of products with k = V), and W2 read as the tied
+      // output layer reads its table (x2 · W2ᵀ, a row-padded copy: V = 33333 rows of 128).
       const W2 = put(be, randn(r2, V * 128)), x2 = put(be, randn(r2, rows * 128));
-      const mmT = (a: Buf, b: Buf, m: number, k: number, n: number) => {
-        const c = be.alloc('f32', m * n);
-        be.matmul(a, b, c, { batch: 1, m, n, k, transA: false, transB: true, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 });
-        const out = be.download(c);
-        be.free(c);
-        return out;
-      };
-      mmT(x2, W2, rows, 128, V);
+      mm(x2, W2, rows, 128, V, true);
       const step = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, step: 1, gradScale: 0.5 };
       for (const [P, n] of [[W, V * cols], [W2, V * 128]] as const) {
         const G = put(be, randn(r2, n)), M = be.alloc('f32', n), Vs = be.alloc('f32', n);
@@ -669,7 +663,7 @@ if (why) {
       // The same products of fresh uploads of the updated weights read casts.
       const fresh = put(be, be.download(W)), fresh2 = put(be, be.download(W2));
       assert.deepEqual(mm(gL, W, rows, V, cols), mm(gL, fresh, rows, V, cols), 'AdamW, row-padded copy (W, as B of k = V)');
-      assert.deepEqual(mmT(x2, W2, rows, 128, V), mmT(x2, fresh2, rows, 128, V), 'AdamW, row-padded copy (W2)');
+      assert.deepEqual(mm(x2, W2, rows, 128, V, true), mm(x2, fresh2, rows, 128, V, true), 'AdamW, row-padded copy (W2)');
       assert.deepEqual(mm(x, W2, rows, cols, 128), mm(x, fresh2, rows, cols, 128), 'AdamW, row-padded copy read plain');
       for (const t of [W, W2, x2, fresh, fresh2, x, gy, g, y, mu, rs, gamma, beta, L, tg, lo, lse, gl, gL]) be.free(t);
     });
