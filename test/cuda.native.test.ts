@@ -620,6 +620,10 @@ if (why) {
         be.matmul(Hh, W, Lb, { batch: 1, m: rows, n: V, k: cols, transA: false, transB: true, strideA: 0, strideB: 0, strideC: 0,
           alpha: 1, beta: 0, bf16Out: true });
         const lo2 = be.alloc('f32', rows), lse2 = be.alloc('f32', rows), gF = be.alloc('f32', rows * V);
+        const tgs = ints(r2, rows, 0, V);
+        tgs[1] = tgs[70] = -1;
+        tgs[2] = V - 1;
+        const tg = put(be, tgs, 'i32');
         be.crossEntropy(Lb, tg, lo2, lse2, rows, V);
         be.crossEntropyBackward(Lb, tg, lse2, gl, gLb, rows, V, true);
         const prodB = mm(gLb, W, rows, V, cols), lb = be.download(Lb);
@@ -630,6 +634,8 @@ if (why) {
         assert.deepEqual(be.download(lo2), be.download(lo), 'loss from the bf16 copy of the logits');
         assert.deepEqual(prodB, viaCast(gLb, rows, V, W, cols), 'the gradient kept at bf16 precision (padded copy)');
         const gb = be.download(gLb), gf = be.download(gF);
+        assert.ok(gb.every(isBf16Value), 'the gradient was written as its bf16 copy only');
+        assert.ok(gb.subarray(70 * V, 71 * V).every((v) => v === 0), 'an ignored row has a zero gradient');
         // (Softmax entries below f32's normal range round with bf16's fewer subnormal bits: an absolute floor.)
         for (let i = 0; i < gb.length; i++) {
           assert.ok(Math.abs(gb[i]! - gf[i]!) <= 2 ** -8 * Math.abs(gf[i]!) + 1e-36, `gradient [${i}]: ${gb[i]} vs ${gf[i]}`);
@@ -647,7 +653,7 @@ if (why) {
         be.crossEntropyBackward(Lu, tg, lse, gl, gF, rows, V);
         assert.deepEqual(be.download(gT), be.download(gF), 'cross-entropy backward: float4 rows (twin) = element rows');
         assert.deepEqual(prodT, viaCast(gT, rows, V, W, cols), 'cross-entropy backward: the float4 path\'s padded copy');
-        for (const t of [Hh, Lb, gLb, lo2, lse2, gF, Lf, Lt, gT, Lu]) be.free(t);
+        for (const t of [Hh, Lb, gLb, lo2, lse2, gF, Lf, Lt, gT, Lu, tg]) be.free(t);
       }
       assert.throws(() => be.crossEntropyBackward(L, tg, lse, gl, L, rows, V), /glogits must not be the logits buffer/);
       // AdamW on weights with a copy: W (row-padded: B of products with k = V), and W2 read as the tied

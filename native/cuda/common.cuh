@@ -138,8 +138,8 @@ void segment_sum_bounds(const float* src, const int32_t* plan, int64_t n, int64_
 // out[idx[i]] = (init ? 0 : out[idx[i]]) + src[i] for i < m, the targets idx distinct (a kUnique plan:
 // each row of out has at most one source, so the result is that of segment_sum); src (m, d), out (·, d).
 void scatter_unique(const float* src, const int32_t* idx, int64_t m, float* out, int64_t d, bool init, const char* op);
-// logits rows are `ld` floats apart (ld >= V; an aligned twin of the logits buffer); glogits (N, V).
-// logits: fp32, or bf16 (a product output kept at bf16 precision), rows ld elements apart.
+// logits: fp32, or bf16 (a product output kept at bf16 precision), rows ld >= V elements apart (an
+// aligned twin or copy of the logits buffer, or the buffer itself).
 void cross_entropy(const void* logits, bool bf16, int64_t ld, const int32_t* targets, float* losses, float* lse, int64_t N,
                    int64_t V);
 // glogits (or null: only the copy) fp32; g16 (or null): glogits' bf16 copy, rows ld16 >= V apart, zeros in
@@ -175,8 +175,9 @@ bool cublas_ready();
 // epilogue (alpha 1 only). c16 (or null; batch 1, beta 0, ldc = n, no bias_grad): C's bf16 copy,
 // written by the product itself (with bias16, the bias's bf16 copy, as autocast adds it) where
 // cuBLASLt has an algorithm for a bf16 output (C is then not written), else cast from C. Returns
-// kGemmBiasGrad when bias_grad was written (else the caller sums) | kGemmOnlyC16 when only c16 was.
-constexpr int kGemmBiasGrad = 1, kGemmOnlyC16 = 2;
+// kGemmBiasGrad when bias_grad was written (else the caller sums) | kGemmOnlyC16 when only c16 was; with
+// C null (only c16 asked for) kGemmNotDone where the product needs C (nothing was written).
+constexpr int kGemmBiasGrad = 1, kGemmOnlyC16 = 2, kGemmNotDone = 4;
 int gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int bType, int64_t ldb, int64_t sB, float* C,
          int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64_t n, int64_t k, bool tA, bool tB, float alpha,
          float beta, int compute, const float* bias, bool relu, float* bias_grad, uint16_t* c16, const uint16_t* bias16);

@@ -308,6 +308,7 @@ int gemm(const void* A, int aType, int64_t lda, int64_t sA, const void* B, int b
   if (k > 0 && c16 && g_cublas.h && (!bias || bias16) &&
       gemm_lt(A, at, lda, B, bt, ldb, c16, CUDA_R_16BF_, ldc, m, n, k, tA, tB, alpha, beta, ct, bias16, relu, false))
     return kGemmOnlyC16;
+  if (!C) return kGemmNotDone;  // only the bf16 output was asked for
   int done = 0;
   if (k == 0) {
     k_scale_c<<<grid_for(batch * m * n, 256), 256, 0, stream()>>>(C, ldc, sC, batch, m, n, beta);

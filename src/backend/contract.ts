@@ -39,6 +39,11 @@ export function checkCachePositions(pos: Int32Array, B: number, T: number, Tmax:
   }
 }
 
+/** Throws unless the matmul's output is a buffer of its own (no backend computes a product in place). */
+export function checkMatmulOperands(a: Buf, b: Buf, c: Buf): void {
+  if (c === a || c === b) throw new Error('matmul: c must not be a or b (no in-place product)');
+}
+
 /**
  * Validates a matmul's epilogue (MatmulArgs.bias, relu, biasGrad). Shared by the backends so every one
  * throws the same error.
@@ -222,6 +227,7 @@ export interface Backend {
   sumSquares(x: Buf): number;
 
   // ---------------------------------------------------------------- linear algebra
+  /** See MatmulArgs. c must not be a or b (throws). */
   matmul(a: Buf, b: Buf, c: Buf, args: MatmulArgs): void;
   groupedMatmul(a: Buf, b: Buf, c: Buf, args: GroupedMatmulArgs): void;
 

@@ -98,12 +98,14 @@ export class GPT {
 
   /**
    * ids (B, T) i32 -> logits (B, T, vocab_size), and the mean next-token cross-entropy (nats) when
-   * targets are given. Throws if T exceeds the context length (or, with a cache, the cache's room).
+   * targets are given. With targets (training and evaluation) the logits and their gradient may be kept
+   * at bf16 precision, as autocast computes them (cuda in bf16: the loss is that of bf16 logits, and the
+   * logits returned hold bf16 values); without, the logits keep the backend's full precision.
+   * Throws if T exceeds the context length (or, with a cache, the cache's room).
    */
   forward(ids: Tensor, opts: ForwardOptions = {}): { logits: Tensor; loss: Tensor | null } {
-    // With targets the logits feed the loss, and their gradient the output layer's products: both may be
-    // kept at bf16 precision (autocast's; MatmulOpts.bf16Out, crossEntropy's bf16Grad), so the logits
-    // returned then hold bf16 values where the backend keeps bf16 copies.
+    // With targets the logits feed the loss, and their gradient the output layer's products
+    // (MatmulOpts.bf16Out, crossEntropy's bf16Grad).
     const logits = this.logits(this.hidden(ids, opts), opts.targets !== undefined); // (B, T, vocab_size)
     const loss = opts.targets ? T.crossEntropy(logits, opts.targets, { bf16Grad: true }) : null;
     return { logits, loss };

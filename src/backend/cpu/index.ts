@@ -5,7 +5,7 @@
  * Sizes are validated here, so a bad call throws an Error naming the op instead of reaching native code.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
+import { checkCachePositions, checkMatmulEpilogue, checkMatmulOperands, DTYPE_BYTES } from '../contract.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 import { ArrayPool } from './pool.js';
 import { addOutBias, checkExpertBuffers, checkGroupedEpilogue, groupExperts, resolveSegments } from '../segments.js';
@@ -282,6 +282,7 @@ export class CpuBackend implements Backend {
       const { batch, m, n, k } = g;
       this.dims('matmul', { batch, m, n, k, strideA: g.strideA, strideB: g.strideB, strideC: g.strideC });
       const A = this.f('matmul', a, 'a'), B = this.f('matmul', b, 'b');
+      checkMatmulOperands(a, b, c);
       checkMatmulEpilogue(g);
       const bias = g.bias ? this.f('matmul', g.bias, 'bias') : null;
       const biasGrad = g.biasGrad ? this.out('matmul', g.biasGrad, 'biasGrad', m) : null;

@@ -11,8 +11,8 @@ import { packageRoot } from '../cpu/addon.js';
 type Ptr = number;
 type HostArr = Float32Array | Int32Array | Uint16Array;
 
-/** Bits of `CudaAddon.gemm`'s result (native kGemmBiasGrad, kGemmOnlyC16). */
-export const GEMM_BIAS_GRAD = 1, GEMM_ONLY_C16 = 2;
+/** Bits of `CudaAddon.gemm`'s result (native kGemmBiasGrad, kGemmOnlyC16, kGemmNotDone). */
+export const GEMM_BIAS_GRAD = 1, GEMM_ONLY_C16 = 2, GEMM_NOT_DONE = 4;
 
 export interface CudaAddon {
   probe(): { count: number; error: string };
@@ -60,7 +60,8 @@ export interface CudaAddon {
   /**
    * The matmul with its epilogue (bias, relu; 0 / false: none) and, with c16 (0: none; batch 1, beta 0,
    * ldc = n, no biasGrad), C's bf16 copy (a product with a bf16 output adds bias16, the bias's bf16 copy).
-   * Returns GEMM_BIAS_GRAD when biasGrad (0: none) was written | GEMM_ONLY_C16 when only c16 was (C not written).
+   * Returns GEMM_BIAS_GRAD when biasGrad (0: none) was written | GEMM_ONLY_C16 when only c16 was (C not
+   * written); with c 0 (only the bf16 output asked for), GEMM_NOT_DONE where that needs C (nothing written).
    */
   gemm(a: Ptr, aType: number, lda: number, sA: number, b: Ptr, bType: number, ldb: number, sB: number, c: Ptr, ldc: number,
     sC: number, batch: number, m: number, n: number, k: number, tA: boolean, tB: boolean, alpha: number, beta: number,

@@ -51,8 +51,8 @@
  * segments back, a synchronisation); `SSD_CUDA_ATTN=simt` the plain fp32 attention kernels.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
-import { cublasCandidates, GEMM_BIAS_GRAD, GEMM_ONLY_C16, loadCudaAddon, type CudaAddon } from './addon.js';
+import { checkCachePositions, checkMatmulEpilogue, checkMatmulOperands, DTYPE_BYTES } from '../contract.js';
+import { cublasCandidates, GEMM_BIAS_GRAD, GEMM_NOT_DONE, GEMM_ONLY_C16, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
 import { addOutBias, checkExpertBuffers, checkExperts, checkGroupedEpilogue, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
 
@@ -698,7 +698,7 @@ export class CudaBackend implements Backend {
     // Operands are settled where their f32 content is read: in bf16 the products read shadows (a
     // product output kept at bf16 precision is not widened for them).
     const A = this.typed(op, a, 'a', 0, 'f32'), B = this.typed(op, b, 'b', 0, 'f32');
-    need(op, c !== a && c !== b, () => 'c must not be a or b (no in-place product)');
+    checkMatmulOperands(a, b, c);
     checkMatmulEpilogue(g);
     const bias = g.bias ? this.r(op, g.bias, 'bias') : 0, relu = g.relu ?? false;
     // The bias gradient: fused (cuBLASLt) where it can be, else summed from A (f32) after the product.
@@ -753,12 +753,6 @@ export class CudaBackend implements Backend {
     const la = g.transA ? layout(A, k, m, kk, m) : layout(A, m, k, m, kk);
     const lb = g.transB ? layout(B, n, k, nn, kk) : layout(B, k, n, kk, nn);
     const pa = this.shadow(A, la), pb = this.shadow(B, lb);
-    let out = C, ldc = n;
-    if (nn > n) {
-      ldc = nn;
-      out = this.nat.malloc(m * nn * 4);
-      (c as CudaBuf).twin = { ptr: out, rows: m, cols: n, ld: nn };
-    }
     // The epilogue is fused into the product, except over a padded width (the bias has n entries).
     const fused = nn === n;
     // A bf16 output (autocast's precision, bf16 bias included): the product writes C's bf16 shadow (over
@@ -767,14 +761,21 @@ export class CudaBackend implements Backend {
     const Cb = c as CudaBuf, half = g.bf16Out && whole && batch === 1 && !biasGrad && (fused || (!bias && !relu));
     const c16 = half ? this.shadowFor(Cb, fused ? null : { cols: n, ld: nn, rows: m }) : 0;
     const bias16 = c16 && g.bias ? this.shadow(this.buf(op, g.bias, 'bias')) : 0;
-    const done = this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB, out, ldc, g.strideC, batch,
-      m, nn, kk, g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu, biasGrad, c16, bias16);
+    const gemm = (out: number, ldc: number) => this.nat.gemm(pa, 1, la?.ld ?? lda, g.strideA, pb, 1, lb?.ld ?? ldb, g.strideB,
+      out, ldc, g.strideC, batch, m, nn, kk, g.transA, g.transB, g.alpha, g.beta, 0, fused ? bias : 0, fused && relu, biasGrad,
+      c16, bias16);
+    // Over a padded width the bf16 output alone needs no twin: it is tried first.
+    let done = c16 && !fused ? gemm(0, nn) : GEMM_NOT_DONE, out = C, ldc = n;
+    if (done & GEMM_NOT_DONE) {
+      if (!fused) {
+        ldc = nn;
+        out = this.nat.malloc(m * nn * 4);
+        Cb.twin = { ptr: out, rows: m, cols: n, ld: nn };
+      }
+      done = gemm(out, ldc);
+    }
     sumRows((done & GEMM_BIAS_GRAD) !== 0);
     Cb.fromShadow = (done & GEMM_ONLY_C16) !== 0;
-    if (Cb.fromShadow && Cb.twin) {
-      this.nat.free(Cb.twin.ptr);
-      Cb.twin = null;
-    }
     if (!fused && !Cb.fromShadow) this.nat.biasAct(out, ldc, g.strideC, batch, m, n, bias, relu);
   }
   /**
@@ -998,8 +999,9 @@ export class CudaBackend implements Backend {
     // `matmul` lays out a large operand with rows of V % 8 != 0 elements.
     const pad = V % 8 !== 0 && N * V >= PAD_MIN ? { cols: V, ld: ceil8(V), rows: N } : null;
     const out16 = this.matmulMode === 'bf16' && N * V > 0 && glogits.size === N * V ? this.shadowFor(glogits as CudaBuf, pad) : 0;
-    // Kept at bf16 precision (bf16Out), only the copy is written (see the file comment).
-    const only16 = bf16Out && out16 !== 0;
+    // Kept at bf16 precision (bf16Out), only the copy is written (see the file comment); not over a
+    // misaligned V the copy left unpadded (small N), which the products would widen to recast it padded.
+    const only16 = bf16Out && out16 !== 0 && (pad !== null || V % 8 === 0);
     this.nat.crossEntropyBackward(x.ptr, x.ld, tg, ls, gl, only16 ? 0 : out, out16, pad?.ld ?? V, N, V, x.bf16);
     (glogits as CudaBuf).fromShadow = only16;
   }

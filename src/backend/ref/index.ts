@@ -4,7 +4,7 @@
  * float64, which the finite-difference gradient checks use.
  */
 import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
-import { checkCachePositions, checkMatmulEpilogue, DTYPE_BYTES } from '../contract.js';
+import { checkCachePositions, checkMatmulEpilogue, checkMatmulOperands, DTYPE_BYTES } from '../contract.js';
 import { uniform } from '../rng.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
 import { checkExpertBuffers, checkGroupedEpilogue, checkProblems, groupedEpilogue, groupExperts, resolveSegments } from '../segments.js';
@@ -149,6 +149,7 @@ export class RefBackend implements Backend {
   }
 
   matmul(a: Buf, b: Buf, c: Buf, g: MatmulArgs): void {
+    checkMatmulOperands(a, b, c);
     checkMatmulEpilogue(g);
     const A = this.f(a), B = this.f(b), C = this.f(c);
     const lda = g.transA ? g.m : g.k, ldb = g.transB ? g.k : g.n;
