@@ -462,6 +462,15 @@ describe('cpu backend: memory and errors', () => {
     assert.throws(() => cpu.topkBackward(t, ids, o, 1, 4, 3), /topkBackward: index 5 is outside \[0, 4\)/);
     assert.throws(() => cpu.scatterAddRows(o, ids, t, 3, 3, 4), /scatterAddRows: index 5 is outside/);
     assert.throws(() => cpu.softmax(t, o, 4, 4), /cpu.softmax: x has 12 elements, needs 16/);
+    // A product into one of its operands (no backend computes in place).
+    for (const be of [cpu, ref]) {
+      const A = put(be, new Float32Array(4)), B = put(be, new Float32Array(4));
+      const args = { batch: 1, m: 2, n: 2, k: 2, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 };
+      assert.throws(() => be.matmul(A, B, A, args), /matmul: c must not be a or b/);
+      assert.throws(() => be.matmul(A, B, B, args), /matmul: c must not be a or b/);
+      be.free(A);
+      be.free(B);
+    }
     // Row-indexed grouped products: an index entry outside the buffer, too few entries, beta ≠ 1 with a scatter.
     const g = (rows: { a?: Buf; c?: Buf }, beta = 0, m = 3) => cpu.groupedMatmul(t, t, o,
       { problems: Int32Array.from([m, 2, 2, 0, 4, 0, 4, 0, 4]), transA: false, transB: true, alpha: 1, beta, rows });

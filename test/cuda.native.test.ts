@@ -526,6 +526,8 @@ if (why) {
       assert.throws(() => cuda.embedding(Tb, I, O, 3, 5, 4), /index 9 is outside \[0, 5\)/);
       const L = put(cuda, randn(r, 10)), Tg = put(cuda, [0, 7], 'i32'), Lo = cuda.alloc('f32', 2), Ls = cuda.alloc('f32', 2);
       assert.throws(() => cuda.crossEntropy(L, Tg, Lo, Ls, 2, 5), /target 7 is outside \[-1, 5\)/);
+      const mmArgs = { batch: 1, m: 2, n: 2, k: 2, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0, alpha: 1, beta: 0 };
+      assert.throws(() => cuda.matmul(L, Lo, L, mmArgs), /matmul: c must not be a or b/);
       assert.throws(() => cuda.alloc('f32', 2 ** 40), /out of device memory allocating 4194304\.0 MiB/);
       for (const b of [Tb, I, O, L, Tg, Lo, Ls]) cuda.free(b);
     });
