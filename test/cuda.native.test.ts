@@ -740,6 +740,28 @@ if (why) {
         assert.deepEqual(got, readers(fresh), `relu ${relu}, k ${k}: the readers of the copy equal those of the widened values`);
         for (const t of [Y, F, fresh]) be.free(t);
       }
+      {
+        // A grouped product kept at bf16 precision (the MoE's hidden layer; 6 groups: the built-in kernel),
+        // read by ReLU's backward with row dots and by a product.
+        const E = 6, m = 40, s = 96, Ag = put(be, randn(r2, E * m * nIn)), Bg = put(be, randn(r2, E * s * nIn, 0.3));
+        const bg = put(be, randn(r2, E * s)), problems = new Int32Array(9 * E);
+        for (let e = 0; e < E; e++) problems.set([m, s, nIn, e * m * nIn, nIn, e * s * nIn, nIn, e * m * s, s], 9 * e);
+        const Hg = be.alloc('f32', E * m * s), Wg = put(be, randn(r2, s * 64)), gh = put(be, randn(r2, E * m * s));
+        be.groupedMatmul(Ag, Bg, Hg, { problems, transA: false, transB: true, alpha: 1, beta: 0, bias: bg, biasStride: s, relu: true,
+          bf16Out: true });
+        const readH = (Hx: Buf) => {
+          const gx = be.alloc('f32', E * m * s), dots = be.alloc('f32', E * m), P = be.alloc('f32', E * m * 64);
+          be.reluBackwardRowDot(Hx, gh, gx, dots, E * m, s);
+          be.matmul(Hx, Wg, P, { batch: 1, m: E * m, n: 64, k: s, transA: false, transB: false, strideA: 0, strideB: 0, strideC: 0,
+            alpha: 1, beta: 0 });
+          return [gx, dots, P].map((t) => { const d = be.download(t); be.free(t); return d; });
+        };
+        const got = readH(Hg), h = be.download(Hg);
+        assert.ok(h.every(isBf16), 'grouped bf16Out: C holds bf16 values');
+        const fresh = put(be, h);
+        assert.deepEqual(got, readH(fresh), 'grouped bf16Out: the readers of the copy equal those of the widened values');
+        for (const t of [Ag, Bg, bg, Hg, Wg, gh, fresh]) be.free(t);
+      }
       for (const t of [X, W, bias, W2, gy]) be.free(t);
     });
 

@@ -339,8 +339,10 @@ Napi::Value RowDot(const Napi::CallbackInfo& info) {
   row_dot(fp(info, 0), fp(info, 1), fp(info, 2), i64(info, 3), i64(info, 4));
   return U(info);
 }
+// reluBackwardRowDot(y, gy, gx, gx16, dots, rows, cols, y16)
 Napi::Value ReluBackwardRowDot(const Napi::CallbackInfo& info) {
-  relu_backward_row_dot(fp(info, 0), fp(info, 1), fp(info, 2), (uint16_t*)ptr(info, 3), fp(info, 4), i64(info, 5), i64(info, 6));
+  relu_backward_row_dot(fp(info, 0), (const uint16_t*)ptr(info, 7), fp(info, 1), fp(info, 2), (uint16_t*)ptr(info, 3), fp(info, 4),
+                        i64(info, 5), i64(info, 6));
   return U(info);
 }
 Napi::Value TopKBackward(const Napi::CallbackInfo& info) {

@@ -148,8 +148,9 @@ void cross_entropy_backward(const void* logits, bool bf16, int64_t ld, const int
                             const float* gloss, float* glogits, uint16_t* g16, int64_t ld16, int64_t N, int64_t V);
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols);
 // gx = gy where y > 0 else 0 (and its bf16 copy gx16 unless null); dots[r] = Σ_c gx[r, c]·y[r, c] in f64.
-void relu_backward_row_dot(const float* y, const float* gy, float* gx, uint16_t* gx16, float* dots, int64_t rows,
-                           int64_t cols);
+// y16 (or null): y's bf16 copy, read instead of y (an output kept at bf16 precision).
+void relu_backward_row_dot(const float* y, const uint16_t* y16, const float* gy, float* gx, uint16_t* gx16, float* dots,
+                           int64_t rows, int64_t cols);
 void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols);
 void topk_backward(const float* g, const int32_t* idx, float* gx, int64_t rows, int64_t cols, int64_t k);
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k);

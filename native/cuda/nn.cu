@@ -884,9 +884,10 @@ void cross_entropy_backward(const void* logits, bool bf16, int64_t ld, const int
   check_launch("crossEntropyBackward");
 }
 // ReLU's backward from its output y and the router gate's row dots in one pass (Backend.reluBackwardRowDot):
-// one warp per row as k_rowdot (f64 sums, the xor-shuffle tree), V consecutive floats per lane.
-template <int V>
-__global__ void k_relu_bwd_rowdot(const float* __restrict__ y, const float* __restrict__ gy, float* __restrict__ gx,
+// one warp per row as k_rowdot (f64 sums, the xor-shuffle tree), V consecutive values per lane. y (YT)
+// fp32, or bf16 (an output kept at bf16 precision: its values are those).
+template <int V, class YT>
+__global__ void k_relu_bwd_rowdot(const YT* __restrict__ y, const float* __restrict__ gy, float* __restrict__ gx,
                                   __nv_bfloat16* __restrict__ gx16, float* __restrict__ dots, int64_t rows, int64_t cols) {
   using Vec = typename std::conditional<V == 4, float4, float>::type;
   const int lane = threadIdx.x & 31;
@@ -895,7 +896,7 @@ __global__ void k_relu_bwd_rowdot(const float* __restrict__ y, const float* __re
     double acc = 0;
     for (int64_t j = lane; j < vecs; j += 32) {
       const int64_t at = r * vecs + j;
-      const Vec yv = reinterpret_cast<const Vec*>(y)[at], gv = reinterpret_cast<const Vec*>(gy)[at];
+      const Vec yv = SrcVec<V, YT>::load(y + at * V), gv = reinterpret_cast<const Vec*>(gy)[at];
       Vec o;
       const float* ys = reinterpret_cast<const float*>(&yv);
       const float* gs = reinterpret_cast<const float*>(&gv);
@@ -922,14 +923,22 @@ __global__ void k_relu_bwd_rowdot(const float* __restrict__ y, const float* __re
     if (lane == 0) dots[r] = (float)acc;
   }
 }
-void relu_backward_row_dot(const float* y, const float* gy, float* gx, uint16_t* gx16, float* dots, int64_t rows,
-                           int64_t cols) {
-  if (rows == 0) return;
+namespace {
+template <class YT>
+void relu_bwd_rowdot_launch(const YT* y, const float* gy, float* gx, uint16_t* gx16, float* dots, int64_t rows,
+                            int64_t cols) {
   auto* g16 = reinterpret_cast<__nv_bfloat16*>(gx16);
-  const bool v4 = cols % 4 == 0 && ((uintptr_t)y & 15) == 0 && ((uintptr_t)gy & 15) == 0 && ((uintptr_t)gx & 15) == 0 &&
-                  ((uintptr_t)gx16 & 7) == 0;
-  if (v4) k_relu_bwd_rowdot<4><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(y, gy, gx, g16, dots, rows, cols);
-  else k_relu_bwd_rowdot<1><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(y, gy, gx, g16, dots, rows, cols);
+  const bool v4 = cols % 4 == 0 && ((uintptr_t)y & (4 * sizeof(YT) - 1)) == 0 && ((uintptr_t)gy & 15) == 0 &&
+                  ((uintptr_t)gx & 15) == 0 && ((uintptr_t)gx16 & 7) == 0;
+  if (v4) k_relu_bwd_rowdot<4, YT><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(y, gy, gx, g16, dots, rows, cols);
+  else k_relu_bwd_rowdot<1, YT><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(y, gy, gx, g16, dots, rows, cols);
+}
+}  // namespace
+void relu_backward_row_dot(const float* y, const uint16_t* y16, const float* gy, float* gx, uint16_t* gx16, float* dots,
+                           int64_t rows, int64_t cols) {
+  if (rows == 0) return;
+  if (y16) relu_bwd_rowdot_launch(reinterpret_cast<const __nv_bfloat16*>(y16), gy, gx, gx16, dots, rows, cols);
+  else relu_bwd_rowdot_launch(y, gy, gx, gx16, dots, rows, cols);
   check_launch("reluBackwardRowDot");
 }
 void row_dot(const float* a, const float* b, float* out, int64_t rows, int64_t cols) {

@@ -164,6 +164,11 @@ export interface GroupedMatmulArgs {
    * size.
    */
   outBias?: Buf;
+  /**
+   * C may be kept at bf16 precision, as MatmulArgs.bf16Out (the MoE's hidden layer). Honoured by cuda
+   * in bf16 for a C without rows.c, with beta 0, written whole by the built-in kernel; ignored elsewhere.
+   */
+  bf16Out?: boolean;
 }
 
 export interface AdamWArgs {

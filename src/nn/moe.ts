@@ -79,8 +79,10 @@ export function moeFFN(x: Tensor, p: FFNParams, router: Tensor, o: MoEOptions): 
   // Output weights 1 + s − stopgrad(s), s = softmax of the selected scores: 1 in value, router gradient via s.
   const relu = o.activation === 'relu', bias = p.b_in ? T.reshape(p.b_in, [E, s]) : undefined;
   const gate = (o.trainRouter ?? true) && T.isGradEnabled() ? { s: T.softmax(values), rowSlot: routing.rowSlot } : undefined;
+  // With ReLU h feeds only the second product and ReLU's backward: kept at bf16 precision where the
+  // backend allows (SegmentEpilogue.bf16Out).
   let h = T.segmentMatmul(x, p.w_in, offsets, { nExpert: E, k: dm, n: s, stride: s * dm, ld: dm, transB: true },
-    { gather: rowToken }, { bias, rowExpert: routing.rowExpert, relu, gate: relu ? gate : undefined }); // (N·k, s), grouped by expert
+    { gather: rowToken }, { bias, rowExpert: routing.rowExpert, relu, gate: relu ? gate : undefined, bf16Out: relu }); // (N·k, s), grouped by expert
   if (!relu) {
     h = T.gelu(h);
     if (gate) h = T.routerGate(h, gate.s, gate.rowSlot);

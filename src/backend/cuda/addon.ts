@@ -137,8 +137,11 @@ export interface CudaAddon {
   crossEntropyBackward(logits: Ptr, ld: number, targets: Ptr, lse: Ptr, gloss: Ptr, glogits: Ptr, g16: Ptr, ld16: number,
     N: number, V: number, logitsBf16: boolean): void;
   rowDot(a: Ptr, b: Ptr, out: Ptr, rows: number, cols: number): void;
-  /** ReLU's backward from its output with row dots (Backend.reluBackwardRowDot); gx16: gx's bf16 copy, or 0. */
-  reluBackwardRowDot(y: Ptr, gy: Ptr, gx: Ptr, gx16: Ptr, dots: Ptr, rows: number, cols: number): void;
+  /**
+   * ReLU's backward from its output with row dots (Backend.reluBackwardRowDot); gx16: gx's bf16 copy, or 0;
+   * y16 (0: none): y's bf16 copy, read instead of y.
+   */
+  reluBackwardRowDot(y: Ptr, gy: Ptr, gx: Ptr, gx16: Ptr, dots: Ptr, rows: number, cols: number, y16: Ptr): void;
   activationBits(x: Ptr, out: Ptr, rows: number, cols: number): void;
   topkBackward(g: Ptr, indices: Ptr, gx: Ptr, rows: number, cols: number, k: number): void;
   topk(x: Ptr, values: Ptr, indices: Ptr, rows: number, cols: number, k: number): void;

@@ -864,9 +864,12 @@ export class CudaBackend implements Backend {
     /** Whether the groups overwrite all `size` elements of their C. */
     const covers = (size: number) => (seg && !g.transA ? segmentsTileRows(p, total, size) : tilesRows(p, size));
     if (!Ic) {
-      const C = g.beta === 0 && covers(Cb.size) ? this.o(op, c, 'c', Cb.size) : this.w(op, c, 'c');
-      this.nat.groupedGemm(pa, ra, pb, rb, C, p, g.transA, g.transB, g.alpha, g.beta, sp, total, false, bias, stride,
+      const whole = g.beta === 0 && covers(Cb.size), C = whole ? this.o(op, c, 'c', Cb.size) : this.w(op, c, 'c');
+      // Kept at bf16 precision (bf16Out): the kernel writes only the bf16 shadow (see the file comment).
+      const C16 = g.bf16Out && whole && !g.transA && this.matmulMode === 'bf16' ? this.shadowFor(Cb, null) : 0;
+      this.nat.groupedGemm(pa, ra, pb, rb, C16 || C, p, g.transA, g.transB, g.alpha, g.beta, sp, total, C16 !== 0, bias, stride,
         g.relu ?? false);
+      Cb.fromShadow = C16 !== 0;
       return;
     }
     // Scattered C: the product rows go to a scratch (the virtual C), then each row of C receives its
@@ -1098,10 +1101,12 @@ export class CudaBackend implements Backend {
     for (const [b, what, size] of [[y, 'y', n], [gy, 'gy', n], [gx, 'gx', n], [dots, 'dots', rows]] as const) {
       need(op, this.buf(op, b, what).size === size, () => `${what} has ${b.size} elements, expected ${size}`);
     }
-    const Y = this.r(op, y, 'y', n), G = this.r(op, gy, 'gy', n), out = this.o(op, gx, 'gx', n);
+    // An output kept at bf16 precision (the experts' hidden layer) is read from its copy.
+    const YB = y as CudaBuf, y16 = YB.fromShadow && YB !== gx && YB !== dots ? this.shadow(YB) : 0;
+    const Y = y16 ? 0 : this.r(op, y, 'y', n), G = this.r(op, gy, 'gy', n), out = this.o(op, gx, 'gx', n);
     // The gradient feeds the experts' backward products: its bf16 copy is written beside it.
     const out16 = this.matmulMode === 'bf16' ? this.shadowFor(gx as CudaBuf, null) : 0;
-    this.nat.reluBackwardRowDot(Y, G, out, out16, this.o(op, dots, 'dots', rows), rows, cols);
+    this.nat.reluBackwardRowDot(Y, G, out, out16, this.o(op, dots, 'dots', rows), rows, cols, y16);
   }
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, cols: number): void {
     const op = 'rowDot';

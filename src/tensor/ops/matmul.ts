@@ -191,6 +191,11 @@ export interface SegmentEpilogue {
    * scatter-add: GroupedMatmulArgs.outBias).
    */
   outBias?: Tensor;
+  /**
+   * Without a scatter: the output only feeds expert products and ReLU's backward, so a backend may keep it
+   * at bf16 precision (GroupedMatmulArgs.bf16Out; the MoE's hidden layer).
+   */
+  bf16Out?: boolean;
 }
 
 /**
@@ -260,6 +265,7 @@ export function segmentMatmul(x: Tensor, w: Tensor, offsets: Tensor, L: ExpertLa
     problems, transA: false, transB: L.transB, alpha: 1, beta: rows.scatter ? 1 : 0,
     rows: bufs({ a: rows.gather, c: rows.scatter }), segments: offsets.buf('segmentMatmul'),
     bias: bias?.buf('segmentMatmul'), biasStride: n, relu, outBias: outBias?.buf('segmentMatmul'),
+    bf16Out: (epi.bf16Out ?? false) && !rows.scatter,
   });
   const inputs = [x, w, ...(bias ? [bias] : []), ...(gate ? [gate.s] : []), ...(outBias ? [outBias] : [])];
   return record(y, 'segmentMatmul', inputs, (gy) => {
