@@ -190,8 +190,8 @@ void bias_act(float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t m, int64
 // row indices of A / B, device i32, validated by the caller (the virtual-matrix addressing of
 // GroupedMatmulArgs.rows). seg (or null): device segment offsets (groups + 1, validated by the caller,
 // the last = total): GroupedMatmulArgs.segments. c_bf16: C is bf16 (rounded to nearest even; beta must
-// be 0), else fp32. bias (or null), bias_stride, relu: the epilogue of GroupedMatmulArgs (beta 0, !tA,
-// fp32 C; checked by the caller).
+// be 0), else fp32. bias (or null), bias_stride, relu: the epilogue of GroupedMatmulArgs (beta 0, !tA;
+// checked by the caller).
 void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, const int32_t* rowsB, void* C, bool c_bf16,
                   const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta, const int32_t* seg,
                   int64_t total, const float* bias, int64_t bias_stride, bool relu);

@@ -279,26 +279,27 @@ struct Operands {
 };
 
 // The epilogue of a block's tile from mma.m16n8 accumulators (lane = 4·g + c holds rows g and g + 8 of
-// each 16x8 tile, columns 2c and 2c + 1): warp tile (wm0, wn0) of TM x TN such tiles. fp32 C (or a
-// partial tile) straight from the fragments, with the bias and ReLU epilogue; a bf16 C staged through
-// `stage` (SMEM bytes of shared memory, the pipeline's buffers, free once every warp is done with them).
+// each 16x8 tile, columns 2c and 2c + 1): warp tile (wm0, wn0) of TM x TN such tiles, with the bias and
+// ReLU epilogue (beta 0, no partial tiles). fp32 C (or a partial tile) straight from the fragments; a
+// bf16 C staged through `stage` (SMEM bytes of shared memory, the pipeline's buffers, free once every
+// warp is done with them).
 template <int BM, int BN, int TM, int TN, int NT, size_t SMEM>
 __device__ __forceinline__ void store_tile(const float (&acc)[TM][TN][4], const Work& w, int wm0, int wn0,
                                            const GroupedParams& q, void* stage_mem) {
   const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int m = w.m, n = w.n, m0 = w.m0, n0 = w.n0;
   const float alpha = q.alpha;
+  // The epilogue: the group's bias, then ReLU.
+  const float* gbias = q.bias ? q.bias + w.g * q.bias_stride : nullptr;
+  const bool relu = q.relu;
+  auto epi = [&](float v, int col) {
+    v += gbias ? gbias[col] : 0.f;
+    return relu && !(v > 0.f) ? 0.f : v;
+  };
   if (!q.C16) {
     // fp32 C from the fragments (4 lanes cover 32 bytes of a row, a whole sector); a partial tile (BM x
-    // BN, rows BN apart) is addressed from the block's first row and column. The epilogue (beta 0, no
-    // partial tiles): the group's bias, then ReLU.
+    // BN, rows BN apart) is addressed from the block's first row and column.
     const float al = w.to_partial ? 1.f : alpha, be = w.to_partial ? 0.f : q.beta;
-    const float* gbias = q.bias ? q.bias + w.g * q.bias_stride : nullptr;
-    const bool relu = q.relu;
-    auto epi = [&](float v, int col) {
-      v += gbias ? gbias[col] : 0.f;
-      return relu && !(v > 0.f) ? 0.f : v;
-    };
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -343,9 +344,15 @@ __device__ __forceinline__ void store_tile(const float (&acc)[TM][TN][4], const 
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int j = 0; j < TN; ++j)
-        *reinterpret_cast<uint32_t*>(stage + (wm0 + i * 16 + g + 8 * h) * LDS + wn0 + j * 8 + 2 * c) =
-            pack_bf16(alpha * acc[i][j][2 * h], alpha * acc[i][j][2 * h + 1]);
+      for (int j = 0; j < TN; ++j) {
+        const int col = n0 + wn0 + j * 8 + 2 * c;
+        float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
+        if (gbias || relu) {
+          if (col < n) v0 = epi(v0, col);
+          if (col + 1 < n) v1 = epi(v1, col + 1);
+        }
+        *reinterpret_cast<uint32_t*>(stage + (wm0 + i * 16 + g + 8 * h) * LDS + wn0 + j * 8 + 2 * c) = pack_bf16(v0, v1);
+      }
   __syncthreads();
   constexpr int Q = BN / 8;  // 8-column groups per tile row
   for (int e = threadIdx.x; e < BM * Q; e += NT) {
@@ -679,7 +686,7 @@ void grouped_gemm(const uint16_t* A, const int32_t* rowsA, const uint16_t* B, co
                   const int32_t* problems, int64_t groups, bool tA, bool tB, float alpha, float beta, const int32_t* seg,
                   int64_t total, const float* bias, int64_t bias_stride, bool relu) {
   if (c_bf16 && (beta != 0.f || (seg && tA))) throw CudaError("groupedMatmul: a bf16 C needs beta 0 and no split-K");
-  if ((bias || relu) && (c_bf16 || beta != 0.f || tA)) throw CudaError("groupedMatmul: bias and relu need beta 0, transA false and an fp32 C");
+  if ((bias || relu) && (beta != 0.f || tA)) throw CudaError("groupedMatmul: bias and relu need beta 0 and transA false");
   if (seg && tA && tB) throw CudaError("groupedMatmul: segments need transA or transB false");
   // With segments the token dimension is on the device: the checks and the block shape use its
   // mean (offsets along it are multiples of the leading dimensions checked below).
