@@ -296,6 +296,14 @@ __device__ __forceinline__ void store_tile(const float (&acc)[TM][TN][4], const 
     v += gbias ? gbias[col] : 0.f;
     return relu && !(v > 0.f) ? 0.f : v;
   };
+  // A fragment's pair of outputs at columns col, col + 1 (scaled values a, b), through the epilogue.
+  auto pair = [&](float a, float b, int col) {
+    if (gbias || relu) {
+      if (col < n) a = epi(a, col);
+      if (col + 1 < n) b = epi(b, col + 1);
+    }
+    return make_float2(a, b);
+  };
   if (!q.C16) {
     // fp32 C from the fragments (4 lanes cover 32 bytes of a row, a whole sector); a partial tile (BM x
     // BN, rows BN apart) is addressed from the block's first row and column.
@@ -311,11 +319,8 @@ __device__ __forceinline__ void store_tile(const float (&acc)[TM][TN][4], const 
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
           const int col = n0 + wn0 + j * 8 + 2 * c;
-          float v0 = al * acc[i][j][2 * h], v1 = al * acc[i][j][2 * h + 1];
-          if (gbias || relu) {
-            if (col < n) v0 = epi(v0, col);
-            if (col + 1 < n) v1 = epi(v1, col + 1);
-          }
+          const float2 v = pair(al * acc[i][j][2 * h], al * acc[i][j][2 * h + 1], col);
+          const float v0 = v.x, v1 = v.y;
           if (q.vecC && col + 1 < n) {
             float2* o = reinterpret_cast<float2*>(out + col);
             if (be == 0.f) {
@@ -345,13 +350,8 @@ __device__ __forceinline__ void store_tile(const float (&acc)[TM][TN][4], const 
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
-        const int col = n0 + wn0 + j * 8 + 2 * c;
-        float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
-        if (gbias || relu) {
-          if (col < n) v0 = epi(v0, col);
-          if (col + 1 < n) v1 = epi(v1, col + 1);
-        }
-        *reinterpret_cast<uint32_t*>(stage + (wm0 + i * 16 + g + 8 * h) * LDS + wn0 + j * 8 + 2 * c) = pack_bf16(v0, v1);
+        const float2 v = pair(alpha * acc[i][j][2 * h], alpha * acc[i][j][2 * h + 1], n0 + wn0 + j * 8 + 2 * c);
+        *reinterpret_cast<uint32_t*>(stage + (wm0 + i * 16 + g + 8 * h) * LDS + wn0 + j * 8 + 2 * c) = pack_bf16(v.x, v.y);
       }
   __syncthreads();
   constexpr int Q = BN / 8;  // 8-column groups per tile row
