@@ -4,7 +4,8 @@
  * flash attention at D 32/64/128, KV-cache attention, LayerNorm, cross-entropy over a GPT-2
  * vocabulary, reductions) compared with the cpu backend; determinism (same bits twice); exact ops
  * (top-k with ties and NaN, dropout masks, embedding gradients); errors (bad ids and row indices, out
- * of memory); memory accounting; and the loss curve of a short training run on cpu and cuda.
+ * of memory); memory accounting; CUDA graphs (replays, refused uploads, decode from a graph equal to
+ * eager decode); and the loss curve of a short training run on cpu and cuda.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -15,6 +16,8 @@ import { createCudaBackend, cudaUnavailableReason, type CudaBackend } from '../s
 import { GPT } from '../src/nn/gpt.js';
 import { makeConfig } from '../src/nn/config.js';
 import { moeFFN } from '../src/nn/moe.js';
+import { generateBatch } from '../src/infer/generate.js';
+import { disposeExperts, prepareExperts, useDense, useMoE } from '../src/infer/mode.js';
 import * as T from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optim.js';
 import { groupedRowsRun } from './grouped-rows.cases.js';
@@ -274,10 +277,11 @@ if (why) {
       const pos = Int32Array.from([0, 100, 295]);
       const qkv = randn(r, B * Tn * 3 * H * D), kc = randn(r, B * H * Tmax * D), vc = randn(r, B * H * Tmax * D);
       close('attentionCached B3 T5 D64 Tmax300', (be) => {
-        const X = put(be, qkv), K = put(be, kc), V = put(be, vc), O = be.alloc('f32', B * Tn * H * D);
-        be.attentionCached(X, K, V, O, pos, B, Tn, H, D, Tmax, 0.125);
+        const X = put(be, qkv), K = put(be, kc), V = put(be, vc), O = be.alloc('f32', B * Tn * H * D), P = be.alloc('i32', B);
+        be.upload(P, pos);
+        be.attentionCached(X, K, V, O, P, B, Tn, H, D, Tmax, 0.125);
         const res = [be.download(O), be.download(K), be.download(V)];
-        for (const b of [X, K, V, O]) be.free(b);
+        for (const b of [X, K, V, O, P]) be.free(b);
         return res;
       }, 1e-5);
     }
@@ -763,6 +767,68 @@ if (why) {
         for (const t of [Ag, Bg, bg, Hg, Wg, gh, fresh]) be.free(t);
       }
       for (const t of [X, W, bias, W2, gy]) be.free(t);
+    });
+
+    it('captureGraph: a replay recomputes from the inputs\' new contents; uploads inside a capture are refused', () => {
+      const n = 4096, x = T.tensor(randn(r, n), [n], { backend: cuda }).keep();
+      const before = cuda.deviceMemory().liveBytes;
+      let y: T.Tensor | null = null;
+      const g = cuda.captureGraph(() => { y = T.tidy(() => T.mul(T.add(x, x), x)).keep(); }); // 2·x², a temporary inside
+      try {
+        for (let rep = 0; rep < 3; rep++) {
+          const data = Float32Array.from(randn(r, n));
+          x.set(data);
+          g.launch();
+          const got = y!.toArray();
+          for (let i = 0; i < n; i++) assert.equal(got[i], Math.fround(Math.fround(2 * data[i]!) * data[i]!), `replay ${rep}, element ${i}`);
+        }
+      } finally {
+        g.dispose();
+        y!.dispose();
+      }
+      assert.equal(cuda.deviceMemory().liveBytes, before, 'the graph\'s blocks are returned');
+      assert.throws(() => cuda.captureGraph(() => x.set(randn(r, n))), /upload cannot run while a CUDA graph is being captured/);
+      assert.throws(() => cuda.captureGraph(() => { T.tidy(() => T.add(x, x).toArray()); }), /download cannot run while a CUDA graph/);
+      // The stream works as before after the refused captures.
+      const data = Float32Array.from(randn(r, n));
+      x.set(data);
+      const sum = T.tidy(() => T.add(x, x).toArray());
+      for (let i = 0; i < n; i++) assert.equal(sum[i], Math.fround(2 * data[i]!));
+      x.dispose();
+    });
+
+    it('decode from a CUDA graph gives the eager decode\'s tokens (dense and MoE; greedy and top-k; ragged rows that finish early)', () => {
+      const model = new GPT(makeConfig('tiny', { vocab_size: 2000, n_layer: 3, d_model: 128, n_head: 4, d_ff: 512, seq_len: 96 }), cuda, 7);
+      for (const t of model.params.values()) t.requiresGrad = false;
+      const experts = prepareExperts(model, null, { nExpert: 16, blocks: true });
+      const prompts = [[5, 6, 7], [100, 200, 300, 400, 500, 600, 700, 800], [42]];
+      const env = process.env['SSD_CUDA_GRAPHS'];
+      try {
+        for (const moe of [false, true]) {
+          if (moe) useMoE(model, experts, 4); else useDense(model);
+          for (const o of [{ temperature: 0, topK: 0, topP: 1, seed: 0 }, { temperature: 0.8, topK: 20, topP: 0.95, seed: 3 }]) {
+            const run = (graphs: boolean) => {
+              process.env['SSD_CUDA_GRAPHS'] = graphs ? '1' : '0';
+              // Row 2 stops early at its 6th token (as end-of-text), so finished rows re-feed while the others go on.
+              const first = generateBatch(model, prompts, { ...o, maxTokens: 30 });
+              return generateBatch(model, prompts, { ...o, maxTokens: 30, stopId: first.tokens[2]![5] });
+            };
+            const eager = run(false), graph = run(true);
+            const what = `${moe ? 'MoE 4/16' : 'dense'}, ${o.temperature ? 'top-k' : 'greedy'}`;
+            assert.equal(eager.graphed, false, what);
+            assert.equal(graph.graphError, null, what);
+            assert.equal(graph.graphed, true, what);
+            assert.deepEqual(graph.tokens, eager.tokens, what);
+            assert.deepEqual(graph.finish, eager.finish, what);
+            assert.ok(graph.tokens[2]!.length < graph.tokens[0]!.length, `${what}: row 2 finished early`);
+          }
+        }
+      } finally {
+        if (env === undefined) delete process.env['SSD_CUDA_GRAPHS']; else process.env['SSD_CUDA_GRAPHS'] = env;
+        useDense(model);
+        disposeExperts(experts);
+        model.dispose();
+      }
     });
 
     it('a short training run: cpu and cuda loss curves agree within bf16 noise', () => {

@@ -155,9 +155,10 @@ function cases(): OpCase[] {
     [1, 1, 12, 64, 40, [33]]] as const) {
     out.push({
       name: `attentionCached B${B} T${Tn} H${H} D${D} Tmax${Tmax} pos=[${pos}]`, forwardOnly: true,
-      inputs: [f([B, Tn, 3 * H * D], r), f([B, H, Tmax, D], r), f([B, H, Tmax, D], r)],
-      fn: ([x, kc, vc]) => {
-        const y = T.attentionCached(x!, kc!, vc!, Int32Array.from(pos), H); // (B, T, H·D)
+      inputs: [f([B, Tn, 3 * H * D], r), f([B, H, Tmax, D], r), f([B, H, Tmax, D], r),
+        { data: Int32Array.from(pos), shape: [B], dtype: 'i32', noGrad: true }],
+      fn: ([x, kc, vc, p]) => {
+        const y = T.attentionCached(x!, kc!, vc!, p!, H); // (B, T, H·D)
         return T.concat([T.reshape(y, [-1]), T.reshape(kc!, [-1]), T.reshape(vc!, [-1])], 0);
       },
     });

@@ -107,6 +107,13 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
 }
 Napi::Value EmptyCache(const Napi::CallbackInfo& info) { empty_cache(); return U(info); }
 Napi::Value Sync(const Napi::CallbackInfo& info) { synchronize(); return U(info); }
+Napi::Value GraphBegin(const Napi::CallbackInfo& info) { graph_begin(); return U(info); }
+// graphEnd(keep) -> graph id (0 when discarded)
+Napi::Value GraphEnd(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), (double)graph_end(flag(info, 0)));
+}
+Napi::Value GraphLaunch(const Napi::CallbackInfo& info) { graph_launch(i64(info, 0)); return U(info); }
+Napi::Value GraphDestroy(const Napi::CallbackInfo& info) { graph_destroy(i64(info, 0)); return U(info); }
 
 // h2d(dst, typedArray, bytes) / h2dAsync(dst, typedArray, bytes) / d2h(src, typedArray, bytes)
 template <bool Async>
@@ -370,10 +377,9 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
                      (int)i64(info, 9), (int)i64(info, 10), flag(info, 11), (float)num(info, 12), (int)i64(info, 13));
   return U(info);
 }
-// attentionCached(qkv, kc, vc, out, pos Int32Array, B, T, H, D, Tmax, scale)
+// attentionCached(qkv, kc, vc, out, pos (device, B i32), B, T, H, D, Tmax, scale)
 Napi::Value AttentionCached(const Napi::CallbackInfo& info) {
-  HostView h = host(info, 4);
-  attention_cached(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), (const int32_t*)h.p, (int)i64(info, 5),
+  attention_cached(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), ip(info, 4), (int)i64(info, 5),
                    (int)i64(info, 6), (int)i64(info, 7), (int)i64(info, 8), (int)i64(info, 9), (float)num(info, 10));
   return U(info);
 }
@@ -390,6 +396,10 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("stats", Stats);
   FN("emptyCache", EmptyCache);
   FN("sync", Sync);
+  FN("graphBegin", GraphBegin);
+  FN("graphEnd", GraphEnd);
+  FN("graphLaunch", GraphLaunch);
+  FN("graphDestroy", GraphDestroy);
   FN("h2d", H2D<false>);
   FN("h2dAsync", H2D<true>);
   FN("d2h", D2H);

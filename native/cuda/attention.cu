@@ -508,34 +508,32 @@ __global__ void k_simt_bwd_kv(const float* __restrict__ qkv, const float* __rest
 }
 
 // ---------------------------------------------------------------- KV-cache attention (inference)
-constexpr int kMaxPos = 256;
-struct PosArgs {
-  int32_t pos[kMaxPos];
-};
+// Row b's new tokens sit at positions pos[b] .. pos[b] + T − 1 (pos: B entries in device memory, so a
+// captured decode step reads the positions of each replay).
 __global__ void k_cache_write(const float* __restrict__ qkv, float* __restrict__ kc, float* __restrict__ vc,
-                              const __grid_constant__ PosArgs pa, int b0, int nb, int T, int H, int D, int Tmax) {
-  int64_t n = (int64_t)nb * T * H * D;
+                              const int32_t* __restrict__ pos, int B, int T, int H, int D, int Tmax) {
+  int64_t n = (int64_t)B * T * H * D;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     int d = (int)(i % D);
     int64_t r = i / D;
     int h = (int)(r % H);
     r /= H;
-    int t = (int)(r % T), bl = (int)(r / T), b = b0 + bl;
-    int64_t dst = (((int64_t)b * H + h) * Tmax + pa.pos[bl] + t) * D + d;
+    int t = (int)(r % T), b = (int)(r / T);
+    int64_t dst = (((int64_t)b * H + h) * Tmax + pos[b] + t) * D + d;
     kc[dst] = qkv[qkv_at(b, t, 1, h, d, T, H, D)];
     vc[dst] = qkv[qkv_at(b, t, 2, h, d, T, H, D)];
   }
 }
 // One block per (b, t, h); scores in dynamic smem (Tmax floats) + q (D floats).
 __global__ void k_cache_attend(const float* __restrict__ qkv, const float* __restrict__ kc, const float* __restrict__ vc,
-                               float* __restrict__ out, const __grid_constant__ PosArgs pa, int b0, int T, int H, int D,
-                               int Tmax, float scale) {
+                               float* __restrict__ out, const int32_t* __restrict__ pos, int T, int H, int D, int Tmax,
+                               float scale) {
   extern __shared__ float sm[];
   float* q = sm;
   float* sc = sm + D;
   __shared__ float red[32];
-  const int h = blockIdx.x % H, t = (blockIdx.x / H) % T, bl = blockIdx.x / (H * T), b = b0 + bl;
-  const int S = pa.pos[bl] + t + 1;
+  const int h = blockIdx.x % H, t = (blockIdx.x / H) % T, b = blockIdx.x / (H * T);
+  const int S = pos[b] + t + 1;
   for (int d = threadIdx.x; d < D; d += blockDim.x) q[d] = qkv[qkv_at(b, t, 0, h, d, T, H, D)];
   __syncthreads();
   const float* K = kc + ((int64_t)b * H + h) * Tmax * D;
@@ -627,8 +625,8 @@ void attention_backward(const float* qkv, const uint16_t* q16, const float* out,
   check_launch("attentionBackward");
 }
 
-void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos_host, int B, int T, int H,
-                      int D, int Tmax, float scale) {
+void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos, int B, int T, int H, int D,
+                      int Tmax, float scale) {
   if ((int64_t)B * T * H == 0 || D == 0) return;
   const size_t sm = (size_t)(Tmax + D) * sizeof(float);
   static size_t sm_set = 48 * 1024;
@@ -636,16 +634,11 @@ void attention_cached(const float* qkv, float* kc, float* vc, float* out, const 
     check(cudaFuncSetAttribute(k_cache_attend, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), "attentionCached (smem)");
     sm_set = sm;
   }
-  for (int b0 = 0; b0 < B; b0 += kMaxPos) {
-    int nb = std::min(kMaxPos, B - b0);
-    PosArgs pa;
-    for (int i = 0; i < nb; ++i) pa.pos[i] = pos_host[b0 + i];
-    int64_t n = (int64_t)nb * T * H * D;
-    k_cache_write<<<grid_for(n, 256), 256, 0, stream()>>>(qkv, kc, vc, pa, b0, nb, T, H, D, Tmax);
-    check_launch("attentionCached");
-    k_cache_attend<<<(unsigned)(nb * T * H), 128, sm, stream()>>>(qkv, kc, vc, out, pa, b0, T, H, D, Tmax, scale);
-    check_launch("attentionCached");
-  }
+  const int64_t n = (int64_t)B * T * H * D;
+  k_cache_write<<<grid_for(n, 256), 256, 0, stream()>>>(qkv, kc, vc, pos, B, T, H, D, Tmax);
+  check_launch("attentionCached");
+  k_cache_attend<<<(unsigned)(B * T * H), 128, sm, stream()>>>(qkv, kc, vc, out, pos, T, H, D, Tmax, scale);
+  check_launch("attentionCached");
 }
 
 }  // namespace ssdc

@@ -204,7 +204,7 @@ void attention(const float* qkv, const uint16_t* q16, float* out, uint16_t* out1
 void attention_backward(const float* qkv, const uint16_t* q16, const float* out, const float* lse, const float* gout,
                         const uint16_t* go16, float* gqkv, uint16_t* gqkv16, int B, int T, int H, int D, bool causal,
                         float scale, int impl);
-void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos_host, int B, int T, int H,
+void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos, int B, int T, int H,
                       int D, int Tmax, float scale);
 
 }  // namespace ssdc

@@ -24,6 +24,30 @@ struct Alloc {
 };
 Alloc g_alloc;
 
+// CUDA graph capture of the stream (graph_begin .. graph_end). While capturing, kernels are recorded,
+// not run, so a block freed during the capture may still be written by the graph whenever it is
+// launched: such blocks are held (`held`) and belong to the graph, which returns them to the free lists
+// when it is destroyed. Allocations still live at the end (the captured step's outputs) stay with
+// their owners, who must keep them until the graph is destroyed.
+struct Graph {
+  cudaGraphExec_t exec;
+  std::vector<void*> held;
+};
+struct Capture {
+  bool on = false;
+  std::vector<void*> held;
+  std::unordered_map<int64_t, Graph> graphs;
+  int64_t next_id = 1;
+};
+Capture g_capture;
+
+void not_capturing(const char* what) {
+  if (g_capture.on) {
+    throw CudaError(std::string(what) + " cannot run while a CUDA graph is being captured (a captured step must not "
+                    "copy between host and device or synchronise)");
+  }
+}
+
 // Pinned staging for asynchronous uploads: kSlots slots of kSlotBytes, taken round robin (allocated on
 // first use); a slot is written again only once the copy that last read it has completed (its event),
 // which in practice has long happened: the slots cycle over many uploads.
@@ -38,6 +62,7 @@ Staging g_staging;
 
 // The next slot's host memory, free to be written; its number goes to `slot`.
 void* staging_take(int* slot) {
+  not_capturing("upload");
   const int s = g_staging.next;
   g_staging.next = (s + 1) % kSlots;
   if (!g_staging.host[s]) {
@@ -138,6 +163,10 @@ void dev_free(void* p) {
   if (!p) return;
   auto it = g_alloc.sizes.find(p);
   if (it == g_alloc.sizes.end()) throw CudaError("cuda: free of an unknown device pointer");
+  if (g_capture.on) {
+    g_capture.held.push_back(p);  // still live: the graph may write it at every launch
+    return;
+  }
   size_t r = it->second;
   g_alloc.live_bytes -= r;
   g_alloc.live_blocks--;
@@ -146,6 +175,7 @@ void dev_free(void* p) {
 }
 
 void empty_cache() {
+  if (g_capture.on) return;  // nothing can be synchronised (and freed) during a capture
   if (g_stream) cudaStreamSynchronize(g_stream);
   for (auto& [r, fl] : g_alloc.free_lists) {
     for (void* p : fl) {
@@ -163,11 +193,13 @@ AllocStats alloc_stats() {
 
 void h2d(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
+  not_capturing("upload");
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream), "upload");
   check(cudaStreamSynchronize(g_stream), "upload (synchronize)");
 }
 void d2h(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
+  not_capturing("download");
   check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream), "download");
   check(cudaStreamSynchronize(g_stream), "download (synchronize)");
 }
@@ -257,6 +289,61 @@ ScatterPlan scatter_plan(const int32_t* idx, int64_t m, int64_t n) {
   return {sorted ? PlanKind::kSorted : PlanKind::kListed, plan, chunks};
 }
 
-void synchronize() { check(cudaStreamSynchronize(g_stream), "synchronize"); }
+void synchronize() {
+  not_capturing("synchronize");
+  check(cudaStreamSynchronize(g_stream), "synchronize");
+}
+
+namespace {
+void release(std::vector<void*>& held) {
+  for (void* p : held) dev_free(p);
+  held.clear();
+}
+}  // namespace
+
+void graph_begin() {
+  if (g_capture.on) throw CudaError("graph capture: a capture is already running");
+  // Relaxed: allocations (cudaMalloc) stay allowed; stream work that cannot be captured still fails.
+  check(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeRelaxed), "graph capture (begin)");
+  g_capture.on = true;
+}
+
+int64_t graph_end(bool keep) {
+  if (!g_capture.on) throw CudaError("graph capture: no capture is running");
+  cudaGraph_t g = nullptr;
+  cudaError_t e = cudaStreamEndCapture(g_stream, &g);
+  g_capture.on = false;
+  std::vector<void*> held = std::move(g_capture.held);
+  g_capture.held.clear();
+  cudaGraphExec_t exec = nullptr;
+  if (e == cudaSuccess && keep) e = cudaGraphInstantiate(&exec, g, 0);
+  if (g) cudaGraphDestroy(g);
+  if (e != cudaSuccess || !keep) {
+    cudaGetLastError();
+    release(held);  // nothing captured ever ran on them
+    if (!keep) return 0;
+    throw CudaError(std::string("graph capture: ") + cudaGetErrorString(e));
+  }
+  const int64_t id = g_capture.next_id++;
+  g_capture.graphs[id] = Graph{exec, std::move(held)};
+  return id;
+}
+
+void graph_launch(int64_t id) {
+  not_capturing("graph launch");
+  auto it = g_capture.graphs.find(id);
+  if (it == g_capture.graphs.end()) throw CudaError("graph launch: unknown or destroyed graph");
+  check(cudaGraphLaunch(it->second.exec, g_stream), "graph launch");
+}
+
+void graph_destroy(int64_t id) {
+  auto it = g_capture.graphs.find(id);
+  if (it == g_capture.graphs.end()) return;
+  // Queued launches may still use the graph's blocks: wait for them before the blocks are reused.
+  check(cudaStreamSynchronize(g_stream), "graph destroy (synchronize)");
+  cudaGraphExecDestroy(it->second.exec);
+  release(it->second.held);
+  g_capture.graphs.erase(it);
+}
 
 }  // namespace ssdc

@@ -15,4 +15,11 @@ std::string device_probe(int* count);
 void empty_cache();
 AllocStats alloc_stats();
 void synchronize();
+// CUDA graphs of the stream (see runtime.cu): capture everything queued between graph_begin and
+// graph_end; graph_end(keep) instantiates it and returns its id (keep false: discards it, returns 0);
+// graph_launch queues one replay; graph_destroy waits for the stream and frees the graph's blocks.
+void graph_begin();
+int64_t graph_end(bool keep);
+void graph_launch(int64_t id);
+void graph_destroy(int64_t id);
 }  // namespace ssdc

@@ -184,6 +184,14 @@ export interface AdamWArgs {
   gradScale: number;
 }
 
+/** A replayable recording of device work (`Backend.captureGraph`). */
+export interface CapturedGraph {
+  /** Queues one replay: the recorded kernels run again on the buffers' current contents. */
+  launch(): void;
+  /** Frees the recording and the buffers it holds (idempotent). */
+  dispose(): void;
+}
+
 export interface Backend {
   readonly name: string;
 
@@ -198,6 +206,16 @@ export interface Backend {
   download(buf: Buf): HostArray;
   /** Live buffers and their bytes (for leak tests and memory reports). */
   memoryStats(): { liveBuffers: number; liveBytes: number };
+  /**
+   * Optional (cuda: CUDA graphs): records the device work that `fn` queues instead of running it, so
+   * that a step of many small kernels can be replayed by one launch, without its host-side cost. `fn`
+   * must not upload, download or synchronise (throws); uploads into its inputs before each `launch` are
+   * how a replay takes new data. Buffers freed inside `fn` are held by the graph; buffers it allocates
+   * and keeps (its outputs) must be kept until the graph is disposed. Host-side state that `fn` sets
+   * up (a weight's cached bf16 copy, say) must already exist: run the same work once before capturing.
+   * Throws (and records nothing) if `fn` throws or the capture fails.
+   */
+  captureGraph?(fn: () => void): CapturedGraph;
 
   // ---------------------------------------------------------------- data movement
   /** out[i] = value for all i. */
@@ -270,14 +288,15 @@ export interface Backend {
   /**
    * Causal attention of new tokens over a KV cache (inference: prefill and incremental decode; no
    * backward). qkv (B, T, 3, H, D) holds the projections of T new tokens per row; the new tokens of row
-   * b sit at positions pos[b] .. pos[b] + T − 1 (`pos` is a host array of B entries). The kernel first
+   * b sit at positions pos[b] .. pos[b] + T − 1 (`pos`: an i32 buffer of B entries, read by the device
+   * kernels, so a captured decode step (`captureGraph`) takes new positions by an upload). The kernel first
    * writes their k and v into kCache and vCache (B, H, Tmax, D) at those positions (other positions
    * are left as they are), then for each new token t (position p = pos[b] + t):
    *   out[b, t, h] = softmax_j(scale · q_t · kCache[b, h, j]) · vCache[b, h, j], j = 0 .. p
    * out (B, T, H, D). With all pos = 0 this equals `attention(causal)` over the T tokens.
    * Throws if some pos[b] < 0 or pos[b] + T > Tmax.
    */
-  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Int32Array, B: number, T: number, H: number,
+  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Buf, B: number, T: number, H: number,
     D: number, Tmax: number, scale: number): void;
   /**
    * Inverted dropout with a counter-based hash RNG: keep_i = u(seed, i) >= p, where

@@ -287,7 +287,8 @@ addMoEFlags(program.command('generate')
       else r.texts.forEach((t, i) => console.log(`--- [${i}] (${r.finish[i]})\n${prompts[i]}${t}`));
       const n = r.tokens.reduce((a, t) => a + t.length, 0);
       console.error(`${n} tokens; prefill ${(r.prefillSeconds * 1000).toFixed(0)} ms, decode ` +
-        `${(r.decodeSteps * prompts.length / Math.max(r.decodeSeconds, 1e-9)).toFixed(1)} tok/s`);
+        `${(r.decodeSteps * prompts.length / Math.max(r.decodeSeconds, 1e-9)).toFixed(1)} tok/s${r.graphed ? ' (CUDA graph)' : ''}`);
+      if (r.graphError) console.error(`note: decode ran without a CUDA graph (capture failed: ${r.graphError})`);
     } finally {
       m.dispose();
     }

@@ -111,10 +111,15 @@ function timePrefill(model: GPT, ids: number[]): number {
   }
 }
 
-/** Decoded tokens per second at batch B: greedy, `steps` decode steps after a `promptLen`-token prompt. */
-function timeDecode(model: GPT, B: number, promptLen: number, steps: number): number {
+/**
+ * Decoded tokens per second at batch B: greedy, `steps` decode steps after a `promptLen`-token prompt.
+ * Throws if the backend captures graphs and the decode step's capture failed (the rate would not be
+ * that of the graphed step).
+ */
+export function timeDecode(model: GPT, B: number, promptLen: number, steps: number): number {
   const prompts = Array.from({ length: B }, (_, b) => randomIds(promptLen, model.config.vocab_size, 7 + b));
   const r = generateBatch(model, prompts, { temperature: 0, topK: 0, topP: 1, seed: 0, maxTokens: steps + 1 });
+  if (r.graphError) throw new Error(`decode benchmark: the CUDA graph capture of the decode step failed: ${r.graphError}`);
   return (B * r.decodeSteps) / r.decodeSeconds;
 }
 

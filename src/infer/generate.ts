@@ -9,12 +9,16 @@
  * samples with its own generator, seeded `seed + row`. Rows that have finished keep being fed (their
  * outputs are dropped) until every row has finished.
  *
+ * Each decode step is a `DecodeStep`: the device picks each row's sampling candidates (greedy: its best
+ * token; top-k: its k best), and on cuda the step is replayed from a CUDA graph.
+ *
  * Generation ends per row at `maxTokens`, at the end-of-text id (`stopId`, not emitted), at a stop
  * string (the text is cut before it), or when the row reaches the context length (no sliding window:
  * learned position embeddings end there).
  */
 import type { GPT } from '../nn/gpt.js';
 import * as T from '../tensor/index.js';
+import { candidateCount, candidatesOf, DecodeStep } from './decode-step.js';
 import { KVCache } from './kvcache.js';
 import { sampleToken, seededUniform, type SampleOptions } from './sample.js';
 
@@ -50,6 +54,9 @@ export interface GenerateResult {
   prefillSeconds: number;
   decodeSeconds: number;
   decodeSteps: number;
+  /** Whether the decode steps were replayed from a captured graph (DecodeStep), and why not if that failed. */
+  graphed: boolean;
+  graphError: string | null;
 }
 
 /**
@@ -115,42 +122,46 @@ export function generateBatch(model: GPT, prompts: number[][], o: GenerateOption
     }
   };
 
+  // Each row's candidates: the device's top-k (greedy: 1) of its logits, or the full row.
+  const width = candidateCount(o, model.config.vocab_size);
+  const step = new DecodeStep(model, cache, width);
+  let graphed = false;
   try {
     // Prefill: right-padded prompts (B, L); each row's next-token logits come from its last real position.
     let t0 = performance.now();
-    let logits = T.tidy(() => T.noGrad(() => {
+    let cand = T.tidy(() => T.noGrad(() => {
       const ids = new Int32Array(B * L); // (B, L), padding id 0
       prompts.forEach((p, b) => ids.set(p, b * L));
       const h = model.hidden(T.tensor(ids, [B, L], { dtype: 'i32', backend: model.backend }), { cache }); // (B, L, d_model)
       prompts.forEach((p, b) => cache.setLength(b, p.length));
       const last = T.tensor(Int32Array.from(prompts, (p, b) => b * L + p.length - 1), [B], { dtype: 'i32', backend: model.backend });
-      return model.logits(T.gatherRows(T.reshape(h, [B * L, model.config.d_model]), last)).toArray(); // (B, V)
+      return candidatesOf(model.logits(T.gatherRows(T.reshape(h, [B * L, model.config.d_model]), last)), width); // (B, V) -> (B, width)
     }));
     prefillSeconds = (performance.now() - t0) / 1000;
-    const V = model.config.vocab_size;
     if (o.maxTokens === 0) prompts.forEach((_, b) => finishRow(b, 'length', ''));
     const next = new Int32Array(B);
     t0 = performance.now();
     for (;;) {
       for (let b = 0; b < B; b++) {
         if (finish[b]) continue;
-        next[b] = sampleToken(logits.subarray(b * V, (b + 1) * V), o, uniforms[b]!);
+        const j = sampleToken(cand.values.subarray(b * width, (b + 1) * width), o, uniforms[b]!);
+        next[b] = cand.ids ? cand.ids[b * width + j]! : j;
         accept(b, next[b]!);
       }
       if (finish.every((f) => f !== null)) break;
       // Decode step: one new token per row; finished rows re-feed at a fixed position (outputs dropped).
       for (let b = 0; b < B; b++) if (finish[b]) cache.setLength(b, frozen[b]!);
-      logits = T.tidy(() => T.noGrad(() => {
-        const h = model.hidden(T.tensor(next, [B, 1], { dtype: 'i32', backend: model.backend }), { cache }); // (B, 1, d_model)
-        return model.logits(T.reshape(h, [B, model.config.d_model])).toArray(); // (B, V)
-      }));
+      cand = step.run(next);
       decodeSteps++;
     }
     decodeSeconds = (performance.now() - t0) / 1000;
+    graphed = step.graphed;
   } finally {
+    step.dispose();
     cache.dispose();
   }
-  return { tokens, texts, finish: finish as FinishReason[], prefillSeconds, decodeSeconds, decodeSteps };
+  return { tokens, texts, finish: finish as FinishReason[], prefillSeconds, decodeSeconds, decodeSteps,
+    graphed, graphError: step.graphError };
 }
 
 /**

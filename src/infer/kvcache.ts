@@ -17,8 +17,11 @@ export class KVCache implements AttentionCache {
   readonly k: Tensor[] = [];
   /** Per layer, values (B, H, Tmax, D). */
   readonly v: Tensor[] = [];
-  /** Tokens held per row (B); the next token of row b goes to position lengths[b]. */
+  /** Tokens held per row (B); the next token of row b goes to position lengths[b]. Change it through setLength / advance. */
   readonly lengths: Int32Array;
+  /** Device copy of `lengths`, (B, 1) i32: where each row's new tokens start (attention and decode positions). */
+  private readonly start: Tensor;
+  private stale = false;
 
   /**
    * Allocates an empty cache for `batch` rows of up to `maxLen` tokens (default: the context length).
@@ -35,27 +38,48 @@ export class KVCache implements AttentionCache {
       this.v.push(T.empty([batch, H, maxLen, D], backend).keep());
     }
     this.lengths = new Int32Array(batch);
+    this.start = T.tensor(this.lengths, [batch, 1], { dtype: 'i32', backend }).keep();
   }
 
+  /**
+   * Positions of Tn new tokens per row, (B, Tn) i32. For one new token they are the device copy of
+   * `lengths` itself (uploaded when stale), so a captured decode step reads each replay's positions.
+   */
   positions(B: number, Tn: number): Tensor {
     if (B !== this.batch) throw new Error(`KVCache: a batch of ${B} rows for a cache of ${this.batch}`);
+    this.checkRoom(Tn);
+    this.syncPositions();
+    if (Tn === 1) return this.start;
     const pos = new Int32Array(B * Tn); // (B, T)
-    for (let b = 0; b < B; b++) {
+    for (let b = 0; b < B; b++) for (let t = 0; t < Tn; t++) pos[b * Tn + t] = this.lengths[b]! + t;
+    return T.tensor(pos, [B, Tn], { dtype: 'i32', backend: this.k[0]!.backend });
+  }
+
+  /** Throws unless every row has room for Tn more tokens. */
+  checkRoom(Tn: number): void {
+    for (let b = 0; b < this.batch; b++) {
       if (this.lengths[b]! + Tn > this.maxLen) {
         throw new Error(`KVCache: row ${b} holds ${this.lengths[b]} tokens; ${Tn} more exceed the cache of ${this.maxLen} ` +
           `(context length ${this.config.seq_len})`);
       }
-      for (let t = 0; t < Tn; t++) pos[b * Tn + t] = this.lengths[b]! + t;
     }
-    return T.tensor(pos, [B, Tn], { dtype: 'i32', backend: this.k[0]!.backend });
+  }
+
+  /** Uploads `lengths` to their device copy if they changed since the last upload (asynchronous). */
+  syncPositions(): void {
+    if (!this.stale) return;
+    this.start.set(this.lengths);
+    this.stale = false;
   }
 
   attend(layer: number, qkv: Tensor): Tensor {
-    return T.attentionCached(qkv, this.k[layer]!, this.v[layer]!, this.lengths, this.config.n_head);
+    this.syncPositions();
+    return T.attentionCached(qkv, this.k[layer]!, this.v[layer]!, this.start, this.config.n_head);
   }
 
   advance(Tn: number): void {
     for (let b = 0; b < this.batch; b++) this.lengths[b]! += Tn;
+    this.stale = true;
   }
 
   /** Sets row b's length (e.g. back to its prompt length after a right-padded prefill). Throws if out of range. */
@@ -64,6 +88,7 @@ export class KVCache implements AttentionCache {
       throw new Error(`KVCache.setLength: row ${b} / length ${n} outside [0, ${this.batch}) / [0, ${this.maxLen}]`);
     }
     this.lengths[b] = n;
+    this.stale = true;
   }
 
   /** Bytes the cache holds (K and V of every layer). */
@@ -72,6 +97,6 @@ export class KVCache implements AttentionCache {
   }
 
   dispose(): void {
-    for (const t of [...this.k, ...this.v]) t.dispose();
+    for (const t of [...this.k, ...this.v, this.start]) t.dispose();
   }
 }

@@ -66,6 +66,10 @@ export class Tensor {
   toArray(): HostArray {
     return this.backend.download(this.buf('toArray'));
   }
+  /** Overwrites the content with host data (`size` values; an asynchronous upload where the backend allows). */
+  set(data: ArrayLike<number>): void {
+    this.backend.upload(this.buf('set'), data);
+  }
   /** The single value of a one-element tensor. */
   item(): number {
     if (this.size !== 1) throw new Error(`item: tensor has ${this.size} elements (shape [${this.shape}]), expected 1`);

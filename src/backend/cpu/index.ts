@@ -379,10 +379,11 @@ export class CpuBackend implements Backend {
     this.nat.attention(this.f(op, qkv, 'qkv', B * T * 3 * H * D), this.f(op, out, 'out', B * T * H * D),
       this.f(op, lse, 'lse', B * H * T), B, T, H, D, causal, scale);
   }
-  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Int32Array, B: number, T: number, H: number,
+  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, posBuf: Buf, B: number, T: number, H: number,
     D: number, Tmax: number, scale: number): void {
     const op = 'attentionCached';
     this.dims(op, { B, T, H, D, Tmax });
+    const pos = this.i(op, posBuf, 'pos');
     checkCachePositions(pos, B, T, Tmax);
     const nc = B * H * Tmax * D;
     this.nat.attentionCached(this.f(op, qkv, 'qkv', B * T * 3 * H * D), this.f(op, kCache, 'kCache', nc),

@@ -24,6 +24,13 @@ export interface CudaAddon {
   stats(): { liveBytes: number; cachedBytes: number; peakBytes: number; liveBlocks: number };
   emptyCache(): void;
   sync(): void;
+  /** Starts capturing the stream into a CUDA graph (see native/cuda/runtime.cu). */
+  graphBegin(): void;
+  /** Ends the capture: keep → the instantiated graph's id (throws if the capture failed); else discards it, 0. */
+  graphEnd(keep: boolean): number;
+  graphLaunch(id: number): void;
+  /** Waits for the stream, then frees the graph and the blocks it holds. */
+  graphDestroy(id: number): void;
   h2d(dst: Ptr, src: HostArr, bytes: number): void;
   /** Queues the upload (src is copied to pinned staging memory at once); large uploads run synchronously. */
   h2dAsync(dst: Ptr, src: HostArr, bytes: number): void;
@@ -154,7 +161,7 @@ export interface CudaAddon {
   /** As `attention`; go16 is the bf16 copy of gout, gqkv16 receives gqkv's (both 0 for impl 1). */
   attentionBackward(qkv: Ptr, q16: Ptr, out: Ptr, lse: Ptr, gout: Ptr, go16: Ptr, gqkv: Ptr, B: number, T: number,
     H: number, D: number, causal: boolean, scale: number, impl: number, gqkv16: Ptr): void;
-  attentionCached(qkv: Ptr, kc: Ptr, vc: Ptr, out: Ptr, pos: Int32Array, B: number, T: number, H: number, D: number,
+  attentionCached(qkv: Ptr, kc: Ptr, vc: Ptr, out: Ptr, pos: Ptr, B: number, T: number, H: number, D: number,
     Tmax: number, scale: number): void;
 }
 

@@ -50,7 +50,7 @@
  * groups without row indices or device segments, else the built-in kernel; cublas reads device
  * segments back, a synchronisation); `SSD_CUDA_ATTN=simt` the plain fp32 attention kernels.
  */
-import type { AdamWArgs, Backend, BinaryOp, Buf, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
+import type { AdamWArgs, Backend, BinaryOp, Buf, CapturedGraph, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
 import { checkCachePositions, checkMatmulEpilogue, checkMatmulOperands, DTYPE_BYTES } from '../contract.js';
 import { cublasCandidates, GEMM_BIAS_GRAD, GEMM_NOT_DONE, GEMM_ONLY_C16, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
@@ -121,6 +121,25 @@ interface ScatterPlan {
   version: number;
   count: number;
   n: number;
+}
+
+/**
+ * For a buffer a graph capture wrote: which of the state kept for its content the capture left current
+ * (so every launch rewrites it too). `replay` moves that state to the content's next version; anything
+ * else (host copies, a shadow cast later) becomes stale.
+ */
+function replayer(b: CudaBuf): () => void {
+  const v = b.version;
+  const shadow = b.shadowVersion === v, known = b.known?.version === v, segments = b.segments?.version === v;
+  const plan = b.plan?.version === v;
+  return () => {
+    if (b.freed) return;
+    b.version++;
+    if (shadow) b.shadowVersion = b.version;
+    if (known) b.known!.version = b.version;
+    if (segments) b.segments!.version = b.version;
+    if (plan) b.plan!.version = b.version;
+  };
 }
 
 class CudaBuf implements Buf {
@@ -279,6 +298,8 @@ export class CudaBackend implements Backend {
   readonly groupedRoute: GroupedRoute;
   private readonly attnImpl: number;
   private live = 0;
+  /** Buffers written during the running graph capture (captureGraph), else null. */
+  private captureWrites: Set<CudaBuf> | null = null;
   private liveBytes = 0;
 
   constructor(private readonly nat: CudaAddon, opts: CudaBackendOptions = {}) {
@@ -339,6 +360,11 @@ export class CudaBackend implements Backend {
       b.twin = null;
     }
   }
+  /** Marks a write of b's content (see CudaBuf.version); during a graph capture, remembers b. */
+  private bump(b: CudaBuf): void {
+    b.version++;
+    this.captureWrites?.add(b);
+  }
   /** Pointer of an input. */
   private r(op: string, b: Buf, what: string, minSize = 0, dtype: DType = 'f32'): number {
     const c = this.typed(op, b, what, minSize, dtype);
@@ -348,7 +374,7 @@ export class CudaBackend implements Backend {
   /** Pointer of an output that is accumulated into or written in part: bumps its version. */
   private w(op: string, b: Buf, what: string, minSize = 0, dtype: DType = 'f32'): number {
     const p = this.r(op, b, what, minSize, dtype);
-    (b as CudaBuf).version++;
+    this.bump(b as CudaBuf);
     return p;
   }
   /**
@@ -360,7 +386,7 @@ export class CudaBackend implements Backend {
     const c = this.typed(op, b, what, extent, dtype);
     if (c.size === extent) this.overwritten(c);
     else this.settle(c);
-    c.version++;
+    this.bump(c);
     return c.ptr;
   }
   private dims(op: string, v: Record<string, number>): void {
@@ -515,7 +541,7 @@ export class CudaBackend implements Backend {
   upload(buf: Buf, data: ArrayLike<number>): void {
     const b = this.buf('upload', buf, 'buffer');
     need('upload', data.length === b.size, () => `${data.length} values for a buffer of ${b.size}`);
-    b.version++;
+    this.bump(b);
     this.overwritten(b);
     if (b.size === 0) return;
     if (b.dtype === 'bf16') {
@@ -553,6 +579,43 @@ export class CudaBackend implements Backend {
   deviceMemory(): { liveBytes: number; cachedBytes: number; peakBytes: number; liveBlocks: number } {
     return this.nat.stats();
   }
+  /**
+   * See Backend.captureGraph. The host-side state of a buffer the capture writes describes the content
+   * one run leaves (its bf16 shadow current, a routing's index range and scatter plan): each replay
+   * leaves the same kind of content, so a launch only moves that state to a new version, which makes
+   * host copies (downloads) stale. Such buffers must not be written outside the graph while it lives
+   * (the graph would overwrite them, and their state would not say so). Buffers that outlive the capture are settled inside it (a deferred
+   * widening of a bf16-only output is recorded too), so their f32 content is current after each launch.
+   */
+  captureGraph(fn: () => void): CapturedGraph {
+    if (this.captureWrites) throw new Error('cuda.captureGraph: a capture is already running');
+    const writes = new Set<CudaBuf>();
+    this.nat.graphBegin();
+    this.captureWrites = writes;
+    try {
+      fn();
+      for (const b of writes) if (!b.freed) this.settle(b);
+    } catch (e) {
+      this.captureWrites = null;
+      this.nat.graphEnd(false);
+      throw e;
+    }
+    this.captureWrites = null;
+    const id = this.nat.graphEnd(true);
+    const replays = [...writes].filter((b) => !b.freed).map(replayer);
+    let alive = true;
+    return {
+      launch: () => {
+        if (!alive) throw new Error('cuda.captureGraph: launch of a disposed graph');
+        this.nat.graphLaunch(id);
+        for (const r of replays) r();
+      },
+      dispose: () => {
+        if (alive) this.nat.graphDestroy(id);
+        alive = false;
+      },
+    };
+  }
   /** Waits for all queued device work (for timing). */
   synchronize(): void {
     this.nat.sync();
@@ -565,7 +628,7 @@ export class CudaBackend implements Backend {
   // ------------------------------------------------------------ data movement
   fill(out: Buf, value: number): void {
     const b = this.buf('fill', out, 'out');
-    b.version++;
+    this.bump(b);
     this.overwritten(b);
     // Zeros are deferred as an allocation's are (a gradient zeroed between steps is then overwritten
     // by its first contribution, see `binary`, instead of filled and added to).
@@ -578,7 +641,7 @@ export class CudaBackend implements Backend {
     const s = this.buf('cast', x, 'x'), d = this.buf('cast', out, 'out');
     need('cast', s.size === d.size, () => `sizes ${s.size} and ${d.size} differ`);
     this.settle(s);
-    d.version++;
+    this.bump(d);
     this.overwritten(d);
     if (s.dtype === d.dtype) this.nat.copyBytes(s.ptr, d.ptr, s.size * DTYPE_BYTES[s.dtype]);
     else if (s.dtype === 'f32' && d.dtype === 'bf16') this.nat.cast(0, s.ptr, d.ptr, s.size);
@@ -610,7 +673,7 @@ export class CudaBackend implements Backend {
     this.settle(s);
     if (!accumulate && dstOffset === 0 && total === d.size && coversDense(shape, dstStrides)) this.overwritten(d);
     else this.settle(d);
-    d.version++;
+    this.bump(d);
     const [sh, [ss, ds]] = collapse(shape, srcStrides, dstStrides);
     if (!accumulate && sh.length === 1 && ss![0] === 1 && ds![0] === 1) {
       const eb = DTYPE_BYTES[s.dtype];
@@ -959,14 +1022,17 @@ export class CudaBackend implements Backend {
     this.nat.attentionBackward(q, q16, this.r(op, out, 'out', no), this.r(op, lse, 'lse', B * H * T), go, go16, g, B, T, H, D,
       causal, scale, tc ? 0 : 1, this.copyBeside(tc, gqkv, nq));
   }
-  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Int32Array, B: number, T: number, H: number,
+  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Buf, B: number, T: number, H: number,
     D: number, Tmax: number, scale: number): void {
     const op = 'attentionCached';
     this.dims(op, { B, T, H, D, Tmax });
-    checkCachePositions(pos, B, T, Tmax);
+    // Validated on the host copy the upload keeps (no synchronisation); the kernels read the device copy.
+    const P = this.typed(op, pos, 'pos', B, 'i32');
+    checkCachePositions(this.hostInts(P).subarray(0, P.size), B, T, Tmax);
     const nc = B * H * Tmax * D;
     this.nat.attentionCached(this.r(op, qkv, 'qkv', B * T * 3 * H * D), this.w(op, kCache, 'kCache', nc),
-      this.w(op, vCache, 'vCache', nc), this.o(op, out, 'out', B * T * H * D), Int32Array.from(pos), B, T, H, D, Tmax, scale);
+      this.w(op, vCache, 'vCache', nc), this.o(op, out, 'out', B * T * H * D), this.r(op, P, 'pos', B, 'i32'), B, T, H, D,
+      Tmax, scale);
   }
   dropout(x: Buf, out: Buf, p: number, seed: number): void {
     const n = this.buf('dropout', x, 'x').size;

@@ -313,9 +313,9 @@ export class RefBackend implements Backend {
       }
     }
   }
-  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, pos: Int32Array, B: number, T: number, H: number,
+  attentionCached(qkv: Buf, kCache: Buf, vCache: Buf, out: Buf, posBuf: Buf, B: number, T: number, H: number,
     D: number, Tmax: number, scale: number): void {
-    const X = this.f(qkv), K = this.f(kCache), V = this.f(vCache), O = this.f(out);
+    const X = this.f(qkv), K = this.f(kCache), V = this.f(vCache), O = this.f(out), pos = this.i(posBuf);
     checkCachePositions(pos, B, T, Tmax);
     const at = qkvIndexer(T, H, D);
     const cache = (b: number, h: number, j: number, d: number) => ((b * H + h) * Tmax + j) * D + d;

@@ -85,12 +85,15 @@ export function attention(qkv: Tensor, nHead: number, causal: boolean): Tensor {
 /**
  * Causal attention of new tokens over a KV cache (inference only: records no gradient).
  * qkv (B, T, 3·H·D) packed as (B, T, 3, H, D) holds T new tokens per row, row b's at positions
- * pos[b] .. pos[b] + T − 1; their k and v are written into kCache and vCache (B, H, Tmax, D) in place,
+ * pos[b] .. pos[b] + T − 1 (`pos`: i32 with B elements, on the same backend); their k and v are
+ * written into kCache and vCache (B, H, Tmax, D) in place,
  * then each new token attends to the cached keys 0 .. its position. Returns (B, T, H·D).
  * Throws if a row's new tokens do not fit the cache, or if the shapes disagree.
  */
-export function attentionCached(qkv: Tensor, kCache: Tensor, vCache: Tensor, pos: Int32Array, nHead: number): Tensor {
-  const b = backendOf('attentionCached', qkv, kCache, vCache);
+export function attentionCached(qkv: Tensor, kCache: Tensor, vCache: Tensor, pos: Tensor, nHead: number): Tensor {
+  const b = backendOf('attentionCached', qkv, kCache, vCache, pos);
+  expectDtype('attentionCached', pos, 'i32', 'pos');
+  if (pos.size !== qkv.shape[0]) throw new Error(`attentionCached: ${pos.size} positions for a batch of ${qkv.shape[0]}`);
   expectRank('attentionCached', qkv, 3, 'qkv');
   for (const [t, w] of [[qkv, 'qkv'], [kCache, 'kCache'], [vCache, 'vCache']] as const) expectDtype('attentionCached', t, 'f32', w);
   const [B, T, C3] = qkv.shape as [number, number, number];
@@ -102,7 +105,7 @@ export function attentionCached(qkv: Tensor, kCache: Tensor, vCache: Tensor, pos
   }
   const y = out([B, T, H * D], b);
   b.attentionCached(qkv.buf('attentionCached'), kCache.buf('attentionCached'), vCache.buf('attentionCached'),
-    y.buf('attentionCached'), pos, B, T, H, D, Tmax, 1 / Math.sqrt(D));
+    y.buf('attentionCached'), pos.buf('attentionCached'), B, T, H, D, Tmax, 1 / Math.sqrt(D));
   return y;
 }
 
