@@ -272,11 +272,33 @@ if (why) {
       if (D === 64) sameTwice(`attention fwd+bwd B${B} T${Tn} H${H} D${D}`, run);
     }
 
-    {
-      const B = 3, H = 4, D = 64, Tmax = 300, Tn = 5;
-      const pos = Int32Array.from([0, 100, 295]);
+    // Products of at most 8 rows with a weight stored (n, k) run in the GEMV kernel: they match cpu, and
+    // the GEMM path (the same rows inside a 16-row product) up to the order of the fp32 sums, for rows
+    // in f32 and rows kept at bf16 precision (a LayerNorm's bf16Out), K with and without 16-byte rows.
+    for (const [M, K, N] of [[1, 768, 2304], [5, 768, 1000], [8, 3072, 768], [3, 50, 37]] as const) {
+      const x = randn(r, 16 * K), w = randn(r, N * K, 0.05), bias = randn(r, N), g = randn(r, K);
+      const products = (be: Backend, rows: number) => T.tidy(() => {
+        const X = T.tensor(x.subarray(0, rows * K), [rows, K], { backend: be }), W = T.tensor(w, [N, K], { backend: be });
+        const Bi = T.tensor(bias, [N], { backend: be }), G = T.tensor(g, [K], { backend: be });
+        const ln = T.layerNorm(X, G, T.full([K], 0, be), 1e-5, { bf16Out: true });
+        return [T.linear(X, W, Bi), T.linear(ln, W, Bi, { relu: true })].map((y) => (y.toArray() as Float32Array).subarray(0, M * N));
+      });
+      close(`matmul of ${M} rows (GEMV) K${K} N${N}`, (be) => products(be, M), 1e-2);
+      it(`matmul of ${M} rows (GEMV) K${K} N${N}: the GEMM path's values up to the order of the sums`, () => {
+        const gemv = products(cuda, M), gemm = products(cuda, 16);
+        gemv.forEach((y, i) => {
+          const e = relErr(y, gemm[i]!);
+          assert.ok(e <= 2e-5, `output ${i}: relative error ${e.toExponential(2)}`);
+        });
+      });
+    }
+
+    // Prefill at offsets, and decode steps (one token: the fused decode kernel) at D 64, 128 and 40.
+    for (const [B, H, D, Tmax, Tn, posList] of [[3, 4, 64, 300, 5, [0, 100, 295]], [3, 4, 64, 300, 1, [0, 100, 299]],
+      [2, 2, 128, 1100, 1, [1099, 517]], [2, 3, 40, 70, 1, [5, 69]]] as const) {
+      const pos = Int32Array.from(posList);
       const qkv = randn(r, B * Tn * 3 * H * D), kc = randn(r, B * H * Tmax * D), vc = randn(r, B * H * Tmax * D);
-      close('attentionCached B3 T5 D64 Tmax300', (be) => {
+      close(`attentionCached B${B} T${Tn} D${D} Tmax${Tmax}`, (be) => {
         const X = put(be, qkv), K = put(be, kc), V = put(be, vc), O = be.alloc('f32', B * Tn * H * D), P = be.alloc('i32', B);
         be.upload(P, pos);
         be.attentionCached(X, K, V, O, P, B, Tn, H, D, Tmax, 0.125);
@@ -353,8 +375,9 @@ if (why) {
       sameTwice('embeddingBackward', run);
     }
 
-    for (const cols of [20, 32, 1000, 3000]) {
-      const how = cols <= 32 ? 'a lane per column' : cols <= 1024 ? 'a warp per row' : 'a block per row';
+    for (const cols of [20, 32, 48, 100, 1000, 3000, 50257]) {
+      const how = cols <= 128 ? 'ranks in a warp' : cols <= 1024 ? 'a warp per row' : cols < 16384 ? 'a block per row'
+        : 'a block of 1024 per row';
       it(`topk with ties and NaN equals cpu exactly (${cols} columns: ${how})`, () => {
         const rows = 50, k = 7;
         const x = Float32Array.from({ length: rows * cols }, () => Math.round(r() * 20) / 4);
@@ -426,8 +449,9 @@ if (why) {
 
     it('expertGroups on the device: the reference grouping, its scatter plans and device segments give the host paths\' bits', () => {
       // many chunks of the counting sort, experts with more than 32 rows (chunked sums), more than 96
-      // groups (two launches of the grouped kernel), and k > 32 (a chunked token plan)
-      for (const [N, k, E] of [[3000, 4, 40], [2000, 2, 100], [300, 40, 64], [500, 1, 8]] as const) {
+      // groups (two launches of the grouped kernel), k > 32 (a chunked token plan), GPT-2-small's
+      // training routing (256 chunks, scanned in shared memory) and chunk counts too large for it
+      for (const [N, k, E] of [[3000, 4, 40], [2000, 2, 100], [300, 40, 64], [500, 1, 8], [8192, 8, 32], [20000, 8, 64]] as const) {
         const M = N * k, d = 24;
         const experts = new Int32Array(M);
         for (let n = 0; n < N; n++) {

@@ -377,6 +377,13 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
                      (int)i64(info, 9), (int)i64(info, 10), flag(info, 11), (float)num(info, 12), (int)i64(info, 13));
   return U(info);
 }
+// gemv(x, xBf16, ldx, w16, ldw, out, ldc, bias, M, N, K, alpha, relu)
+Napi::Value Gemv(const Napi::CallbackInfo& info) {
+  gemv_bf16(ptr(info, 0), flag(info, 1), i64(info, 2), (const uint16_t*)ptr(info, 3), i64(info, 4), fp(info, 5), i64(info, 6),
+            fp(info, 7), i64(info, 8), i64(info, 9), i64(info, 10), (float)num(info, 11), flag(info, 12));
+  return U(info);
+}
+
 // attentionCached(qkv, kc, vc, out, pos (device, B i32), B, T, H, D, Tmax, scale)
 Napi::Value AttentionCached(const Napi::CallbackInfo& info) {
   attention_cached(fp(info, 0), fp(info, 1), fp(info, 2), fp(info, 3), ip(info, 4), (int)i64(info, 5),
@@ -445,6 +452,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("attention", Attention);
   FN("attentionBackward", AttentionBackward);
   FN("attentionCached", AttentionCached);
+  FN("gemv", Gemv);
   return exports;
 }
 

@@ -524,6 +524,88 @@ __global__ void k_cache_write(const float* __restrict__ qkv, float* __restrict__
     vc[dst] = qkv[qkv_at(b, t, 2, h, d, T, H, D)];
   }
 }
+// One new token per row (a decode step), one block of kDecWarps warps per (b, h). The block first
+// writes the token's k and v into the cache at pos[b] (visible to the block after the barrier); thread t
+// then scores keys t, t + blockDim, ... (its key row in 16-byte loads, all in flight together when D is
+// a compile-time DT), and warp w sums its keys' share of the output (lanes over d, coalesced), the
+// warps' shares added in shared memory. q and the scores live in dynamic smem (D + Tmax floats).
+// D <= 32 · kDecPerLane; DT = D (32, 64, 128) or 0 (any D, element loads).
+constexpr int kDecWarps = 4, kDecPerLane = 4;
+template <int DT>
+__global__ void __launch_bounds__(kDecWarps * 32) k_cache_decode(const float* __restrict__ qkv, float* __restrict__ kc,
+                                                                float* __restrict__ vc, float* __restrict__ out,
+                                                                const int32_t* __restrict__ pos, int H, int Drt, int Tmax,
+                                                                float scale) {
+  extern __shared__ __align__(16) float sm[];
+  __shared__ float red[kDecWarps], part[kDecWarps][32 * kDecPerLane];
+  const int D = DT ? DT : Drt;
+  float* qs = sm;
+  float* sc = sm + D;
+  const int h = blockIdx.x % H, b = blockIdx.x / H, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int p = pos[b], S = p + 1;
+  float* K = kc + ((int64_t)b * H + h) * Tmax * D;
+  float* V = vc + ((int64_t)b * H + h) * Tmax * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    K[(int64_t)p * D + d] = qkv[qkv_at(b, 0, 1, h, d, 1, H, D)];
+    V[(int64_t)p * D + d] = qkv[qkv_at(b, 0, 2, h, d, 1, H, D)];
+    qs[d] = qkv[qkv_at(b, 0, 0, h, d, 1, H, D)];
+  }
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < S; j += blockDim.x) {
+    const float* kr = K + (int64_t)j * D;
+    float dot = 0.f;
+    if constexpr (DT > 0) {
+      float4 kk[DT / 4];
+#pragma unroll
+      for (int d4 = 0; d4 < DT / 4; ++d4) kk[d4] = reinterpret_cast<const float4*>(kr)[d4];
+#pragma unroll
+      for (int d4 = 0; d4 < DT / 4; ++d4) {
+        const float4 qq = reinterpret_cast<const float4*>(qs)[d4];
+        dot = fmaf(qq.x, kk[d4].x, dot);
+        dot = fmaf(qq.y, kk[d4].y, dot);
+        dot = fmaf(qq.z, kk[d4].z, dot);
+        dot = fmaf(qq.w, kk[d4].w, dot);
+      }
+    } else {
+      for (int d = 0; d < D; ++d) dot = fmaf(qs[d], kr[d], dot);
+    }
+    dot *= scale;
+    sc[j] = dot;
+    mx = fmaxf(mx, dot);
+  }
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  mx = red[0];
+  for (int w = 1; w < kDecWarps; ++w) mx = fmaxf(mx, red[w]);
+  __syncthreads();
+  float acc[kDecPerLane] = {}, sum = 0.f;
+#pragma unroll 4
+  for (int j = warp; j < S; j += kDecWarps) {
+    const float e = __expf(sc[j] - mx);
+    sum += e;
+    const float* vr = V + (int64_t)j * D;
+#pragma unroll
+    for (int i = 0; i < kDecPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < D) acc[i] = fmaf(e, vr[d], acc[i]);
+    }
+  }
+  if (lane == 0) red[warp] = sum;
+#pragma unroll
+  for (int i = 0; i < kDecPerLane; ++i) part[warp][lane + 32 * i] = acc[i];
+  __syncthreads();
+  sum = red[0];
+  for (int w = 1; w < kDecWarps; ++w) sum += red[w];
+  const float inv = 1.f / sum;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float o = part[0][d];
+    for (int w = 1; w < kDecWarps; ++w) o += part[w][d];
+    out[((int64_t)b * H + h) * D + d] = o * inv;
+  }
+}
+
 // One block per (b, t, h); scores in dynamic smem (Tmax floats) + q (D floats).
 __global__ void k_cache_attend(const float* __restrict__ qkv, const float* __restrict__ kc, const float* __restrict__ vc,
                                float* __restrict__ out, const int32_t* __restrict__ pos, int T, int H, int D, int Tmax,
@@ -569,6 +651,19 @@ __global__ void k_cache_attend(const float* __restrict__ qkv, const float* __res
     for (int j = 0; j < S; ++j) acc += sc[j] * V[(int64_t)j * D + d];
     out[(((int64_t)b * T + t) * H + h) * D + d] = acc * inv;
   }
+}
+
+template <int DT>
+void cache_decode(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos, int B, int H, int D, int Tmax,
+                  float scale) {
+  const size_t sm = (size_t)(D + Tmax) * sizeof(float);
+  static size_t sm_set = 48 * 1024;  // one per instantiation
+  if (sm > sm_set) {
+    check(cudaFuncSetAttribute(k_cache_decode<DT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), "attentionCached (smem)");
+    sm_set = sm;
+  }
+  k_cache_decode<DT><<<(unsigned)(B * H), kDecWarps * 32, sm, stream()>>>(qkv, kc, vc, out, pos, H, D, Tmax, scale);
+  check_launch("attentionCached");
 }
 
 // The tensor-core kernels' head sizes (kept in step with TC_HEAD_SIZES in src/backend/cuda/index.ts).
@@ -633,6 +728,14 @@ void attention_cached(const float* qkv, float* kc, float* vc, float* out, const 
   if (sm > sm_set) {
     check(cudaFuncSetAttribute(k_cache_attend, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), "attentionCached (smem)");
     sm_set = sm;
+  }
+  if (T == 1 && D <= 32 * kDecPerLane) {
+    switch (D) {
+      case 32: cache_decode<32>(qkv, kc, vc, out, pos, B, H, D, Tmax, scale); return;
+      case 64: cache_decode<64>(qkv, kc, vc, out, pos, B, H, D, Tmax, scale); return;
+      case 128: cache_decode<128>(qkv, kc, vc, out, pos, B, H, D, Tmax, scale); return;
+      default: cache_decode<0>(qkv, kc, vc, out, pos, B, H, D, Tmax, scale); return;
+    }
   }
   const int64_t n = (int64_t)B * T * H * D;
   k_cache_write<<<grid_for(n, 256), 256, 0, stream()>>>(qkv, kc, vc, pos, B, T, H, D, Tmax);

@@ -204,6 +204,12 @@ void attention(const float* qkv, const uint16_t* q16, float* out, uint16_t* out1
 void attention_backward(const float* qkv, const uint16_t* q16, const float* out, const float* lse, const float* gout,
                         const uint16_t* go16, float* gqkv, uint16_t* gqkv16, int B, int T, int H, int D, bool causal,
                         float scale, int impl);
+// out (M, N) f32, rows ldc apart = act(alpha · x · wᵀ + bias) for M <= kGemvMaxRows rows of x (f32, or
+// bf16 with x_bf16; rows ldx apart) and w (N, K) bf16 (rows ldw apart); bias (N) or null; act: ReLU or
+// none. Operands rounded to bf16, fp32 sums (gemv.cu).
+constexpr int64_t kGemvMaxRows = 8;
+void gemv_bf16(const void* x, bool x_bf16, int64_t ldx, const uint16_t* w, int64_t ldw, float* out, int64_t ldc,
+               const float* bias, int64_t M, int64_t N, int64_t K, float alpha, bool relu);
 void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos, int B, int T, int H,
                       int D, int Tmax, float scale);
 

@@ -9,6 +9,9 @@ namespace {
 // Entries of `experts` per warp in the counting passes (one warp per block, E counters in shared memory):
 // 8 steps of 32 in order, so the placement's serial steps stay short.
 constexpr int kRouteChunk = 256;
+// The routing scan keeps the chunk counts in shared memory up to this size (under the 48 KiB default
+// limit with the static shared memory).
+constexpr size_t kRouteScanSmem = 46 * 1024;
 
 // counts[c · E + e] = entries of chunk c that chose expert e (shared-memory counters: exact, so the
 // result is deterministic whatever the order of the atomics).
@@ -50,27 +53,41 @@ __device__ int block_exclusive_scan(int v, int* total) {
 // row of chunk c's entries for expert e counted from the expert's first row (chunk-minor: the stable
 // order; k_route_place adds offsets[e]); the expert plan gets the offsets as its bounds and, after
 // them, whether some expert has more than kPlanChunk rows (the chunked two-level sum of scatter_plan).
+// SMEM: the counts are first copied (coalesced) into shared memory, rows padded to E + 1 entries so
+// that a warp's column reads hit distinct banks, scanned there and copied back; else scanned in place.
 // Warp w scans the chunks of experts w, w + warps, ... (lanes over chunks); then the loads are scanned
 // over the experts: thread t owns experts [t·per, (t+1)·per).
+template <bool SMEM>
 __global__ void k_route_scan(int32_t* __restrict__ counts, int64_t chunks, int E, int32_t* __restrict__ offsets,
                              int32_t* __restrict__ eplan) {
+  extern __shared__ int32_t cs[];
   __shared__ int total, longest;
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const int64_t ld = SMEM ? E + 1 : E, n = chunks * E;
+  int32_t* t = SMEM ? cs : counts;
   if (threadIdx.x == 0) longest = 0;
+  if (SMEM) {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) cs[(i / E) * ld + i % E] = counts[i];
+    __syncthreads();
+  }
   for (int e = threadIdx.x >> 5; e < E; e += warps) {
     int load = 0;  // the expert's rows in the chunks before this round of 32
     for (int64_t c0 = 0; c0 < chunks; c0 += 32) {
       const int64_t c = c0 + lane;
-      const int v = c < chunks ? counts[c * E + e] : 0;
+      const int v = c < chunks ? t[c * ld + e] : 0;
       int incl = v;
       for (int o = 1; o < 32; o <<= 1) {
         const int u = __shfl_up_sync(0xffffffffu, incl, o);
         if (lane >= o) incl += u;
       }
-      if (c < chunks) counts[c * E + e] = load + incl - v;
+      if (c < chunks) t[c * ld + e] = load + incl - v;
       load += __shfl_sync(0xffffffffu, incl, 31);
     }
     if (lane == 0) eplan[e] = load;  // the load, until the offsets replace it below
+  }
+  if (SMEM) {
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) counts[i] = cs[(i / E) * ld + i % E];
   }
   __syncthreads();
   const int per = (E + blockDim.x - 1) / blockDim.x, e0 = min(E, (int)threadIdx.x * per), e1 = min(E, e0 + per);
@@ -125,25 +142,30 @@ __global__ void k_route_place(const int32_t* __restrict__ ex, int64_t M, int k, 
 
 // The listed scatter plan of rowToken (see scatter_plan): bounds n·k (N + 1), then each token's k grouped
 // rows in ascending order; with C = ceil(k / kPlanChunk) > 1 chunks per token also the first chunk of
-// each token (N + 1) and the chunks' source ranges (N·C + 1).
+// each token (N + 1) and the chunks' source ranges (N·C + 1). A thread per grouped row places it at its
+// rank among its token's k rows (distinct); threads M .. M + N write the bounds.
 __global__ void k_route_token_plan(const int32_t* __restrict__ slot_row, int64_t N, int k, int64_t C,
                                    int32_t* __restrict__ plan) {
   int32_t* sources = plan + N + 1;
   int32_t* token_chunks = sources + N * k;
   int32_t* chunk_bounds = token_chunks + N + 1;
-  for (int64_t n = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; n <= N; n += (int64_t)gridDim.x * blockDim.x) {
+  const int64_t M = N * k;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i <= M + N; i += (int64_t)gridDim.x * blockDim.x) {
+    if (i < M) {
+      const int64_t n = i / k;
+      const int32_t* s = slot_row + n * k;
+      const int32_t v = slot_row[i];
+      int rank = 0;
+      for (int j = 0; j < k; ++j) rank += s[j] < v ? 1 : 0;
+      sources[n * k + rank] = v;
+      continue;
+    }
+    const int64_t n = i - M;
     plan[n] = (int32_t)(n * k);
     if (C > 1) token_chunks[n] = (int32_t)(n * C);
     if (n == N) {
       if (C > 1) chunk_bounds[N * C] = (int32_t)(N * k);
       continue;
-    }
-    int32_t* s = sources + n * k;
-    for (int j = 0; j < k; ++j) {  // insertion sort: k is small
-      const int32_t v = slot_row[n * k + j];
-      int q = j;
-      for (; q > 0 && s[q - 1] > v; --q) s[q] = s[q - 1];
-      s[q] = v;
     }
     if (C > 1)
       for (int64_t c = 0; c < C; ++c) chunk_bounds[n * C + c] = (int32_t)(n * k + c * kPlanChunk);
@@ -159,13 +181,18 @@ void expert_groups(const int32_t* experts, int64_t N, int64_t k, int64_t E, int3
   const size_t shared = (size_t)E * sizeof(int32_t);
   Scratch counts((size_t)std::max<int64_t>(chunks * E, 1) * sizeof(int32_t)), slot_row((size_t)std::max<int64_t>(M, 1) * 4);
   if (chunks > 0) k_route_count<<<(unsigned)chunks, 32, shared, stream()>>>(experts, M, (int)E, counts.as<int32_t>());
-  k_route_scan<<<1, 1024, 0, stream()>>>(counts.as<int32_t>(), chunks, (int)E, offsets, expert_plan);
+  const size_t scan_smem = (size_t)chunks * (E + 1) * sizeof(int32_t);
+  if (scan_smem <= kRouteScanSmem) {
+    k_route_scan<true><<<1, 1024, scan_smem, stream()>>>(counts.as<int32_t>(), chunks, (int)E, offsets, expert_plan);
+  } else {
+    k_route_scan<false><<<1, 1024, 0, stream()>>>(counts.as<int32_t>(), chunks, (int)E, offsets, expert_plan);
+  }
   if (chunks > 0) {
     k_route_place<<<(unsigned)chunks, 32, shared, stream()>>>(experts, M, (int)k, (int)E, offsets, counts.as<int32_t>(), row_token,
                                                              row_slot, row_expert, slot_row.as<int32_t>());
   }
   const int64_t C = (k + kPlanChunk - 1) / kPlanChunk;
-  k_route_token_plan<<<grid_for(N + 1, 256), 256, 0, stream()>>>(slot_row.as<int32_t>(), N, (int)k, C, token_plan);
+  k_route_token_plan<<<grid_for(M + N + 1, 256), 256, 0, stream()>>>(slot_row.as<int32_t>(), N, (int)k, C, token_plan);
   check_launch("expertGroups");
 }
 

@@ -17,6 +17,8 @@ namespace {
 constexpr int kT = 256;
 // Rows up to this many columns take the warp-per-row top-k; longer ones a block per row.
 constexpr int64_t kWarpTopkCols = 1024;
+// Rows of at least this many columns get 1024 threads in k_topk.
+constexpr int64_t kLongTopkCols = 16384;
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -127,12 +129,16 @@ __global__ void k_layer_norm_warp(const float* __restrict__ x, const float* __re
   const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
   for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
     const float4* xr = reinterpret_cast<const float4*>(x + r * cols);
-    float4 xv[MAXV];
+    float4 xv[MAXV], gv[MAXV], bv[MAXV];
     float s = 0.f;
+    // The gain and bias are loaded with the row, ahead of the reductions (one memory latency per row).
 #pragma unroll
     for (int i = 0; i < MAXV; ++i) {
       const int q = lane + 32 * i;
-      xv[i] = q < c4 ? xr[q] : make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+      xv[i] = q < c4 ? xr[q] : z;
+      gv[i] = q < c4 ? reinterpret_cast<const float4*>(g)[q] : z;
+      bv[i] = q < c4 ? reinterpret_cast<const float4*>(bt)[q] : z;
       s += (xv[i].x + xv[i].y) + (xv[i].z + xv[i].w);
     }
     const float mu = warp_sum(s) / (float)cols;
@@ -152,7 +158,7 @@ __global__ void k_layer_norm_warp(const float* __restrict__ x, const float* __re
     for (int i = 0; i < MAXV; ++i) {
       const int q = lane + 32 * i;
       if (q >= c4) continue;
-      const float4 gq = reinterpret_cast<const float4*>(g)[q], bq = reinterpret_cast<const float4*>(bt)[q];
+      const float4 gq = gv[i], bq = bv[i];
       const float4 o = make_float4((xv[i].x - mu) * rs * gq.x + bq.x, (xv[i].y - mu) * rs * gq.y + bq.y,
                                    (xv[i].z - mu) * rs * gq.z + bq.z, (xv[i].w - mu) * rs * gq.w + bq.w);
       if (y) reinterpret_cast<float4*>(y + r * cols)[q] = o;
@@ -546,10 +552,14 @@ __device__ __forceinline__ void warp_best(float& bk, int& bi) {
     if (oi != INT_MAX && (bi == INT_MAX || better(ok, oi, bk, bi))) { bk = ok; bi = oi; }
   }
 }
-__global__ void k_topk(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx, int64_t rows,
-                       int64_t cols, int64_t k) {
-  __shared__ float sk[kT];
-  __shared__ int si[kT];
+// One block of NT threads per row, k rounds: each round scans the row for the best entry strictly worse
+// than the previous round's (a tree reduction over the block). NT = 1024 for long rows (an LM head's
+// logits in decoding), which one block then reads in a few microseconds.
+template <int NT>
+__global__ void __launch_bounds__(NT) k_topk(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx,
+                                             int64_t rows, int64_t cols, int64_t k) {
+  __shared__ float sk[NT];
+  __shared__ int si[NT];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* xr = x + r * cols;
     float thk = INFINITY;
@@ -557,7 +567,8 @@ __global__ void k_topk(const float* __restrict__ x, float* __restrict__ vals, in
     for (int64_t q = 0; q < k; ++q) {
       float bk = -INFINITY;
       int bi = INT_MAX;
-      for (int64_t j = threadIdx.x; j < cols; j += kT) {
+#pragma unroll 4
+      for (int64_t j = threadIdx.x; j < cols; j += NT) {
         float v = xr[j];
         float kv = isnan(v) ? -INFINITY : v;
         if (thi >= 0 && !better(thk, thi, kv, (int)j)) continue;
@@ -566,7 +577,7 @@ __global__ void k_topk(const float* __restrict__ x, float* __restrict__ vals, in
       sk[threadIdx.x] = bk;
       si[threadIdx.x] = bi;
       __syncthreads();
-      for (int s = kT / 2; s > 0; s >>= 1) {
+      for (int s = NT / 2; s > 0; s >>= 1) {
         if ((int)threadIdx.x < s) {
           int o = threadIdx.x + s;
           if (si[o] != INT_MAX && (si[threadIdx.x] == INT_MAX || better(sk[o], si[o], sk[threadIdx.x], si[threadIdx.x]))) {
@@ -617,27 +628,41 @@ __global__ void k_topk_warp(const float* __restrict__ x, float* __restrict__ val
   }
 }
 
-// Rows of at most 32 columns (the MoE router's scores): a warp per row as k_topk_warp, each lane holding
-// its column's value, so the k rounds reload nothing and the winning lane writes its own value.
-__global__ void k_topk_lane(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx,
+// Rows of at most 32 · VPL columns (the MoE router's expert scores): a warp per row, lane l holding
+// columns l + 32 · i. Each entry's rank (the entries `better` than it: value descending, index
+// ascending, NaN smallest) is counted against every entry of the row by broadcasts; the entries ranked
+// below k are written at their rank: the k rounds' result, with no rounds.
+template <int VPL>
+__global__ void k_topk_rank(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx,
                             int64_t rows, int cols, int64_t k) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
   for (int64_t r = blockIdx.x * (int64_t)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
-    const float v = lane < cols ? x[r * cols + lane] : 0.f, kv = isnan(v) ? -INFINITY : v;
-    float thk = INFINITY;
-    int thi = -1;
-    for (int64_t q = 0; q < k; ++q) {
-      // This lane's column competes while it comes after the last one taken (value desc, index asc).
-      const bool live = lane < cols && (thi < 0 || better(thk, thi, kv, lane));
-      float bk = live ? kv : -INFINITY;
-      int bi = live ? lane : INT_MAX;
-      warp_best(bk, bi);
-      thk = bk;
-      thi = bi;
-      if (lane == bi) {
-        vals[r * k + q] = v;
-        idx[r * k + q] = bi;
+    float v[VPL], kv[VPL];
+    int rank[VPL];
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) {
+      const int c = lane + 32 * i;
+      v[i] = c < cols ? x[r * cols + c] : 0.f;
+      kv[i] = isnan(v[i]) ? -INFINITY : v[i];
+      rank[i] = 0;
+    }
+#pragma unroll
+    for (int s = 0; s < VPL; ++s) {
+      const int n = min(32, cols - 32 * s);
+      for (int src = 0; src < n; ++src) {
+        const float ok = __shfl_sync(0xffffffffu, kv[s], src);
+        const int oc = src + 32 * s;
+#pragma unroll
+        for (int i = 0; i < VPL; ++i) rank[i] += better(ok, oc, kv[i], lane + 32 * i) ? 1 : 0;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) {
+      const int c = lane + 32 * i;
+      if (c < cols && rank[i] < k) {
+        vals[r * k + rank[i]] = v[i];
+        idx[r * k + rank[i]] = c;
       }
     }
   }
@@ -959,9 +984,12 @@ void activation_bits(const float* x, int32_t* out, int64_t rows, int64_t cols) {
 }
 void topk(const float* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int64_t k) {
   if (rows == 0 || k == 0) return;
-  if (cols <= 32) k_topk_lane<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, values, indices, rows, (int)cols, k);
+  if (cols <= 32) k_topk_rank<1><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, values, indices, rows, (int)cols, k);
+  else if (cols <= 64) k_topk_rank<2><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, values, indices, rows, (int)cols, k);
+  else if (cols <= 128) k_topk_rank<4><<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, values, indices, rows, (int)cols, k);
   else if (cols <= kWarpTopkCols) k_topk_warp<<<grid_for(rows, kT / 32), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
-  else k_topk<<<rows_grid(rows), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
+  else if (cols < kLongTopkCols) k_topk<kT><<<rows_grid(rows), kT, 0, stream()>>>(x, values, indices, rows, cols, k);
+  else k_topk<1024><<<rows_grid(rows), 1024, 0, stream()>>>(x, values, indices, rows, cols, k);
   check_launch("topk");
 }
 

@@ -161,6 +161,12 @@ export interface CudaAddon {
   /** As `attention`; go16 is the bf16 copy of gout, gqkv16 receives gqkv's (both 0 for impl 1). */
   attentionBackward(qkv: Ptr, q16: Ptr, out: Ptr, lse: Ptr, gout: Ptr, go16: Ptr, gqkv: Ptr, B: number, T: number,
     H: number, D: number, causal: boolean, scale: number, impl: number, gqkv16: Ptr): void;
+  /**
+   * out (M, N) f32 = act(alpha · x · wᵀ + bias) for M <= 8 rows: x f32 (or bf16 with xBf16), w (N, K) bf16,
+   * bias (N) f32 or 0; one warp per output column (native/cuda/gemv.cu).
+   */
+  gemv(x: Ptr, xBf16: boolean, ldx: number, w16: Ptr, ldw: number, out: Ptr, ldc: number, bias: Ptr, M: number, N: number,
+    K: number, alpha: number, relu: boolean): void;
   attentionCached(qkv: Ptr, kc: Ptr, vc: Ptr, out: Ptr, pos: Ptr, B: number, T: number, H: number, D: number,
     Tmax: number, scale: number): void;
 }

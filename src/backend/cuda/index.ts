@@ -65,6 +65,8 @@ export type MatmulMode = 'bf16' | 'tf32' | 'f32' | 'fast16bf' | 'own';
 const MAX_ROUTE_EXPERTS = 12288;
 /** Elements from which misaligned GEMM operands are padded (a copy pays off only on large matrices). */
 const PAD_MIN = 1 << 22;
+/** Most rows of A that a product runs through the GEMV kernel (native kGemvMaxRows). */
+const GEMV_MAX_ROWS = 8;
 /** Largest i32 buffer (elements) that keeps a host copy of its content. */
 const HOST_COPY_MAX = 1 << 24;
 export type GroupedRoute = 'auto' | 'cublas' | 'own';
@@ -813,8 +815,16 @@ export class CudaBackend implements Backend {
       const big = batch === 1 && x.size === rows * cols && x.size >= PAD_MIN;
       return rowsTo > rows || colsTo > cols || (big && cols % 8 !== 0) ? { cols, ld: ceil8(cols), rows: rowsTo } : null;
     };
-    const la = g.transA ? layout(A, k, m, kk, m) : layout(A, m, k, m, kk);
     const lb = g.transB ? layout(B, n, k, nn, kk) : layout(B, k, n, kk, nn);
+    // A few rows (a decode step) times a weight stored (n, k): the GEMV kernel streams the weight's
+    // bf16 copy once, near the memory bandwidth, and takes A as it is (f32, or its bf16 copy), so A
+    // needs no cast; the output is f32 (a bf16Out request may be ignored).
+    if (batch === 1 && m <= GEMV_MAX_ROWS && !g.transA && g.transB && g.beta === 0 && whole && !biasGrad) {
+      const x = this.rowsIn(op, a, 'a', m, k);
+      this.nat.gemv(x.ptr, x.bf16, x.ld, this.shadow(B, lb), lb?.ld ?? k, C, n, bias, m, n, k, g.alpha, relu);
+      return;
+    }
+    const la = g.transA ? layout(A, k, m, kk, m) : layout(A, m, k, m, kk);
     const pa = this.shadow(A, la), pb = this.shadow(B, lb);
     // The epilogue is fused into the product, except over a padded width (the bias has n entries).
     const fused = nn === n;
