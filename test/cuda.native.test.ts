@@ -293,9 +293,28 @@ if (why) {
       });
     }
 
-    // Prefill at offsets, and decode steps (one token: the fused decode kernel) at D 64, 128 and 40.
+    it('matmul of 2 rows (GEMV) with a weight of padded bf16 rows (K 100, N 50000) and alpha 0.5: the GEMM path\'s values', () => {
+      const K = 100, N = 50000, x = randn(r, 16 * K), w = randn(r, N * K, 0.05);
+      const W = put(cuda, w);
+      const product = (rows: number) => {
+        const X = put(cuda, x.subarray(0, rows * K)), C = cuda.alloc('f32', rows * N);
+        cuda.matmul(X, W, C, { batch: 1, m: rows, n: N, k: K, transA: false, transB: true, strideA: 0, strideB: 0, strideC: 0,
+          alpha: 0.5, beta: 0 });
+        const y = (cuda.download(C) as Float32Array).subarray(0, 2 * N);
+        cuda.free(X);
+        cuda.free(C);
+        return y;
+      };
+      const e = relErr(product(2), product(16));
+      cuda.free(W);
+      assert.ok(e <= 2e-5, `relative error ${e.toExponential(2)}`);
+    });
+
+    // Prefill at offsets, and decode steps (one token: the fused decode kernel) at D 64, 128, 40 and 32;
+    // a cache past 48 KiB of scores (shared memory beyond the default) for both kernels.
     for (const [B, H, D, Tmax, Tn, posList] of [[3, 4, 64, 300, 5, [0, 100, 295]], [3, 4, 64, 300, 1, [0, 100, 299]],
-      [2, 2, 128, 1100, 1, [1099, 517]], [2, 3, 40, 70, 1, [5, 69]]] as const) {
+      [2, 2, 128, 1100, 1, [1099, 517]], [2, 3, 40, 70, 1, [5, 69]], [2, 2, 32, 50, 1, [0, 49]],
+      [1, 1, 64, 12300, 1, [12299]], [1, 1, 64, 12300, 3, [12000]]] as const) {
       const pos = Int32Array.from(posList);
       const qkv = randn(r, B * Tn * 3 * H * D), kc = randn(r, B * H * Tmax * D), vc = randn(r, B * H * Tmax * D);
       close(`attentionCached B${B} T${Tn} D${D} Tmax${Tmax}`, (be) => {
@@ -378,8 +397,8 @@ if (why) {
     for (const cols of [20, 32, 48, 100, 1000, 3000, 50257]) {
       const how = cols <= 128 ? 'ranks in a warp' : cols <= 1024 ? 'a warp per row' : cols < 16384 ? 'a block per row'
         : 'a block of 1024 per row';
-      it(`topk with ties and NaN equals cpu exactly (${cols} columns: ${how})`, () => {
-        const rows = 50, k = 7;
+      for (const k of cols <= 128 ? [7, cols] : [7]) it(`topk with ties and NaN equals cpu exactly (${cols} columns, k ${k}: ${how})`, () => {
+        const rows = 50;
         const x = Float32Array.from({ length: rows * cols }, () => Math.round(r() * 20) / 4);
         x[3] = NaN; x[1500] = NaN; x[2000 % x.length] = Infinity;
         x.fill(NaN, 4 * cols, 5 * cols); // a row of NaN only
@@ -839,6 +858,15 @@ if (why) {
             };
             const eager = run(false), graph = run(true);
             const what = `${moe ? 'MoE 4/16' : 'dense'}, ${o.temperature ? 'top-k' : 'greedy'}`;
+            // 10 rows: products of more than 8 rows (cuBLAS, and the logits' twin) inside the graph.
+            const many = Array.from({ length: 10 }, (_, b) => [b + 1, 2 * b + 3, 7]);
+            const wide = (graphs: boolean) => {
+              process.env['SSD_CUDA_GRAPHS'] = graphs ? '1' : '0';
+              return generateBatch(model, many, { ...o, maxTokens: 12 });
+            };
+            const wideGraph = wide(true);
+            assert.equal(wideGraph.graphed, true, `${what}, 10 rows`);
+            assert.deepEqual(wideGraph.tokens, wide(false).tokens, `${what}, 10 rows`);
             assert.equal(eager.graphed, false, what);
             assert.equal(graph.graphError, null, what);
             assert.equal(graph.graphed, true, what);
@@ -847,6 +875,32 @@ if (why) {
             assert.ok(graph.tokens[2]!.length < graph.tokens[0]!.length, `${what}: row 2 finished early`);
           }
         }
+      } finally {
+        if (env === undefined) delete process.env['SSD_CUDA_GRAPHS']; else process.env['SSD_CUDA_GRAPHS'] = env;
+        useDense(model);
+        disposeExperts(experts);
+        model.dispose();
+      }
+    });
+
+    it('a decode step that cannot be captured (MoE with cuBLAS grouped products, which read sizes back) decodes op by op, same tokens', () => {
+      const be = createCudaBackend({ grouped: 'cublas' });
+      const model = new GPT(makeConfig('tiny', { vocab_size: 500, n_layer: 2, d_model: 64, n_head: 2, d_ff: 256, seq_len: 64 }), be, 9);
+      for (const t of model.params.values()) t.requiresGrad = false;
+      const experts = prepareExperts(model, null, { nExpert: 4, blocks: true });
+      const env = process.env['SSD_CUDA_GRAPHS'];
+      try {
+        useMoE(model, experts, 2);
+        const o = { temperature: 0, topK: 0, topP: 1, seed: 0, maxTokens: 16 }, prompts = [[1, 2, 3], [9, 8]];
+        process.env['SSD_CUDA_GRAPHS'] = '0';
+        const eager = generateBatch(model, prompts, o); // also makes the weights' bf16 copies
+        const before = be.deviceMemory().liveBytes;
+        process.env['SSD_CUDA_GRAPHS'] = '1';
+        const tried = generateBatch(model, prompts, o);
+        assert.equal(tried.graphed, false);
+        assert.match(tried.graphError ?? '', /cannot run while a CUDA graph is being captured/);
+        assert.equal(be.deviceMemory().liveBytes, before, 'nothing held after the failed capture');
+        assert.deepEqual(tried.tokens, eager.tokens);
       } finally {
         if (env === undefined) delete process.env['SSD_CUDA_GRAPHS']; else process.env['SSD_CUDA_GRAPHS'] = env;
         useDense(model);

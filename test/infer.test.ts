@@ -143,6 +143,10 @@ describe('inference: decode step', () => {
     const r = rng(3), B = 4, V = 300;
     // Logits on a coarse grid: many ties, which both paths break towards the lower id.
     const logits = Float32Array.from({ length: B * V }, () => Math.round(r() * 40) / 8);
+    // NaN ranks as −∞ (with the −∞ entries, by id), +∞ first; row 3 mostly NaN.
+    logits.set([NaN, -Infinity, Infinity, NaN], 0);
+    logits.fill(NaN, 3 * V, 3 * V + 290);
+    logits[3 * V + 5] = -Infinity;
     for (const o of [{ temperature: 0, topK: 0, topP: 1 }, { temperature: 0.7, topK: 5, topP: 1 }, { temperature: 1.3, topK: 40, topP: 0.8 }]) {
       const width = candidateCount(o, V);
       assert.equal(width, o.temperature <= 0 ? 1 : o.topK);
@@ -156,6 +160,8 @@ describe('inference: decode step', () => {
       }
     }
     assert.equal(candidateCount({ temperature: 1, topK: 0, topP: 0.9 }, V), V);
+    assert.equal(candidateCount({ temperature: 1, topK: V, topP: 1 }, V), V);
+    assert.equal(candidateCount({ temperature: 1, topK: V + 5, topP: 1 }, V), V);
     assert.equal(candidateCount({ temperature: 1, topK: MAX_DEVICE_CANDIDATES + 1, topP: 1 }, 5000), 5000);
   });
 
@@ -217,6 +223,9 @@ describe('inference: bad input and configuration', () => {
       assert.throws(() => generateBatch(model, [Array(24).fill(1)], o), /24 tokens but the context length is 24/);
       assert.throws(() => generateBatch(model, [[1, 40]], o), /token 40 at position 1 is outside the model's vocabulary \(0..39\)/);
       assert.throws(() => generateBatch(model, [[1]], { ...o, stop: ['x'] }), /need a decode function/);
+      assert.throws(() => generateBatch(model, [[1]], { ...o, temperature: 1, topK: 2.5 }), /top-k must be an integer >= 0/);
+      assert.throws(() => generateBatch(model, [[1]], { ...o, topP: 0 }), /top-p must be in \(0, 1\]/);
+      assert.throws(() => generateBatch(model, [[1]], { ...o, temperature: -1 }), /temperature must be a finite number >= 0/);
       const cache = new KVCache(model.config, backend, 1, 4);
       try {
         assert.throws(() => model.forward(T.tensor([1, 2, 3, 4, 5], [1, 5], { dtype: 'i32', backend }), { cache }), /exceed the cache of 4/);

@@ -653,15 +653,25 @@ __global__ void k_cache_attend(const float* __restrict__ qkv, const float* __res
   }
 }
 
+// Lets `kernel` take `dynamic` bytes of dynamic shared memory: past the default (48 KiB less the
+// kernel's static shared memory) through the opt-in attribute. `allowed`: the size already allowed.
+template <class Kernel>
+void allow_smem(Kernel kernel, size_t dynamic, size_t& allowed) {
+  if (dynamic <= allowed) return;
+  cudaFuncAttributes a{};
+  check(cudaFuncGetAttributes(&a, kernel), "attentionCached (smem)");
+  if (dynamic + a.sharedSizeBytes > 48 * 1024) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dynamic), "attentionCached (smem)");
+  }
+  allowed = dynamic;
+}
+
 template <int DT>
 void cache_decode(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos, int B, int H, int D, int Tmax,
                   float scale) {
   const size_t sm = (size_t)(D + Tmax) * sizeof(float);
-  static size_t sm_set = 48 * 1024;  // one per instantiation
-  if (sm > sm_set) {
-    check(cudaFuncSetAttribute(k_cache_decode<DT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), "attentionCached (smem)");
-    sm_set = sm;
-  }
+  static size_t allowed = 0;  // one per instantiation
+  allow_smem(k_cache_decode<DT>, sm, allowed);
   k_cache_decode<DT><<<(unsigned)(B * H), kDecWarps * 32, sm, stream()>>>(qkv, kc, vc, out, pos, H, D, Tmax, scale);
   check_launch("attentionCached");
 }
@@ -723,12 +733,6 @@ void attention_backward(const float* qkv, const uint16_t* q16, const float* out,
 void attention_cached(const float* qkv, float* kc, float* vc, float* out, const int32_t* pos, int B, int T, int H, int D,
                       int Tmax, float scale) {
   if ((int64_t)B * T * H == 0 || D == 0) return;
-  const size_t sm = (size_t)(Tmax + D) * sizeof(float);
-  static size_t sm_set = 48 * 1024;
-  if (sm > sm_set) {
-    check(cudaFuncSetAttribute(k_cache_attend, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), "attentionCached (smem)");
-    sm_set = sm;
-  }
   if (T == 1 && D <= 32 * kDecPerLane) {
     switch (D) {
       case 32: cache_decode<32>(qkv, kc, vc, out, pos, B, H, D, Tmax, scale); return;
@@ -737,6 +741,9 @@ void attention_cached(const float* qkv, float* kc, float* vc, float* out, const 
       default: cache_decode<0>(qkv, kc, vc, out, pos, B, H, D, Tmax, scale); return;
     }
   }
+  const size_t sm = (size_t)(Tmax + D) * sizeof(float);
+  static size_t allowed = 0;
+  allow_smem(k_cache_attend, sm, allowed);
   const int64_t n = (int64_t)B * T * H * D;
   k_cache_write<<<grid_for(n, 256), 256, 0, stream()>>>(qkv, kc, vc, pos, B, T, H, D, Tmax);
   check_launch("attentionCached");

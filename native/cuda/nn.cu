@@ -598,7 +598,7 @@ __global__ void __launch_bounds__(NT) k_topk(const float* __restrict__ x, float*
   }
 }
 
-// One warp per row for short rows (the MoE router's expert scores): the same k rounds as k_topk, each
+// One warp per row for rows of 129 to 1024 columns: the same k rounds as k_topk, each
 // a warp argmax by xor shuffles (the order `better` is total, so every lane ends with the same pick).
 __global__ void k_topk_warp(const float* __restrict__ x, float* __restrict__ vals, int32_t* __restrict__ idx,
                             int64_t rows, int64_t cols, int64_t k) {

@@ -337,6 +337,7 @@ void graph_launch(int64_t id) {
 }
 
 void graph_destroy(int64_t id) {
+  not_capturing("graph destroy");
   auto it = g_capture.graphs.find(id);
   if (it == g_capture.graphs.end()) return;
   // Queued launches may still use the graph's blocks: wait for them before the blocks are reused.

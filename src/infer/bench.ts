@@ -2,7 +2,7 @@
  * The inference benchmark (`ssd bench`, `npm run bench:infer`): dense vs MoE at chosen active ratios,
  * measured side by side in one process (modes interleaved round by round, best round kept):
  *  - prefill tokens/s (one prompt of `prefillTokens`, fresh cache; logits of the last token only);
- *  - decode tokens/s at each batch size (greedy, after a short prompt);
+ *  - decode tokens/s at each batch size (greedy, after a short prompt; steady state, see timeDecode);
  *  - validation perplexity of each mode when a checkpoint is given;
  * beside the ideal speed-ups: decode from weight bytes read per token (attention, embeddings, LM head,
  * routers and the KV cache included: MoE does not save those), prefill from FLOPs per token.
@@ -112,15 +112,19 @@ function timePrefill(model: GPT, ids: number[]): number {
 }
 
 /**
- * Decoded tokens per second at batch B: greedy, `steps` decode steps after a `promptLen`-token prompt.
- * Throws if the backend captures graphs and the decode step's capture failed (the rate would not be
- * that of the graphed step).
+ * Decoded tokens per second at batch B: greedy, `steps` decode steps after a `promptLen`-token prompt,
+ * timed in the steady state: from the third new token on (the first decode step runs eagerly and the
+ * second is captured where the backend replays decode steps from a graph; see infer/decode-step.ts).
+ * A failed capture is reported through `log` (the rate is then the eager step's).
  */
-export function timeDecode(model: GPT, B: number, promptLen: number, steps: number): number {
+export function timeDecode(model: GPT, B: number, promptLen: number, steps: number, log?: (line: string) => void): number {
   const prompts = Array.from({ length: B }, (_, b) => randomIds(promptLen, model.config.vocab_size, 7 + b));
-  const r = generateBatch(model, prompts, { temperature: 0, topK: 0, topP: 1, seed: 0, maxTokens: steps + 1 });
-  if (r.graphError) throw new Error(`decode benchmark: the CUDA graph capture of the decode step failed: ${r.graphError}`);
-  return (B * r.decodeSteps) / r.decodeSeconds;
+  const at: number[] = []; // arrival time of each of row 0's new tokens
+  const r = generateBatch(model, prompts, { temperature: 0, topK: 0, topP: 1, seed: 0, maxTokens: steps + 3 },
+    { onToken: (row) => { if (row === 0) at.push(performance.now()); } });
+  if (r.graphError) log?.(`decode b${B}: ran op by op, the CUDA graph capture failed: ${r.graphError}`);
+  if (at.length < steps + 3) throw new Error(`decode benchmark: ${at.length} tokens for ${steps + 3} asked (the context is too short)`);
+  return (B * steps) / ((at[steps + 2]! - at[2]!) / 1000);
 }
 
 /**
@@ -147,8 +151,9 @@ export function benchInference(backend: Backend, o: BenchOptions = {}): BenchRep
   const c = model.config;
   const prefillTokens = Math.min(o.prefillTokens ?? 512, c.seq_len);
   const decodePrompt = o.decodePrompt ?? 32, decodeTokens = o.decodeTokens ?? 64;
-  if (decodePrompt + decodeTokens + 1 >= c.seq_len) {
-    throw new Error(`bench: decode prompt ${decodePrompt} + ${decodeTokens} tokens exceed the context length ${c.seq_len}`);
+  if (decodePrompt + decodeTokens + 3 > c.seq_len) {
+    throw new Error(`bench: decode prompt ${decodePrompt} + ${decodeTokens} tokens + 3 (before the steady state) exceed the ` +
+      `context length ${c.seq_len}`);
   }
   log(`model: ${source}; ${c.n_layer} layers, d_model ${c.d_model}, d_ff ${c.d_ff}, context ${c.seq_len}`);
   const experts = prepareExperts(model, stored, { ...(o.nExpert !== undefined ? { nExpert: o.nExpert } : {}),
@@ -168,7 +173,7 @@ export function benchInference(backend: Backend, o: BenchOptions = {}): BenchRep
         use(m.topK);
         best[i]!.prefill = Math.min(best[i]!.prefill, timePrefill(model, prompt));
         for (const B of batches) {
-          best[i]!.decode.set(B, Math.max(best[i]!.decode.get(B) ?? 0, timeDecode(model, B, decodePrompt, decodeTokens)));
+          best[i]!.decode.set(B, Math.max(best[i]!.decode.get(B) ?? 0, timeDecode(model, B, decodePrompt, decodeTokens, log)));
         }
       });
       log(`round ${round + 1}/${rounds} done`);

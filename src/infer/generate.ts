@@ -78,14 +78,24 @@ export function checkPrompts(model: GPT, prompts: number[][]): void {
   });
 }
 
+/** Throws unless temperature >= 0 (finite), top-k is an integer >= 0 and top-p is in (0, 1]. */
+export function checkSampleOptions(o: SampleOptions): void {
+  if (!(Number.isFinite(o.temperature) && o.temperature >= 0)) {
+    throw new Error(`generate: temperature must be a finite number >= 0 (0: greedy), got ${o.temperature}`);
+  }
+  if (!(Number.isInteger(o.topK) && o.topK >= 0)) throw new Error(`generate: top-k must be an integer >= 0 (0: all tokens), got ${o.topK}`);
+  if (!(o.topP > 0 && o.topP <= 1)) throw new Error(`generate: top-p must be in (0, 1], got ${o.topP}`);
+}
+
 /**
  * Generates continuations of `prompts` (token ids, one array per row) with a KV cache.
  * Throws on an empty prompt, a prompt of context length or more, an id outside the vocabulary, stop
- * strings without `decode`, or a bad maxTokens.
+ * strings without `decode`, a bad maxTokens or bad sampling options (`checkSampleOptions`).
  */
 export function generateBatch(model: GPT, prompts: number[][], o: GenerateOptions, hooks: GenerateHooks = {}): GenerateResult {
   checkPrompts(model, prompts);
   if (!Number.isInteger(o.maxTokens) || o.maxTokens < 0) throw new Error(`generate: maxTokens must be a non-negative integer, got ${o.maxTokens}`);
+  checkSampleOptions(o);
   const stops = (o.stop ?? []).filter((s) => s.length > 0);
   if ((stops.length > 0 || hooks.onText) && !o.decode) throw new Error('generate: stop strings and onText need a decode function');
   const B = prompts.length, L = Math.max(...prompts.map((p) => p.length));
@@ -124,9 +134,10 @@ export function generateBatch(model: GPT, prompts: number[][], o: GenerateOption
 
   // Each row's candidates: the device's top-k (greedy: 1) of its logits, or the full row.
   const width = candidateCount(o, model.config.vocab_size);
-  const step = new DecodeStep(model, cache, width);
+  let step: DecodeStep | null = null;
   let graphed = false;
   try {
+    step = new DecodeStep(model, cache, width);
     // Prefill: right-padded prompts (B, L); each row's next-token logits come from its last real position.
     let t0 = performance.now();
     let cand = T.tidy(() => T.noGrad(() => {
@@ -157,7 +168,7 @@ export function generateBatch(model: GPT, prompts: number[][], o: GenerateOption
     decodeSeconds = (performance.now() - t0) / 1000;
     graphed = step.graphed;
   } finally {
-    step.dispose();
+    step?.dispose();
     cache.dispose();
   }
   return { tokens, texts, finish: finish as FinishReason[], prefillSeconds, decodeSeconds, decodeSteps,

@@ -17,8 +17,8 @@ export class KVCache implements AttentionCache {
   readonly k: Tensor[] = [];
   /** Per layer, values (B, H, Tmax, D). */
   readonly v: Tensor[] = [];
-  /** Tokens held per row (B); the next token of row b goes to position lengths[b]. Change it through setLength / advance. */
-  readonly lengths: Int32Array;
+  /** Tokens held per row (B): the next token of row b goes to position len[b] (changed through setLength / advance). */
+  private readonly len: Int32Array;
   /** Device copy of `lengths`, (B, 1) i32: where each row's new tokens start (attention and decode positions). */
   private readonly start: Tensor;
   private stale = false;
@@ -37,8 +37,13 @@ export class KVCache implements AttentionCache {
       this.k.push(T.empty([batch, H, maxLen, D], backend).keep());
       this.v.push(T.empty([batch, H, maxLen, D], backend).keep());
     }
-    this.lengths = new Int32Array(batch);
-    this.start = T.tensor(this.lengths, [batch, 1], { dtype: 'i32', backend }).keep();
+    this.len = new Int32Array(batch);
+    this.start = T.tensor(this.len, [batch, 1], { dtype: 'i32', backend }).keep();
+  }
+
+  /** Tokens held per row (B); the next token of row b goes to position lengths[b]. */
+  get lengths(): ArrayLike<number> {
+    return this.len;
   }
 
   /**
@@ -51,14 +56,14 @@ export class KVCache implements AttentionCache {
     this.syncPositions();
     if (Tn === 1) return this.start;
     const pos = new Int32Array(B * Tn); // (B, T)
-    for (let b = 0; b < B; b++) for (let t = 0; t < Tn; t++) pos[b * Tn + t] = this.lengths[b]! + t;
+    for (let b = 0; b < B; b++) for (let t = 0; t < Tn; t++) pos[b * Tn + t] = this.len[b]! + t;
     return T.tensor(pos, [B, Tn], { dtype: 'i32', backend: this.k[0]!.backend });
   }
 
   /** Throws unless every row has room for Tn more tokens. */
   checkRoom(Tn: number): void {
     for (let b = 0; b < this.batch; b++) {
-      if (this.lengths[b]! + Tn > this.maxLen) {
+      if (this.len[b]! + Tn > this.maxLen) {
         throw new Error(`KVCache: row ${b} holds ${this.lengths[b]} tokens; ${Tn} more exceed the cache of ${this.maxLen} ` +
           `(context length ${this.config.seq_len})`);
       }
@@ -68,7 +73,7 @@ export class KVCache implements AttentionCache {
   /** Uploads `lengths` to their device copy if they changed since the last upload (asynchronous). */
   syncPositions(): void {
     if (!this.stale) return;
-    this.start.set(this.lengths);
+    this.start.set(this.len);
     this.stale = false;
   }
 
@@ -78,7 +83,7 @@ export class KVCache implements AttentionCache {
   }
 
   advance(Tn: number): void {
-    for (let b = 0; b < this.batch; b++) this.lengths[b]! += Tn;
+    for (let b = 0; b < this.batch; b++) this.len[b]! += Tn;
     this.stale = true;
   }
 
@@ -87,7 +92,7 @@ export class KVCache implements AttentionCache {
     if (!(b >= 0 && b < this.batch) || !Number.isInteger(n) || n < 0 || n > this.maxLen) {
       throw new Error(`KVCache.setLength: row ${b} / length ${n} outside [0, ${this.batch}) / [0, ${this.maxLen}]`);
     }
-    this.lengths[b] = n;
+    this.len[b] = n;
     this.stale = true;
   }
 

@@ -24,18 +24,23 @@ export function seededUniform(seed: number): () => number {
   };
 }
 
-/** Picks a token id from `logits` (length V). Deterministic for a given generator state. */
+/**
+ * Picks a token id from `logits` (length V). Deterministic for a given generator state. Tokens rank by
+ * logit, descending, ties to the lower id, NaN as −∞: the order of `topk` on every backend, so sampling
+ * from a row's device top-k (decode-step.ts) picks the same token.
+ */
 export function sampleToken(logits: ArrayLike<number>, o: SampleOptions, uniform: () => number): number {
   const V = logits.length;
+  const key = (i: number) => (Number.isNaN(logits[i]!) ? -Infinity : logits[i]!);
   let best = 0;
-  for (let i = 1; i < V; i++) if (logits[i]! > logits[best]!) best = i;
+  for (let i = 1; i < V; i++) if (key(i) > key(best)) best = i;
   if (o.temperature <= 0) return best;
-  const ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
+  const ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => (key(b) > key(a) ? 1 : key(b) < key(a) ? -1 : a - b));
   const keep = o.topK > 0 ? Math.min(o.topK, V) : V;
   const probs: number[] = [];
   let total = 0;
   for (let j = 0; j < keep; j++) {
-    const p = Math.exp((logits[ids[j]!]! - logits[best]!) / o.temperature);
+    const p = Math.exp((key(ids[j]!) - key(best)) / o.temperature);
     probs.push(p);
     total += p;
   }

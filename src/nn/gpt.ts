@@ -18,7 +18,11 @@ export type FFNForward = (layer: number, x: Tensor, p: FFNParams) => Tensor;
  * new tokens, attention through cached keys/values, and the commit of the new tokens.
  */
 export interface AttentionCache {
-  /** Positions of T new tokens per row, (B, T) i32. Throws if they do not fit the cache. */
+  /**
+   * Positions of T new tokens per row, (B, T) i32. Throws if they do not fit the cache. For T = 1 this may
+   * be the cache's own tensor (its device copy of the lengths, rewritten as they change): neither dispose
+   * nor keep it.
+   */
   positions(B: number, T: number): Tensor;
   /** Causal attention of layer `layer`'s new tokens over the cache (appending their k, v): qkv (B, T, 3·d_model) -> (B, T, d_model). */
   attend(layer: number, qkv: Tensor): Tensor;

@@ -1,7 +1,8 @@
 /**
  * The `cuda` backend: buffers live in device memory (a caching allocator in native/cuda), kernels are
  * launched asynchronously on one stream and the host synchronises only where a value comes back
- * (`download`, `sumSquares`, index validation of gathers / scatters / cross-entropy targets).
+ * (`download`, `sumSquares`, index validation of gathers / scatters / cross-entropy targets / cache
+ * positions when no host copy is current).
  *
  * Mixed precision, autocast style: buffers stay f32 (master weights, optimizer state, activations);
  * `matmul` runs bf16 tensor-core GEMMs (cuBLAS) with fp32 accumulation and fp32 output on bf16 copies
@@ -44,6 +45,14 @@
  * rows of C have several sources (a listed plan: a token's k experts) the scratch is bf16, summed in
  * fp32 (the precision of autocast's bf16 product outputs; it halves the traffic of a scratch k times
  * the size of C). Weight gradients over device segments run split-K (see native/cuda/gemm.cu).
+ *
+ * Products of at most 8 rows with a weight stored (n, k) (decoding) run in a GEMV kernel instead of
+ * cuBLAS: it reads A as it is (f32, or its bf16 copy, rounded to bf16 as the GEMM rounds it) and writes
+ * an f32 output (a bf16Out request is ignored there).
+ *
+ * `captureGraph` records the work a function queues as a CUDA graph (decoding replays its decode step
+ * from one, see src/infer/decode-step.ts; `SSD_CUDA_GRAPHS=0` turns that off). `attentionCached` reads
+ * its positions from a device buffer, validated on the host copy its upload keeps.
  *
  * `SSD_CUDA_MATMUL=tf32|f32|fast16bf|own` picks another GEMM mode (own: the built-in kernel, no cuBLAS
  * needed); `SSD_CUDA_GROUPED=auto|cublas|own` the grouped GEMM (auto: cuBLAS per group for at most 4
@@ -177,6 +186,8 @@ class CudaBuf implements Buf {
   known: { version: number; count: number; lo: number; hi: number } | null = null;
   /** Segment offsets (content `version`), checked: `groups` + 1 of them, from 0, non-decreasing, to `total`. */
   segments: { version: number; groups: number; total: number } | null = null;
+  /** Allocation number (CudaBackend.allocs when made): tells buffers made before a graph capture. */
+  born = 0;
   constructor(readonly dtype: DType, readonly size: number, ptr: number) {
     this.ptr = ptr;
   }
@@ -302,6 +313,9 @@ export class CudaBackend implements Backend {
   private live = 0;
   /** Buffers written during the running graph capture (captureGraph), else null. */
   private captureWrites: Set<CudaBuf> | null = null;
+  /** Buffers allocated so far, and the first allocation number of the running capture. */
+  private allocs = 0;
+  private captureFrom = 0;
   private liveBytes = 0;
 
   constructor(private readonly nat: CudaAddon, opts: CudaBackendOptions = {}) {
@@ -337,6 +351,7 @@ export class CudaBackend implements Backend {
    * its twin copied back, or its deferred zeros.
    */
   private settle(b: CudaBuf): void {
+    if (b.fromShadow || b.twin || b.zeroPending) this.notBeforeCapture(b, 'settling');
     if (b.fromShadow) {
       b.fromShadow = false;
       const l = b.shadowLayout;
@@ -360,6 +375,18 @@ export class CudaBackend implements Backend {
     if (b.twin) {
       this.nat.free(b.twin.ptr);
       b.twin = null;
+    }
+  }
+  /**
+   * During a graph capture, refuses the deferred work (a zero-fill, a twin's copy, a widening, a bf16
+   * cast) of a buffer made before the capture and not written in it: it would only be recorded, yet its
+   * state would say done, which an eager fallback after a failed capture would then trust (see
+   * captureGraph).
+   */
+  private notBeforeCapture(b: CudaBuf, what: string): void {
+    if (this.captureWrites && b.born < this.captureFrom && !this.captureWrites.has(b)) {
+      throw new Error(`cuda.captureGraph: ${what} of a buffer made before the capture would be recorded, not done; ` +
+        'run the captured work once before capturing');
     }
   }
   /** Marks a write of b's content (see CudaBuf.version); during a graph capture, remembers b. */
@@ -407,6 +434,7 @@ export class CudaBackend implements Backend {
     if (b.dtype === 'bf16') return b.ptr;
     if (b.shadow !== 0 && b.shadowVersion === b.version && serves(b.shadowLayout, want, b.size)) return b.shadow;
     // A plain read recasts into a row-padded layout it had (the tied embedding alternates between both).
+    this.notBeforeCapture(b, 'the bf16 cast');
     const old = b.shadowLayout, pad = want ?? (old !== null && contiguousElems(old, b.size) >= b.size ? old : null);
     const s = this.shadowFor(b, pad);
     if (pad) this.nat.castPad(b.ptr, s, b.size / pad.cols, pad.cols, pad.rows, pad.ld);
@@ -521,6 +549,7 @@ export class CudaBackend implements Backend {
     need('alloc', dtype in DTYPE_BYTES, () => `bad dtype ${dtype}`);
     const bytes = size * DTYPE_BYTES[dtype];
     const b = new CudaBuf(dtype, size, this.nat.malloc(Math.max(bytes, 1)));
+    b.born = ++this.allocs;
     b.zeroPending = bytes > 0;
     this.live++;
     this.liveBytes += bytes;
@@ -586,7 +615,9 @@ export class CudaBackend implements Backend {
    * one run leaves (its bf16 shadow current, a routing's index range and scatter plan): each replay
    * leaves the same kind of content, so a launch only moves that state to a new version, which makes
    * host copies (downloads) stale. Such buffers must not be written outside the graph while it lives
-   * (the graph would overwrite them, and their state would not say so). Buffers that outlive the capture are settled inside it (a deferred
+   * (the graph would overwrite them, and their state would not say so). Deferred work on buffers made
+   * before the capture (a bf16 cast of a weight, a pending zero-fill) is refused: the capture fails
+   * instead of recording it. Buffers that outlive the capture are settled inside it (a deferred
    * widening of a bf16-only output is recorded too), so their f32 content is current after each launch.
    */
   captureGraph(fn: () => void): CapturedGraph {
@@ -594,6 +625,7 @@ export class CudaBackend implements Backend {
     const writes = new Set<CudaBuf>();
     this.nat.graphBegin();
     this.captureWrites = writes;
+    this.captureFrom = this.allocs + 1;
     try {
       fn();
       for (const b of writes) if (!b.freed) this.settle(b);
@@ -613,6 +645,7 @@ export class CudaBackend implements Backend {
         for (const r of replays) r();
       },
       dispose: () => {
+        if (this.captureWrites) throw new Error('cuda.captureGraph: a graph cannot be disposed during a capture');
         if (alive) this.nat.graphDestroy(id);
         alive = false;
       },
