@@ -70,6 +70,25 @@ if (why) {
       });
     });
   }
+  /**
+   * Runs `fn` on an inference model (random weights, `nExpert` block experts ready for useMoE) on `be`;
+   * `graphs(on)` sets SSD_CUDA_GRAPHS for the next generateBatch. Restores the variable and frees all.
+   */
+  function withDecodeModel(be: Backend, cfg: Parameters<typeof makeConfig>[1], nExpert: number,
+    fn: (model: GPT, experts: ReturnType<typeof prepareExperts>, graphs: (on: boolean) => void) => void): void {
+    const model = new GPT(makeConfig('tiny', cfg), be, 7);
+    for (const t of model.params.values()) t.requiresGrad = false;
+    const experts = prepareExperts(model, null, { nExpert, blocks: true });
+    const env = process.env['SSD_CUDA_GRAPHS'];
+    try {
+      fn(model, experts, (on) => { process.env['SSD_CUDA_GRAPHS'] = on ? '1' : '0'; });
+    } finally {
+      if (env === undefined) delete process.env['SSD_CUDA_GRAPHS']; else process.env['SSD_CUDA_GRAPHS'] = env;
+      useDense(model);
+      disposeExperts(experts);
+      model.dispose();
+    }
+  }
   function sameTwice(name: string, run: Run, on: Backend = cuda): void {
     it(`${name}: same bits twice`, () => {
       const a = run(on), b = run(on);
@@ -841,17 +860,13 @@ if (why) {
     });
 
     it('decode from a CUDA graph gives the eager decode\'s tokens (dense and MoE; greedy and top-k; ragged rows that finish early)', () => {
-      const model = new GPT(makeConfig('tiny', { vocab_size: 2000, n_layer: 3, d_model: 128, n_head: 4, d_ff: 512, seq_len: 96 }), cuda, 7);
-      for (const t of model.params.values()) t.requiresGrad = false;
-      const experts = prepareExperts(model, null, { nExpert: 16, blocks: true });
-      const prompts = [[5, 6, 7], [100, 200, 300, 400, 500, 600, 700, 800], [42]];
-      const env = process.env['SSD_CUDA_GRAPHS'];
-      try {
+      withDecodeModel(cuda, { vocab_size: 2000, n_layer: 3, d_model: 128, n_head: 4, d_ff: 512, seq_len: 96 }, 16, (model, experts, graphs) => {
+        const prompts = [[5, 6, 7], [100, 200, 300, 400, 500, 600, 700, 800], [42]];
         for (const moe of [false, true]) {
           if (moe) useMoE(model, experts, 4); else useDense(model);
           for (const o of [{ temperature: 0, topK: 0, topP: 1, seed: 0 }, { temperature: 0.8, topK: 20, topP: 0.95, seed: 3 }]) {
-            const run = (graphs: boolean) => {
-              process.env['SSD_CUDA_GRAPHS'] = graphs ? '1' : '0';
+            const run = (on: boolean) => {
+              graphs(on);
               // Row 2 stops early at its 6th token (as end-of-text), so finished rows re-feed while the others go on.
               const first = generateBatch(model, prompts, { ...o, maxTokens: 30 });
               return generateBatch(model, prompts, { ...o, maxTokens: 30, stopId: first.tokens[2]![5] });
@@ -860,8 +875,8 @@ if (why) {
             const what = `${moe ? 'MoE 4/16' : 'dense'}, ${o.temperature ? 'top-k' : 'greedy'}`;
             // 10 rows: products of more than 8 rows (cuBLAS, and the logits' twin) inside the graph.
             const many = Array.from({ length: 10 }, (_, b) => [b + 1, 2 * b + 3, 7]);
-            const wide = (graphs: boolean) => {
-              process.env['SSD_CUDA_GRAPHS'] = graphs ? '1' : '0';
+            const wide = (on: boolean) => {
+              graphs(on);
               return generateBatch(model, many, { ...o, maxTokens: 12 });
             };
             const wideGraph = wide(true);
@@ -875,38 +890,24 @@ if (why) {
             assert.ok(graph.tokens[2]!.length < graph.tokens[0]!.length, `${what}: row 2 finished early`);
           }
         }
-      } finally {
-        if (env === undefined) delete process.env['SSD_CUDA_GRAPHS']; else process.env['SSD_CUDA_GRAPHS'] = env;
-        useDense(model);
-        disposeExperts(experts);
-        model.dispose();
-      }
+      });
     });
 
     it('a decode step that cannot be captured (MoE with cuBLAS grouped products, which read sizes back) decodes op by op, same tokens', () => {
       const be = createCudaBackend({ grouped: 'cublas' });
-      const model = new GPT(makeConfig('tiny', { vocab_size: 500, n_layer: 2, d_model: 64, n_head: 2, d_ff: 256, seq_len: 64 }), be, 9);
-      for (const t of model.params.values()) t.requiresGrad = false;
-      const experts = prepareExperts(model, null, { nExpert: 4, blocks: true });
-      const env = process.env['SSD_CUDA_GRAPHS'];
-      try {
+      withDecodeModel(be, { vocab_size: 500, n_layer: 2, d_model: 64, n_head: 2, d_ff: 256, seq_len: 64 }, 4, (model, experts, graphs) => {
         useMoE(model, experts, 2);
         const o = { temperature: 0, topK: 0, topP: 1, seed: 0, maxTokens: 16 }, prompts = [[1, 2, 3], [9, 8]];
-        process.env['SSD_CUDA_GRAPHS'] = '0';
+        graphs(false);
         const eager = generateBatch(model, prompts, o); // also makes the weights' bf16 copies
         const before = be.deviceMemory().liveBytes;
-        process.env['SSD_CUDA_GRAPHS'] = '1';
+        graphs(true);
         const tried = generateBatch(model, prompts, o);
         assert.equal(tried.graphed, false);
         assert.match(tried.graphError ?? '', /cannot run while a CUDA graph is being captured/);
         assert.equal(be.deviceMemory().liveBytes, before, 'nothing held after the failed capture');
         assert.deepEqual(tried.tokens, eager.tokens);
-      } finally {
-        if (env === undefined) delete process.env['SSD_CUDA_GRAPHS']; else process.env['SSD_CUDA_GRAPHS'] = env;
-        useDense(model);
-        disposeExperts(experts);
-        model.dispose();
-      }
+      });
     });
 
     it('a short training run: cpu and cuda loss curves agree within bf16 noise', () => {
