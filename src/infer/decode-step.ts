@@ -52,8 +52,14 @@ function pickCandidates(logits: Tensor, width: number): Tensor[] {
   return [values, indices];
 }
 
+/**
+ * Downloads candidate tensors. With one candidate per row its value is not read back: sampling can only
+ * pick it (greedy, or top-1), so zeros stand in and one copy per token is saved.
+ */
 function readCandidates(t: Tensor[], width: number): Candidates {
-  return { values: t[0]!.toArray() as Float32Array, ids: t[1] ? t[1].toArray() as Int32Array : null, width };
+  const ids = t[1] ? t[1].toArray() as Int32Array : null;
+  const values = width === 1 && ids ? new Float32Array(ids.length) : t[0]!.toArray() as Float32Array;
+  return { values, ids, width };
 }
 
 export class DecodeStep {
