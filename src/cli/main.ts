@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { selectBackend } from '../backend/registry.js';
 import { loadDataset, prepare, evalBatches, sameTokenizer, TokenSequence } from '../data/index.js';
 import { benchInference } from '../infer/bench.js';
-import { checkPrompts, generateBatch } from '../infer/generate.js';
+import { checkPrompts, checkSampleOptions, generateBatch } from '../infer/generate.js';
 import { DEFAULT_ACTIVE_RATIO, DEFAULT_EXPERT_SIZE, loadForInference } from '../infer/mode.js';
 import * as T from '../tensor/index.js';
 import { readCheckpointState } from '../train/checkpoint.js';
@@ -278,6 +278,7 @@ addMoEFlags(program.command('generate')
       }
       const single = prompts.length === 1, ids = prompts.map((p) => m.tokenizer.encode(p));
       checkPrompts(m.model, ids);
+      checkSampleOptions({ temperature: o.temperature, topK: o.topK, topP: o.topP });
       if (single) process.stdout.write(prompts[0]!);
       const r = generateBatch(m.model, ids, {
         temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, maxTokens: o.maxTokens,
