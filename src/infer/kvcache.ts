@@ -64,7 +64,7 @@ export class KVCache implements AttentionCache {
   checkRoom(Tn: number): void {
     for (let b = 0; b < this.batch; b++) {
       if (this.len[b]! + Tn > this.maxLen) {
-        throw new Error(`KVCache: row ${b} holds ${this.lengths[b]} tokens; ${Tn} more exceed the cache of ${this.maxLen} ` +
+        throw new Error(`KVCache: row ${b} holds ${this.len[b]} tokens; ${Tn} more exceed the cache of ${this.maxLen} ` +
           `(context length ${this.config.seq_len})`);
       }
     }
