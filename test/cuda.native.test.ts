@@ -5,14 +5,21 @@
  * vocabulary, reductions) compared with the cpu backend; determinism (same bits twice); exact ops
  * (top-k with ties and NaN, dropout masks, embedding gradients); errors (bad ids and row indices, out
  * of memory); memory accounting; CUDA graphs (replays, refused uploads, decode from a graph equal to
- * eager decode); and the loss curve of a short training run on cpu and cuda.
+ * eager decode); NCCL all-reduce (one rank, and two ranks on a machine with two GPUs); and the loss
+ * curve of a short training run on cpu and cuda.
  */
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import type { Backend, Buf, GroupedMatmulArgs } from '../src/backend/contract.js';
 import { createCpuBackend } from '../src/backend/cpu/index.js';
 import { groupExperts, resolveSegments } from '../src/backend/segments.js';
 import { createCudaBackend, cudaUnavailableReason, type CudaBackend } from '../src/backend/cuda/index.js';
+import { loadCudaAddon } from '../src/backend/cuda/addon.js';
+import { launchRanks } from '../src/dist/launch.js';
 import { GPT } from '../src/nn/gpt.js';
 import { makeConfig } from '../src/nn/config.js';
 import { moeFFN } from '../src/nn/moe.js';
@@ -829,6 +836,35 @@ if (why) {
         for (const t of [Ag, Bg, bg, Hg, Wg, gh, fresh]) be.free(t);
       }
       for (const t of [X, W, bias, W2, gy]) be.free(t);
+    });
+
+    it('joinCollective (NCCL): one rank sums to itself, a zero-pending buffer is settled first, a disposed group throws', () => {
+      const g = cuda.joinCollective(0, 1, (id) => {
+        assert.equal(id!.length, 128);
+        return id!;
+      });
+      assert.match(g.transport, /^NCCL, .*libnccl.*\(NCCL 2\.\d+\.\d+\)/);
+      const data = randn(rng(3), 5000), x = put(cuda, data), z = cuda.alloc('f32', 7);
+      g.allReduceSum([x, z]);
+      assert.deepEqual(Array.from(cuda.download(x)), Array.from(Float32Array.from(data)));
+      assert.deepEqual(Array.from(cuda.download(z)), new Array(7).fill(0));
+      assert.throws(() => g.allReduceSum([cuda.alloc('bf16', 4)]), /must be f32/);
+      g.dispose();
+      assert.throws(() => g.allReduceSum([x]), /disposed/);
+      for (const b of [x, z]) cuda.free(b);
+    });
+
+    it('data parallel on 2 GPUs: the NCCL all-reduce of two ranks (skipped with one GPU)', { skip: loadCudaAddon().probe().count < 2 }, async () => {
+      const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ssd-nccl-'));
+      const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'dist-rank.js');
+      await launchRanks({ size: 2, script: fixture, args: [], env: { DIST_FIXTURE: 'allreduce', DIST_OUT: out, DIST_BACKEND: 'cuda' } });
+      const f = Math.fround, sum = (v: (r: number) => number) => f(f(v(0)) + f(v(1)));
+      for (const r of [0, 1]) {
+        const got = JSON.parse(fs.readFileSync(path.join(out, `rank${r}.json`), 'utf8'));
+        assert.match(got.transport, /^NCCL/);
+        assert.deepEqual(got.first.a, Array.from({ length: 1000 }, (_, i) => sum((q) => (q + 1) / (i + 3))));
+        assert.deepEqual(got.second, [sum((q) => q), sum((q) => -q), sum((q) => 0.1 * q)].map((x) => f(x + x)));
+      }
     });
 
     it('captureGraph: a replay recomputes from the inputs\' new contents; uploads inside a capture are refused', () => {

@@ -80,13 +80,18 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   o.Set("error", why);
   return o;
 }
-Napi::Value Init(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), runtime_init()); }
-Napi::Value LoadCublas(const Napi::CallbackInfo& info) {
-  std::vector<std::string> paths;
-  auto a = info[0].As<Napi::Array>();
-  for (uint32_t k = 0; k < a.Length(); ++k) paths.push_back(a.Get(k).As<Napi::String>().Utf8Value());
-  return Napi::String::New(info.Env(), cublas_load(paths));
+// init(device)
+Napi::Value Init(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), runtime_init((int)i64(info, 0))); }
+// An array of strings (library paths).
+std::vector<std::string> strings(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Value v = info[i];
+  if (!v.IsArray()) throw ArgError("argument " + std::to_string(i) + " must be an array of strings");
+  auto a = v.As<Napi::Array>();
+  std::vector<std::string> r;
+  for (uint32_t k = 0; k < a.Length(); ++k) r.push_back(a.Get(k).As<Napi::String>().Utf8Value());
+  return r;
 }
+Napi::Value LoadCublas(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), cublas_load(strings(info, 0))); }
 Napi::Value Malloc(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), (double)(uintptr_t)dev_alloc((size_t)i64(info, 0)));
 }
@@ -391,12 +396,48 @@ Napi::Value AttentionCached(const Napi::CallbackInfo& info) {
   return U(info);
 }
 
+// ---------------------------------------------------------------- NCCL
+Napi::Value LoadNccl(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), nccl_load(strings(info, 0))); }
+Napi::Value NcclUniqueId(const Napi::CallbackInfo& info) {
+  auto out = Napi::Uint8Array::New(info.Env(), kNcclIdBytes);
+  nccl_unique_id(out.Data());
+  return out;
+}
+// ncclCommInit(id (Uint8Array of kNcclIdBytes), nranks, rank) -> communicator handle
+Napi::Value NcclCommInit(const Napi::CallbackInfo& info) {
+  HostView id = host(info, 0);
+  if (id.bytes != (size_t)kNcclIdBytes) throw ArgError("NCCL id must be " + std::to_string(kNcclIdBytes) + " bytes");
+  return Napi::Number::New(info.Env(), (double)nccl_comm_init((const uint8_t*)id.p, (int)i64(info, 1), (int)i64(info, 2)));
+}
+// ncclAllReduceSum(comm, ptrs (f32 device buffers), counts (elements))
+Napi::Value NcclAllReduceSum(const Napi::CallbackInfo& info) {
+  std::vector<int64_t> p = ints(info, 1), n = ints(info, 2);
+  if (p.size() != n.size()) throw ArgError("ptrs and counts differ in length");
+  std::vector<float*> bufs(p.size());
+  std::vector<size_t> counts(n.size());
+  for (size_t i = 0; i < p.size(); ++i) {
+    bufs[i] = (float*)(uintptr_t)p[i];
+    counts[i] = (size_t)n[i];
+  }
+  nccl_all_reduce_sum(i64(info, 0), bufs, counts);
+  return U(info);
+}
+Napi::Value NcclCommDestroy(const Napi::CallbackInfo& info) {
+  nccl_comm_destroy(i64(info, 0));
+  return U(info);
+}
+
 #define FN(name, f) exports.Set(name, Napi::Function::New<wrap<f>>(env, name))
 
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("probe", Probe);
   FN("init", Init);
   FN("loadCublas", LoadCublas);
+  FN("loadNccl", LoadNccl);
+  FN("ncclUniqueId", NcclUniqueId);
+  FN("ncclCommInit", NcclCommInit);
+  FN("ncclAllReduceSum", NcclAllReduceSum);
+  FN("ncclCommDestroy", NcclCommDestroy);
   FN("malloc", Malloc);
   FN("free", Free);
   FN("zero", Zero);

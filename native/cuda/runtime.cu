@@ -101,18 +101,29 @@ cudaStream_t stream() { return g_stream; }
 
 int device_cc() { return g_cc; }
 
-std::string runtime_init() {
+void require_not_capturing(const char* what) { not_capturing(what); }
+
+std::string runtime_init(int device) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) throw CudaError(std::string("no CUDA device: ") + cudaGetErrorString(e));
   if (n == 0) throw CudaError("no CUDA device: cudaGetDeviceCount reports 0 devices");
-  check(cudaSetDevice(0), "cudaSetDevice");
+  if (device < 0 || device >= n) {
+    throw CudaError("CUDA device " + std::to_string(device) + " does not exist: this machine has " + std::to_string(n) +
+                    " (SSD_CUDA_DEVICE, or a data-parallel rank, must be below that)");
+  }
+  if (g_stream) {
+    int cur = -1;
+    check(cudaGetDevice(&cur), "cudaGetDevice");
+    if (cur != device) throw CudaError("the CUDA backend already runs on device " + std::to_string(cur) + " in this process");
+  }
+  check(cudaSetDevice(device), "cudaSetDevice");
   if (!g_stream) check(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking), "cudaStreamCreate");
   cudaDeviceProp p{};
-  check(cudaGetDeviceProperties(&p, 0), "cudaGetDeviceProperties");
+  check(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");
   g_cc = p.major * 10 + p.minor;
   char s[256];
-  snprintf(s, sizeof s, "%s (sm_%d%d, %.1f GiB, %d SMs)", p.name, p.major, p.minor, p.totalGlobalMem / 1073741824.0,
+  snprintf(s, sizeof s, "%s (device %d, sm_%d%d, %.1f GiB, %d SMs)", p.name, device, p.major, p.minor, p.totalGlobalMem / 1073741824.0,
            p.multiProcessorCount);
   return s;
 }

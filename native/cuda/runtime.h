@@ -2,14 +2,18 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ssdc {
 struct AllocStats {
   size_t live_bytes, cached_bytes, peak_bytes;
   int64_t live_blocks;
 };
-// Selects device 0 and creates the stream; throws "no CUDA device: ..." without one. Returns a description.
-std::string runtime_init();
+// Selects device `device` (an ordinal below the device count) and creates the stream; throws "no CUDA
+// device: ..." without one, or naming the count when `device` is out of range. Returns a description.
+std::string runtime_init(int device);
+// Throws naming `what` while a CUDA graph is being captured (copies, synchronisation, collectives).
+void require_not_capturing(const char* what);
 // Device count without throwing; returns the reason when there is none.
 std::string device_probe(int* count);
 void empty_cache();
@@ -22,4 +26,14 @@ void graph_begin();
 int64_t graph_end(bool keep);
 void graph_launch(int64_t id);
 void graph_destroy(int64_t id);
+// NCCL through dlopen (nccl.cu), for data-parallel training: nccl_load tries the paths in order and
+// returns the one loaded with its version; nccl_unique_id writes the kNcclIdBytes of a new communicator
+// id (rank 0 makes it, every rank passes it to nccl_comm_init); nccl_all_reduce_sum replaces each f32
+// buffer by its sum over the ranks, queued on the stream (every rank gets the same bits).
+constexpr int kNcclIdBytes = 128;
+std::string nccl_load(const std::vector<std::string>& paths);
+void nccl_unique_id(uint8_t* out);
+int64_t nccl_comm_init(const uint8_t* id, int nranks, int rank);
+void nccl_all_reduce_sum(int64_t comm, const std::vector<float*>& bufs, const std::vector<size_t>& counts);
+void nccl_comm_destroy(int64_t comm);
 }  // namespace ssdc

@@ -192,6 +192,25 @@ export interface CapturedGraph {
   dispose(): void;
 }
 
+/**
+ * A data-parallel group: one process per rank, each holding the same model and training on its own
+ * rows of every batch, the gradients summed over the ranks before each update. Made by
+ * `Backend.joinCollective` (cuda: NCCL) or, for any backend, by the host collective of src/dist.
+ */
+export interface Collective {
+  readonly rank: number;
+  readonly size: number;
+  /** What carries the sums (e.g. the NCCL library and version, or the host folder). */
+  readonly transport: string;
+  /**
+   * Replaces each f32 buffer by its elementwise sum over the ranks (every rank passes the same list of
+   * sizes, in the same order); every rank gets the same bits. Throws on a buffer that is not f32.
+   */
+  allReduceSum(bufs: Buf[]): void;
+  /** Leaves the group (idempotent). */
+  dispose(): void;
+}
+
 export interface Backend {
   readonly name: string;
 
@@ -216,6 +235,12 @@ export interface Backend {
    * Throws (and records nothing) if `fn` throws or the capture fails.
    */
   captureGraph?(fn: () => void): CapturedGraph;
+  /**
+   * Optional (cuda: NCCL): joins the data-parallel group of `size` processes as `rank`. `exchange`
+   * shares rank 0's communicator id: rank 0 passes its id and gets it back, the others pass null and
+   * get rank 0's. Blocks until every rank has joined; throws naming the library when it is missing.
+   */
+  joinCollective?(rank: number, size: number, exchange: (id: Uint8Array | null) => Uint8Array): Collective;
 
   // ---------------------------------------------------------------- data movement
   /** out[i] = value for all i. */

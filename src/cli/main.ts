@@ -16,7 +16,9 @@ import { readCheckpointState } from '../train/checkpoint.js';
 import { parseTrainConfig, resumeConfig, TrainConfigFields, type TrainConfig } from '../train/config.js';
 import { datasetDirOfCheckpoint, resolveDataset } from '../train/dataset.js';
 import { loadModel } from '../train/load.js';
-import { evaluate, modelConfigFor, train, type StepMetrics } from '../train/trainer.js';
+import { evaluate, modelConfigFor, train, type StepMetrics, type TrainSummary } from '../train/trainer.js';
+import { joinGroup, rankFromEnv } from '../dist/group.js';
+import { launchRanks } from '../dist/launch.js';
 import { createSSDController } from '../ssd/index.js';
 import { compare, parseMethods, parseRatios } from '../ssd/compare.js';
 import { writeReport } from '../ssd/report.js';
@@ -92,20 +94,42 @@ addConfigFlags(program.command('train')
       cfg = resumeConfig(state.train_config, explicit, runDir);
     } else cfg = configFrom(opts, cmd);
     if (cfg.threads) process.env.SSD_THREADS = String(cfg.threads);
+    const rank = rankFromEnv();
+    if (cfg.world_size > 1 && !rank) {
+      // The launcher: prepares the data once, then runs one process per rank with the same arguments.
+      const bar = new Progress();
+      await resolveDataset(cfg, (p) => bar.note(`preparing data (${p.phase}): ${p.docs} documents, ${p.tokens} tokens`));
+      bar.done();
+      console.error(`ssd train: ${cfg.world_size} data-parallel ranks, batch ${cfg.batch_size} per rank ` +
+        `(${cfg.batch_size * cfg.world_size * cfg.grad_accum} windows per step)`);
+      await launchRanks({ size: cfg.world_size, script: process.argv[1]!, args: process.argv.slice(2) });
+      return;
+    }
+    const lead = !rank || rank.rank === 0;
     const backend = selectBackend(cfg.backend);
     const bar = new Progress();
-    console.error(`ssd train: model ${cfg.model}, backend ${backend.name}, data ${cfg.data}, tokenizer ${cfg.tokenizer}, out ${cfg.out}`);
+    const say = (line: string) => { if (lead) console.error(line); };
+    say(`ssd train: model ${cfg.model}, backend ${backend.name}, data ${cfg.data}, out ${cfg.out}`);
     const dataset = await resolveDataset(cfg, (p) => bar.note(`preparing data (${p.phase}): ${p.docs} documents, ${p.tokens} tokens`));
     bar.done();
     T.useBackend(backend);
-    console.error(`data: ${dataset.meta.tokens.train} train / ${dataset.meta.tokens.val} val tokens, vocab ${dataset.tokenizer.vocabSize}`);
-    const controller = createSSDController(cfg, modelConfigFor(cfg, dataset.tokenizer.vocabSize), dataset, (line) => bar.log(line));
-    bar.start(cfg.steps);
-    const s = train(cfg, dataset, backend, {
-      ...(resume ? { resume } : {}), hook: controller,
-      onStep: (m) => bar.update(m.step, stepInfo(m)),
-    });
+    say(`data: ${dataset.meta.tokens.train} train / ${dataset.meta.tokens.val} val tokens, tokenizer ${dataset.tokenizer.kind}, vocab ${dataset.tokenizer.vocabSize}`);
+    const collective = rank ? joinGroup(backend, rank) : undefined;
+    if (collective) say(`data parallel: ${collective.size} ranks on ${backend.name}; gradients summed by ${collective.transport}`);
+    const controller = createSSDController(cfg, modelConfigFor(cfg, dataset.tokenizer.vocabSize), dataset,
+      (line) => { if (lead) bar.log(line); }, lead ? cfg.out : null);
+    if (lead) bar.start(cfg.steps);
+    let s: TrainSummary;
+    try {
+      s = train(cfg, dataset, backend, {
+        ...(resume ? { resume } : {}), hook: controller, ...(collective ? { collective } : {}),
+        ...(lead ? { onStep: (m: StepMetrics) => bar.update(m.step, stepInfo(m)) } : {}),
+      });
+    } finally {
+      collective?.dispose();
+    }
     bar.done();
+    if (!lead) return;
     console.log(`done: ${s.steps} steps, ${s.tokens} tokens in ${s.elapsed_s.toFixed(0)} s (${Math.round(s.tokens_per_s)} tok/s, ` +
       `${(s.flops_per_s / 1e9).toFixed(1)} GFLOP/s)`);
     console.log(`val loss ${s.val_loss.toFixed(4)} nats (perplexity ${Math.exp(s.val_loss).toFixed(2)}); ` +
@@ -139,6 +163,7 @@ addConfigFlags(program.command('compare')
       return;
     }
     if (cmd.getOptionValueSource('method') === 'cli') throw new Error('compare trains several methods: use --methods, not --method');
+    if (cmd.getOptionValueSource('worldSize') === 'cli') throw new Error('compare runs in one process: train data-parallel runs with ssd train --world-size N');
     const methods = parseMethods(opts.methods), ratios = parseRatios(opts.ratios);
     const cfg = configFrom(opts, cmd, { out: 'runs/compare' });
     if (cfg.threads) process.env.SSD_THREADS = String(cfg.threads);

@@ -23,9 +23,11 @@ export function ssdSettings(cfg: TrainConfig, mc: GPTConfig): SSDSettings {
 
 /**
  * The controller for a run, with its probe set: the first `probe_tokens` validation tokens as windows
- * of seq_len. Throws a clear error at start for settings out of range or an MoE config that does not fit.
+ * of seq_len; it logs its events to `runDir`/ssd.jsonl (null: not at all, e.g. on data-parallel ranks
+ * other than 0). Throws a clear error at start for settings out of range or an MoE config that does not fit.
  */
-export function createSSDController(cfg: TrainConfig, mc: GPTConfig, dataset: Dataset, log?: (line: string) => void): SSDController {
+export function createSSDController(cfg: TrainConfig, mc: GPTConfig, dataset: Dataset, log?: (line: string) => void,
+  runDir: string | null = cfg.out): SSDController {
   const s = ssdSettings(cfg, mc);
   validateSSD(s, mc);
   const T = mc.seq_len;
@@ -33,5 +35,5 @@ export function createSSDController(cfg: TrainConfig, mc: GPTConfig, dataset: Da
   const batch = Math.max(1, Math.min(Math.ceil(cfg.probe_tokens / T), Math.floor((dataset.val.length - 1) / T)));
   const ids = new Int32Array(batch * T);
   dataset.val.copyTo(0, batch * T, ids);
-  return new SSDController(s, { ids, batch, seqLen: T }, cfg.out, log);
+  return new SSDController(s, { ids, batch, seqLen: T }, runDir, log);
 }

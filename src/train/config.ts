@@ -32,6 +32,12 @@ export const TrainConfigFields = z.strictObject({
   dropout: z.number().min(0).max(0.9).default(0),
   batch_size: z.number().int().min(1).default(32),
   grad_accum: z.number().int().min(1).default(1),
+  /**
+   * Data-parallel processes (one GPU each on cuda; ranks sum their gradients through NCCL, or through
+   * host files elsewhere). batch_size is per rank: a step trains batch_size × grad_accum × world_size
+   * windows, the same ones a single process with batch_size × world_size would.
+   */
+  world_size: z.number().int().min(1).max(1024).default(1),
   steps: z.number().int().min(1).default(2500),
   lr: z.number().positive().default(2e-3),
   /** Final learning rate as a fraction of lr (cosine decay). */

@@ -3,10 +3,17 @@
  * evaluation, a JSON-lines metrics log, atomic checkpoints and exact resume.
  * The loop knows nothing of SSD phases: a `StepHook` (the SSD controller) may change the model
  * between steps and store its own state in the checkpoint.
+ *
+ * Data parallel (`TrainOptions.collective`, one process per rank, see src/dist): every rank draws the
+ * same global batch of batch_size × world_size windows and trains on its own batch_size rows of it;
+ * the gradients are summed over the ranks before clipping and the update, so every rank applies the
+ * same update and keeps the same parameters (the kernels are deterministic). A run of world_size N is
+ * thus the run of batch_size × N in one process, up to the order of the sums. Rank 0 alone writes the
+ * logs and checkpoints; evaluation batches are shared out over the ranks.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Backend } from '../backend/contract.js';
+import type { Backend, Buf, Collective } from '../backend/contract.js';
 import { RandomBatchSampler, evalBatches, type Dataset, type SamplerState } from '../data/index.js';
 import { sameTokenizer } from '../data/tokenizer/index.js';
 import { makeConfig, type GPTConfig } from '../nn/config.js';
@@ -84,6 +91,8 @@ export interface TrainOptions {
   onStep?: (m: StepMetrics) => void;
   onEval?: (step: number, valLoss: number) => void;
   onCheckpoint?: (dir: string) => void;
+  /** The data-parallel group this process is a rank of (its size must be the config's world_size). */
+  collective?: Collective;
 }
 
 /** The model config a training config implies for a dataset's vocabulary. */
@@ -93,18 +102,42 @@ export function modelConfigFor(cfg: TrainConfig, vocabSize: number): GPTConfig {
   return makeConfig(cfg.model, o);
 }
 
-/** Mean validation loss (nats/token) over the first `maxBatches` fixed validation batches. */
-export function evaluate(model: GPT, tokens: Dataset['val'], batchSize: number, seqLen: number, maxBatches: number): number {
+/**
+ * Mean validation loss (nats/token) over the first `maxBatches` fixed validation batches of `batchSize`
+ * rows. With a `collective`, each rank evaluates its share of every batch's rows and the sums are
+ * combined over the ranks: every rank returns the loss of the whole batches.
+ */
+export function evaluate(model: GPT, tokens: Dataset['val'], batchSize: number, seqLen: number, maxBatches: number,
+  collective?: Collective): number {
   let total = 0, count = 0;
   for (const b of evalBatches(tokens, { batchSize, seqLen, maxBatches })) {
+    const share = Math.ceil(b.batchSize / (collective?.size ?? 1));
+    const from = Math.min((collective?.rank ?? 0) * share, b.batchSize), rows = Math.min(share, b.batchSize - from);
+    if (rows === 0) continue;
     total += T.tidy(() => T.noGrad(() => {
-      const x = T.tensor(b.x, [b.batchSize, seqLen], { dtype: 'i32', backend: model.backend });
-      const y = T.tensor(b.y, [b.batchSize, seqLen], { dtype: 'i32', backend: model.backend });
+      const x = T.tensor(b.x.subarray(from * seqLen, (from + rows) * seqLen), [rows, seqLen], { dtype: 'i32', backend: model.backend });
+      const y = T.tensor(b.y.subarray(from * seqLen, (from + rows) * seqLen), [rows, seqLen], { dtype: 'i32', backend: model.backend });
       return model.forward(x, { targets: y }).loss!.item();
-    })) * b.batchSize;
-    count += b.batchSize;
+    })) * rows;
+    count += rows;
   }
+  if (collective) [total, count] = allReduce(model.backend, collective, [total, count]) as [number, number];
   return total / count;
+}
+
+/**
+ * Sums host numbers `xs` (through a small f32 buffer: losses, counts) and device buffers `bufs` (the
+ * gradients) over the ranks, in one all-reduce; returns the summed numbers.
+ */
+function allReduce(backend: Backend, collective: Collective, xs: number[], bufs: Buf[] = []): number[] {
+  const buf = backend.alloc('f32', xs.length);
+  try {
+    backend.upload(buf, xs);
+    collective.allReduceSum([buf, ...bufs]);
+    return Array.from(backend.download(buf));
+  } finally {
+    backend.free(buf);
+  }
 }
 
 /**
@@ -115,9 +148,13 @@ export function evaluate(model: GPT, tokens: Dataset['val'], batchSize: number, 
 export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts: TrainOptions = {}): TrainSummary {
   const mc = modelConfigFor(cfg, dataset.tokenizer.vocabSize);
   const seqLen = mc.seq_len;
+  const group = opts.collective, world = group?.size ?? 1, rank = group?.rank ?? 0, lead = rank === 0;
+  if (world !== cfg.world_size) {
+    throw new Error(`world_size is ${cfg.world_size} but this process trains in a group of ${world}: start data-parallel runs with ssd train --world-size N`);
+  }
   // Data checks first: they fail fast (sequence longer than the data) before any allocation.
-  let sampler = new RandomBatchSampler(dataset.train, { batchSize: cfg.batch_size, seqLen, seed: cfg.seed });
-  evalBatches(dataset.val, { batchSize: cfg.batch_size, seqLen, maxBatches: 1 }).next();
+  let sampler = new RandomBatchSampler(dataset.train, { batchSize: cfg.batch_size * world, seqLen, seed: cfg.seed });
+  evalBatches(dataset.val, { batchSize: cfg.batch_size * world, seqLen, maxBatches: 1 }).next();
   const model = new GPT(mc, backend, cfg.seed);
   const optimizer = new AdamW([...model.params.values()], {
     lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weight_decay,
@@ -145,19 +182,21 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
     if (startStep >= cfg.steps) {
       throw new Error(`the run in ${ck.dir} already finished (step ${startStep} of ${cfg.steps}); start a new run with another --out`);
     }
-    truncateLogs(cfg.out, startStep);
+    if (lead) truncateLogs(cfg.out, startStep);
   }
 
-  fs.mkdirSync(cfg.out, { recursive: true });
+  if (lead) fs.mkdirSync(cfg.out, { recursive: true });
   const metricsFile = path.join(cfg.out, 'metrics.jsonl');
   const flopsTok = flopsPerToken(mc, seqLen);
-  const tokensPerStep = cfg.batch_size * seqLen * cfg.grad_accum;
+  const tokensPerStep = cfg.batch_size * seqLen * cfg.grad_accum * world;
+  const rowsOfRank = cfg.batch_size * seqLen;  // this rank's share of a global batch: rows rank·B … (rank+1)·B − 1
   const t0 = Date.now();
   let lastLog = { t: t0, step: startStep };
   let lastLoss = NaN, lastVal = NaN, lastCkpt = '';
   let flopsActual = 0, flopsDense = 0, windowFlops = 0;
 
   const checkpoint = (step: number) => {
+    if (!lead) return;
     lastCkpt = saveCheckpoint(cfg.out, model.params, momentMap(optimizer, model), {
       step, model_config: mc, tokenizer: dataset.tokenizer.toJSON(), train_config: cfg, optimizer_step: optimizer.step,
       extra: { sampler: sampler.state(), hook: opts.hook?.state?.() ?? null, val_loss: lastVal, ...(opts.hook?.extra?.() ?? {}) },
@@ -175,21 +214,25 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       let loss = 0;
       for (let micro = 0; micro < cfg.grad_accum; micro++) {
         const b = sampler.next();
+        const from = rank * rowsOfRank, to = from + rowsOfRank;
         loss += T.tidy(() => {
-          const x = T.tensor(b.x, [cfg.batch_size, seqLen], { dtype: 'i32', backend });
-          const y = T.tensor(b.y, [cfg.batch_size, seqLen], { dtype: 'i32', backend });
-          const l = model.forward(x, { targets: y, train: true, seed: step * cfg.grad_accum + micro + cfg.seed * 7919 }).loss!;
+          const x = T.tensor(b.x.subarray(from, to), [cfg.batch_size, seqLen], { dtype: 'i32', backend });
+          const y = T.tensor(b.y.subarray(from, to), [cfg.batch_size, seqLen], { dtype: 'i32', backend });
+          const seed = step * cfg.grad_accum + micro + cfg.seed * 7919 + rank * 104729;
+          const l = model.forward(x, { targets: y, train: true, seed }).loss!;
           T.backward(l);
           return l.item();
         }) / cfg.grad_accum;
       }
+      // One all-reduce: every gradient, and the loss (checked below on every rank alike).
+      if (group) loss = allReduce(backend, group, [loss], optimizer.params.filter((p) => p.grad).map((p) => p.grad!.buf('allReduce')))[0]! / world;
       if (!Number.isFinite(loss)) {
         throw new Error(`training diverged: the loss is ${loss} at step ${step}; ` +
           `${lastCkpt ? `the last good checkpoint (${lastCkpt}) is intact` : 'no checkpoint was written yet'}; ` +
           `try a lower --lr or more --warmup-steps`);
       }
-      // Gradients hold the sum over micro-batches of per-micro means: average, then clip.
-      const norm = gradNorm(optimizer.params) / cfg.grad_accum;
+      // Gradients hold the sum over micro-batches (and ranks) of per-micro means: average, then clip.
+      const norm = gradNorm(optimizer.params) / (cfg.grad_accum * world);
       if (!Number.isFinite(norm)) {
         throw new Error(`training diverged: the gradient norm is ${norm} at step ${step} (loss ${loss}); no update was applied; ` +
           `${lastCkpt ? `the last good checkpoint (${lastCkpt}) is intact` : 'no checkpoint was written yet'}; ` +
@@ -197,7 +240,7 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       }
       const clip = cfg.grad_clip > 0 && norm > cfg.grad_clip ? cfg.grad_clip / norm : 1;
       const lr = learningRate(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio);
-      optimizer.update(lr, clip / cfg.grad_accum);
+      optimizer.update(lr, clip / (cfg.grad_accum * world));
       optimizer.zeroGrad();
       opts.hook?.afterStep?.(step, ctx);
       lastLoss = loss;
@@ -206,7 +249,7 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       if (done === cfg.steps) opts.hook?.finish?.(ctx);
       const isEval = done % cfg.eval_interval === 0 || done === cfg.steps;
       if (isEval) {
-        lastVal = evaluate(model, dataset.val, cfg.batch_size, seqLen, cfg.eval_batches);
+        lastVal = evaluate(model, dataset.val, cfg.batch_size * world, seqLen, cfg.eval_batches, group);
         opts.onEval?.(done, lastVal);
       }
       if (done % cfg.log_interval === 0 || isEval || done === 1) {
@@ -218,7 +261,7 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
           flops_per_s: windowFlops / dt, elapsed_s: (now - t0) / 1000,
           ...(isEval ? { val_loss: lastVal } : {}), ...(opts.hook?.label ? { phase: opts.hook.label() } : {}),
         };
-        fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
+        if (lead) fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
         opts.onStep?.(m);
         lastLog = { t: now, step: done };
         windowFlops = 0;
@@ -234,7 +277,7 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       flops_dense_equivalent: flopsDense, params: model.numParams(), run_dir: cfg.out, checkpoint: lastCkpt,
       ...(opts.hook?.summary ? { hook: opts.hook.summary() } : {}),
     };
-    fs.writeFileSync(path.join(cfg.out, 'summary.json'), JSON.stringify(summary, null, 1));
+    if (lead) fs.writeFileSync(path.join(cfg.out, 'summary.json'), JSON.stringify(summary, null, 1));
     return summary;
   } finally {
     optimizer.dispose();

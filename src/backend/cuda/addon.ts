@@ -16,8 +16,19 @@ export const GEMM_BIAS_GRAD = 1, GEMM_ONLY_C16 = 2, GEMM_NOT_DONE = 4;
 
 export interface CudaAddon {
   probe(): { count: number; error: string };
-  init(): string;
+  /** Selects the device (ordinal) and creates the stream; returns its description. */
+  init(device: number): string;
   loadCublas(paths: string[]): string;
+  /** dlopens the first loadable NCCL of `paths`; returns its path and version. */
+  loadNccl(paths: string[]): string;
+  /** A new communicator id (128 bytes) for ncclCommInit. */
+  ncclUniqueId(): Uint8Array;
+  /** Joins the communicator `id` of `nranks` as `rank` (blocks until all have joined); returns its handle. */
+  ncclCommInit(id: Uint8Array, nranks: number, rank: number): number;
+  /** Sums each f32 buffer (counts[i] elements) over the ranks, in place, on the stream. */
+  ncclAllReduceSum(comm: number, ptrs: Ptr[], counts: number[]): void;
+  /** Waits for the stream, then frees the communicator. */
+  ncclCommDestroy(comm: number): void;
   malloc(bytes: number): Ptr;
   free(p: Ptr): void;
   zero(p: Ptr, bytes: number): void;
@@ -197,13 +208,13 @@ export function loadCudaAddon(): CudaAddon {
 }
 
 /**
- * Where libcublas.so may be: SSD_CUBLAS, the library path, the CUDA toolkit, and the NVIDIA pip
- * wheels (nvidia/cublas/lib, nvidia/cu13/lib) of the Python installations found; then the bare
- * sonames for the dynamic loader's own search.
+ * Where a CUDA library `lib<name>.so.<version>` may be: the path in `envVar`, the library path, the CUDA
+ * toolkit, the system folders and the NVIDIA pip wheels (`pipDirs` under site-/dist-packages) of the
+ * Python installations found; then the bare sonames for the dynamic loader's own search.
  */
-export function cublasCandidates(): string[] {
+function libraryCandidates(name: string, versions: string[], envVar: string, pipDirs: string[]): string[] {
   const out: string[] = [];
-  const env = process.env['SSD_CUBLAS'];
+  const env = process.env[envVar];
   if (env) out.push(env);
   const dirs = [
     ...(process.env['LD_LIBRARY_PATH'] ?? '').split(':').filter(Boolean),
@@ -215,15 +226,23 @@ export function cublasCandidates(): string[] {
     let names: string[] = [];
     try { names = readdirSync(r).filter((n) => /^python3/.test(n)); } catch { continue; }
     for (const n of names) {
-      for (const sp of ['dist-packages', 'site-packages']) {
-        for (const sub of ['nvidia/cublas/lib', 'nvidia/cu13/lib', 'nvidia/cu12/lib']) dirs.push(join(r, n, sp, sub));
-      }
+      for (const sp of ['dist-packages', 'site-packages']) for (const sub of pipDirs) dirs.push(join(r, n, sp, sub));
     }
   }
-  for (const d of dirs) for (const v of ['13', '12']) {
-    const p = join(d, `libcublas.so.${v}`);
+  for (const d of dirs) for (const v of versions) {
+    const p = join(d, `lib${name}.so.${v}`);
     if (existsSync(p) && !out.includes(p)) out.push(p);
   }
-  out.push('libcublas.so.13', 'libcublas.so.12', 'libcublas.so');
+  out.push(...versions.map((v) => `lib${name}.so.${v}`), `lib${name}.so`);
   return out;
+}
+
+/** Where libcublas.so may be (SSD_CUBLAS first; see libraryCandidates). */
+export function cublasCandidates(): string[] {
+  return libraryCandidates('cublas', ['13', '12'], 'SSD_CUBLAS', ['nvidia/cublas/lib', 'nvidia/cu13/lib', 'nvidia/cu12/lib']);
+}
+
+/** Where libnccl.so.2 may be (SSD_NCCL first; see libraryCandidates). */
+export function ncclCandidates(): string[] {
+  return libraryCandidates('nccl', ['2'], 'SSD_NCCL', ['nvidia/nccl/lib', 'nvidia/cu13/lib', 'nvidia/cu12/lib']);
 }

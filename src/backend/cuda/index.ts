@@ -54,14 +54,17 @@
  * from one, see src/infer/decode-step.ts; `SSD_CUDA_GRAPHS=0` turns that off). `attentionCached` reads
  * its positions from a device buffer, validated on the host copy its upload keeps.
  *
+ * `joinCollective` sums gradients over the processes of a data-parallel run through NCCL (dlopen'ed;
+ * `SSD_NCCL` points at libnccl.so.2); `SSD_CUDA_DEVICE` (or `CudaBackendOptions.device`) picks the GPU.
+ *
  * `SSD_CUDA_MATMUL=tf32|f32|fast16bf|own` picks another GEMM mode (own: the built-in kernel, no cuBLAS
  * needed); `SSD_CUDA_GROUPED=auto|cublas|own` the grouped GEMM (auto: cuBLAS per group for at most 4
  * groups without row indices or device segments, else the built-in kernel; cublas reads device
  * segments back, a synchronisation); `SSD_CUDA_ATTN=simt` the plain fp32 attention kernels.
  */
-import type { AdamWArgs, Backend, BinaryOp, Buf, CapturedGraph, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
+import type { AdamWArgs, Backend, BinaryOp, Buf, CapturedGraph, Collective, DType, GroupedMatmulArgs, HostArray, MatmulArgs, UnaryOp } from '../contract.js';
 import { checkCachePositions, checkMatmulEpilogue, checkMatmulOperands, DTYPE_BYTES } from '../contract.js';
-import { cublasCandidates, GEMM_BIAS_GRAD, GEMM_NOT_DONE, GEMM_ONLY_C16, loadCudaAddon, type CudaAddon } from './addon.js';
+import { cublasCandidates, ncclCandidates, GEMM_BIAS_GRAD, GEMM_NOT_DONE, GEMM_ONLY_C16, loadCudaAddon, type CudaAddon } from './addon.js';
 import { groupedMatmulByCopies } from '../grouped-rows.js';
 import { addOutBias, checkExpertBuffers, checkExperts, checkGroupedEpilogue, checkProblems, checkSegmentLayout, checkSegments, resolveSegments } from '../segments.js';
 
@@ -296,6 +299,8 @@ function collapse(shape: number[], ...strides: number[][]): [number[], number[][
 }
 
 export interface CudaBackendOptions {
+  /** Device ordinal (default SSD_CUDA_DEVICE, else 0; a data-parallel launch sets it to the rank). */
+  device?: number;
   matmul?: MatmulMode;
   /** Grouped GEMM route (default SSD_CUDA_GROUPED, else 'auto'; see the file comment). */
   grouped?: GroupedRoute;
@@ -319,7 +324,11 @@ export class CudaBackend implements Backend {
   private liveBytes = 0;
 
   constructor(private readonly nat: CudaAddon, opts: CudaBackendOptions = {}) {
-    this.device = nat.init();
+    const ordinal = opts.device ?? Number(process.env['SSD_CUDA_DEVICE'] ?? 0);
+    if (!Number.isInteger(ordinal) || ordinal < 0) {
+      throw new Error(`cuda: the device must be a non-negative integer, got ${opts.device ?? `SSD_CUDA_DEVICE='${process.env['SSD_CUDA_DEVICE']}'`}`);
+    }
+    this.device = nat.init(ordinal);
     const envMode = process.env['SSD_CUDA_MATMUL'] as MatmulMode | undefined;
     this.matmulMode = opts.matmul ?? envMode ?? 'bf16';
     if (!['bf16', 'tf32', 'f32', 'fast16bf', 'own'].includes(this.matmulMode)) {
@@ -620,6 +629,32 @@ export class CudaBackend implements Backend {
    * instead of recording it. Buffers that outlive the capture are settled inside it (a deferred
    * widening of a bf16-only output is recorded too), so their f32 content is current after each launch.
    */
+  /**
+   * See Backend.joinCollective: an NCCL communicator (libnccl.so.2 from ncclCandidates, dlopen'ed on the
+   * first call); the sums run on this backend's stream, in place, as one NCCL group per call.
+   */
+  joinCollective(rank: number, size: number, exchange: (id: Uint8Array | null) => Uint8Array): Collective {
+    need('joinCollective', isInt(size) && size >= 1 && isInt(rank) && rank < size, () => `rank ${rank} of ${size} is out of range`);
+    const lib = this.nat.loadNccl(ncclCandidates());
+    const id = exchange(rank === 0 ? this.nat.ncclUniqueId() : null);
+    const comm = this.nat.ncclCommInit(id, size, rank);
+    let open = true;
+    return {
+      rank, size, transport: `NCCL, ${lib}`,
+      allReduceSum: (bufs: Buf[]) => {
+        if (!open) throw new Error('cuda.allReduceSum: the collective was disposed');
+        // Each buffer is settled (deferred zeros, shadows) and marked written; its f32 memory is summed.
+        const ptrs = bufs.map((b, i) => this.w('allReduceSum', b, `bufs[${i}]`));
+        this.nat.ncclAllReduceSum(comm, ptrs, bufs.map((b) => b.size));
+      },
+      dispose: () => {
+        if (!open) return;
+        open = false;
+        this.nat.ncclCommDestroy(comm);
+      },
+    };
+  }
+
   captureGraph(fn: () => void): CapturedGraph {
     if (this.captureWrites) throw new Error('cuda.captureGraph: a capture is already running');
     const writes = new Set<CudaBuf>();

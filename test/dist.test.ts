@@ -1,0 +1,138 @@
+/**
+ * Data-parallel training: the host all-reduce, the launcher, and `ssd train --world-size N` against the
+ * single-process run it stands for (batch_size × N), with exact resume. Runs on the cpu backend.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { before, describe, it } from 'node:test';
+import type { Collective } from '../src/backend/contract.js';
+import { getBackend } from '../src/backend/registry.js';
+import { loadDataset, prepare } from '../src/data/index.js';
+import { joinGroup, rankFromEnv } from '../src/dist/group.js';
+import { launchRanks } from '../src/dist/launch.js';
+import { loadCheckpoint } from '../src/train/checkpoint.js';
+import { parseTrainConfig } from '../src/train/config.js';
+import { train } from '../src/train/trainer.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const fixture = path.join(here, 'fixtures', 'dist-rank.js');
+const cli = path.join(here, '..', 'src', 'cli', 'main.js');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ssd-dist-'));
+const run = promisify(execFile);
+
+/** Runs `ssd train` with the given flags on the test dataset; returns its standard error. */
+async function ssdTrain(flags: string[]): Promise<string> {
+  const r = await run(process.execPath, [cli, 'train', '--backend', 'cpu', '--data', path.join(tmp, 'data'), '--model', 'tiny',
+    '--n-layer', '2', '--d-model', '32', '--n-head', '2', '--d-ff', '128', '--seq-len', '32', '--lr', '0.003', '--steps', '16',
+    '--eval-interval', '8', '--eval-batches', '3', '--log-interval', '2', '--ckpt-interval', '8', ...flags],
+  { env: { ...process.env, SSD_THREADS: '1' } });
+  return r.stderr;
+}
+
+function metrics(run: string): { step: number; loss: number; val_loss?: number; phase?: string }[] {
+  return fs.readFileSync(path.join(run, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+}
+
+function params(run: string): Map<string, Float32Array> {
+  return new Map([...loadCheckpoint(run).params].map(([k, v]) => [k, new Float32Array(new Uint8Array(v.data).buffer)]));
+}
+
+describe('data parallel', () => {
+  before(async () => {
+    await prepare({ input: 'brown', brownLimit: 8, tokenizer: 'byte', outDir: path.join(tmp, 'data') });
+  });
+
+  it('the host all-reduce of 3 ranks: sums in rank order, the same bits on every rank, calls in a row', async () => {
+    const out = path.join(tmp, 'allreduce');
+    fs.mkdirSync(out);
+    await launchRanks({ size: 3, script: fixture, args: [], env: { DIST_FIXTURE: 'allreduce', DIST_OUT: out } });
+    const f = Math.fround;
+    const sum = (v: (r: number) => number) => f(f(f(0 + f(v(0))) + f(v(1))) + f(v(2)));
+    const wantA = Array.from({ length: 1000 }, (_, i) => sum((r) => (r + 1) / (i + 3)));
+    const wantB = [sum((r) => r), sum((r) => -r), sum((r) => 0.1 * r)];
+    for (let r = 0; r < 3; r++) {
+      const got = JSON.parse(fs.readFileSync(path.join(out, `rank${r}.json`), 'utf8'));
+      assert.deepEqual(got.first.a, wantA);
+      assert.deepEqual(got.first.b, wantB);
+      assert.deepEqual(got.second, wantB.map((x) => f(f(f(0 + x) + x) + x)));
+      assert.match(got.transport, /host files in .*ssd-rendezvous-/);
+    }
+    const leftover = fs.readdirSync(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir()).filter((n) => n.startsWith('ssd-rendezvous-'));
+    assert.ok(!leftover.some((n) => JSON.parse(fs.readFileSync(path.join(out, 'rank0.json'), 'utf8')).transport.includes(n)),
+      'the launcher removes its rendezvous folder');
+  });
+
+  it('a failing rank stops the others, and the launcher names it', async () => {
+    const t0 = Date.now();
+    await assert.rejects(launchRanks({ size: 2, script: fixture, args: [], env: { DIST_FIXTURE: 'fail', DIST_OUT: tmp } }),
+      /rank 1 of 2 failed \(exit code 3\); the other ranks were stopped/);
+    assert.ok(Date.now() - t0 < 30_000);
+  });
+
+  it('world_size 2 trains the run of batch_size × 2 (losses, val loss, phases, weights); rank 0 alone writes', async () => {
+    const ssd = ['--method', 'ssd', '--check-interval', '4', '--min-dense-steps', '4', '--sparse-steps', '4', '--stable-threshold', '0.01',
+      '--final-dense-fraction', '0.25', '--max-active-ratio', '0.95'];
+    const one = path.join(tmp, 'one'), two = path.join(tmp, 'two');
+    await ssdTrain([...ssd, '--batch-size', '8', '--out', one]);
+    const log = await ssdTrain([...ssd, '--batch-size', '4', '--world-size', '2', '--out', two]);
+    assert.match(log, /2 data-parallel ranks/);
+    assert.match(log, /gradients summed by host files/);
+    const a = metrics(one), b = metrics(two);
+    assert.deepEqual(b.map((m) => [m.step, m.phase]), a.map((m) => [m.step, m.phase]));
+    assert.ok(a.some((m) => m.phase === 'sparse'), 'the run has a sparse phase');
+    for (let i = 0; i < a.length; i++) {
+      // Dense steps differ only in the order of the gradient sums; top-k routing amplifies that a little.
+      const tol = a[i]!.phase === 'dense' && a.slice(0, i).every((m) => m.phase === 'dense') ? 1e-5 : 2e-3;
+      assert.ok(Math.abs(b[i]!.loss - a[i]!.loss) <= tol * a[i]!.loss, `step ${a[i]!.step}: loss ${b[i]!.loss} vs ${a[i]!.loss}`);
+      if (a[i]!.val_loss !== undefined) assert.ok(Math.abs(b[i]!.val_loss! - a[i]!.val_loss!) <= 2e-3 * a[i]!.val_loss!);
+    }
+    const pa = params(one), pb = params(two);
+    assert.deepEqual([...pb.keys()], [...pa.keys()]);
+    for (const [k, w] of pa) {
+      const v = pb.get(k)!;
+      let d = 0;
+      for (let i = 0; i < w.length; i++) d = Math.max(d, Math.abs(v[i]! - w[i]!));
+      assert.ok(d < 2e-3, `${k}: max difference ${d}`);
+    }
+    assert.deepEqual(fs.readdirSync(two).sort(), ['metrics.jsonl', 'ssd.jsonl', 'step_00000008', 'step_00000016', 'summary.json']);
+    assert.equal(fs.readFileSync(path.join(two, 'metrics.jsonl'), 'utf8').trim().split('\n').length, a.length, 'one line per logged step');
+    const summary = JSON.parse(fs.readFileSync(path.join(two, 'summary.json'), 'utf8'));
+    assert.equal(summary.tokens, 16 * 8 * 32);
+  });
+
+  it('a data-parallel run resumes exactly (losses and weights bit for bit)', async () => {
+    const two = path.join(tmp, 'two'), again = path.join(tmp, 'again');
+    fs.cpSync(two, again, { recursive: true });
+    fs.rmSync(path.join(again, 'step_00000016'), { recursive: true });
+    await ssdTrain(['--resume', again, '--out', again]);
+    assert.deepEqual(metrics(again).map((m) => [m.step, m.loss, m.val_loss, m.phase]), metrics(two).map((m) => [m.step, m.loss, m.val_loss, m.phase]));
+    for (const [k, w] of params(two)) assert.deepEqual(params(again).get(k), w, k);
+  });
+
+  it('clear errors: bad rank variables, an unknown collective, a group that is not the config\'s world size', () => {
+    assert.equal(rankFromEnv({}), null);
+    assert.throws(() => rankFromEnv({ SSD_RANK: '2', SSD_WORLD_SIZE: '2', SSD_RENDEZVOUS: tmp }), /0 <= rank < size/);
+    assert.throws(() => rankFromEnv({ SSD_RANK: '0', SSD_WORLD_SIZE: '2' }), /SSD_RENDEZVOUS is not set/);
+    const cpu = getBackend('cpu');
+    assert.throws(() => joinGroup(cpu, { rank: 0, size: 2, dir: path.join(tmp, 'nowhere') }), /rendezvous folder .* does not exist/);
+    process.env['SSD_COLLECTIVE'] = 'mpi';
+    try {
+      assert.throws(() => joinGroup(cpu, { rank: 0, size: 2, dir: tmp }), /unknown SSD_COLLECTIVE 'mpi'/);
+    } finally {
+      delete process.env['SSD_COLLECTIVE'];
+    }
+    const pair: Collective = { rank: 0, size: 2, transport: 'none', allReduceSum: () => {}, dispose: () => {} };
+    const cfg = parseTrainConfig({ model: 'tiny', n_layer: 1, d_model: 16, n_head: 2, d_ff: 32, seq_len: 16, steps: 2, out: path.join(tmp, 'x') });
+    assert.throws(() => train(cfg, loadDataset(path.join(tmp, 'data')), cpu, { collective: pair }),
+      /world_size is 1 but this process trains in a group of 2/);
+  });
+
+  it('ssd compare refuses --world-size', async () => {
+    await assert.rejects(run(process.execPath, [cli, 'compare', '--world-size', '2', '--steps', '1']), /compare runs in one process/);
+  });
+});
