@@ -128,7 +128,7 @@ const runs: Record<string, Run> = {
       b.reduceSum(x, o1, 3, 20000, 1);
       b.reduceSum(x, o2, 1, 900, 100);
       b.reduceSum(x, o3, 2, 5, 7000);
-      return [b.download(o1), b.download(o2), b.download(o3), [b.sumSquares(x)]];
+      return [b.download(o1), b.download(o2), b.download(o3), [b.sumSquares([x]), b.sumSquares([o1, x, b.alloc('f32', 0), o2])]];
     });
   },
   'softmax + backward 70x1000': (b) => {

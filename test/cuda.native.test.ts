@@ -19,7 +19,7 @@ import { createCpuBackend } from '../src/backend/cpu/index.js';
 import { groupExperts, resolveSegments } from '../src/backend/segments.js';
 import { createCudaBackend, cudaUnavailableReason, type CudaBackend } from '../src/backend/cuda/index.js';
 import { loadCudaAddon } from '../src/backend/cuda/addon.js';
-import { launchRanks } from '../src/dist/launch.js';
+import { launchRanks } from '../src/parallel/launch.js';
 import { GPT } from '../src/nn/gpt.js';
 import { makeConfig } from '../src/nn/config.js';
 import { moeFFN } from '../src/nn/moe.js';
@@ -397,11 +397,16 @@ if (why) {
         return res;
       }, 1e-6);
     }
-    it('sumSquares of 10^7 values matches cpu', () => {
-      const x = randn(r, 10_000_000);
-      const a = cpu.sumSquares(put(cpu, x)), X = put(cuda, x), b = cuda.sumSquares(X);
-      cuda.free(X);
+    it('sumSquares of 10^7 values, and of several buffers (one empty, one pending zeros) at once, matches cpu', () => {
+      const x = randn(r, 10_000_000), y = randn(r, 3001), z = randn(r, 1);
+      const a = cpu.sumSquares([put(cpu, x)]), X = put(cuda, x), b = cuda.sumSquares([X]);
       assert.ok(Math.abs(a - b) / a < 1e-9, `${a} vs ${b}`);
+      const Y = put(cuda, y), Z = put(cuda, z), E = cuda.alloc('f32', 0), P = cuda.alloc('f32', 77);
+      cuda.fill(P, 0);
+      const many = cuda.sumSquares([Y, E, X, P, Z]), want = cpu.sumSquares([put(cpu, y), put(cpu, x), put(cpu, z)]);
+      assert.ok(Math.abs(many - want) / want < 1e-9, `${many} vs ${want}`);
+      assert.equal(cuda.sumSquares([]), 0);
+      for (const t of [X, Y, Z, E, P]) cuda.free(t);
     });
 
     {
@@ -856,7 +861,7 @@ if (why) {
 
     it('data parallel on 2 GPUs: the NCCL all-reduce of two ranks (skipped with one GPU)', { skip: loadCudaAddon().probe().count < 2 }, async () => {
       const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ssd-nccl-'));
-      const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'dist-rank.js');
+      const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'parallel-rank.js');
       await launchRanks({ size: 2, script: fixture, args: [], env: { DIST_FIXTURE: 'allreduce', DIST_OUT: out, DIST_BACKEND: 'cuda' } });
       const f = Math.fround, sum = (v: (r: number) => number) => f(f(v(0)) + f(v(1)));
       for (const r of [0, 1]) {

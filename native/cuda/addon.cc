@@ -218,8 +218,13 @@ Napi::Value ReduceSum(const Napi::CallbackInfo& info) {
   reduce_sum(fp(info, 0), fp(info, 1), i64(info, 2), i64(info, 3), i64(info, 4));
   return U(info);
 }
+// sumSquares(ptrs, counts)
 Napi::Value SumSquares(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), sum_squares(fp(info, 0), i64(info, 1)));
+  std::vector<int64_t> p = ints(info, 0), n = ints(info, 1);
+  if (p.size() != n.size()) throw ArgError("ptrs and counts differ in length");
+  std::vector<const float*> xs(p.size());
+  for (size_t i = 0; i < p.size(); ++i) xs[i] = (const float*)(uintptr_t)p[i];
+  return Napi::Number::New(info.Env(), sum_squares(xs, n));
 }
 Napi::Value Dropout(const Napi::CallbackInfo& info) {
   dropout(fp(info, 0), fp(info, 1), i64(info, 2), (float)num(info, 3), (uint32_t)i64(info, 4));
@@ -409,7 +414,7 @@ Napi::Value NcclCommInit(const Napi::CallbackInfo& info) {
   if (id.bytes != (size_t)kNcclIdBytes) throw ArgError("NCCL id must be " + std::to_string(kNcclIdBytes) + " bytes");
   return Napi::Number::New(info.Env(), (double)nccl_comm_init((const uint8_t*)id.p, (int)i64(info, 1), (int)i64(info, 2)));
 }
-// ncclAllReduceSum(comm, ptrs (f32 device buffers), counts (elements))
+// ncclAllReduceSum(comm, ptrs (f32 device buffers), counts (elements), overlap)
 Napi::Value NcclAllReduceSum(const Napi::CallbackInfo& info) {
   std::vector<int64_t> p = ints(info, 1), n = ints(info, 2);
   if (p.size() != n.size()) throw ArgError("ptrs and counts differ in length");
@@ -419,7 +424,11 @@ Napi::Value NcclAllReduceSum(const Napi::CallbackInfo& info) {
     bufs[i] = (float*)(uintptr_t)p[i];
     counts[i] = (size_t)n[i];
   }
-  nccl_all_reduce_sum(i64(info, 0), bufs, counts);
+  nccl_all_reduce_sum(i64(info, 0), bufs, counts, flag(info, 3));
+  return U(info);
+}
+Napi::Value NcclWait(const Napi::CallbackInfo& info) {
+  nccl_wait();
   return U(info);
 }
 Napi::Value NcclCommDestroy(const Napi::CallbackInfo& info) {
@@ -438,6 +447,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   FN("ncclCommInit", NcclCommInit);
   FN("ncclAllReduceSum", NcclAllReduceSum);
   FN("ncclCommDestroy", NcclCommDestroy);
+  FN("ncclWait", NcclWait);
   FN("malloc", Malloc);
   FN("free", Free);
   FN("zero", Zero);

@@ -104,7 +104,8 @@ void unary_backward(int op, const float* x, const uint16_t* x16, const float* gy
 void affine(const float* x, float* out, int64_t n, float scale, float shift);
 void binary(int op, const float* a, const float* b, float* out, const Dims& d);
 void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t inner);
-double sum_squares(const float* x, int64_t n);
+// Σ x² over all the buffers xs[i] (ns[i] elements each), f64 with fixed blocking per buffer; one synchronisation.
+double sum_squares(const std::vector<const float*>& xs, const std::vector<int64_t>& ns);
 void dropout(const float* x, float* out, int64_t n, float p, uint32_t seed);
 // AdamW on n parameters; with p16 (or null) also their bf16 copy.
 void adamw(float* p, const float* g, float* m, float* v, uint16_t* p16, int64_t n, float lr, float b1, float b2, float eps,

@@ -475,17 +475,27 @@ void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t 
   if (nch > 1) colsum_final(part.as<double>(), out, outer, inner, nch);
 }
 
-double sum_squares(const float* x, int64_t n) {
-  if (n == 0) return 0;
-  const int64_t blocks = std::min<int64_t>(1024, (n + kThreads - 1) / kThreads);
-  Scratch part((blocks + 1) * sizeof(double));
+double sum_squares(const std::vector<const float*>& xs, const std::vector<int64_t>& ns) {
+  // Each buffer's blocks write their partial sums into consecutive slots; one kernel adds all the slots,
+  // and one copy brings the total back (one synchronisation for all the buffers).
+  std::vector<int64_t> blocks(xs.size());
+  int64_t total = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    blocks[i] = std::min<int64_t>(1024, (ns[i] + kThreads - 1) / kThreads);
+    total += blocks[i];
+  }
+  if (total == 0) return 0;
+  Scratch part((total + 1) * sizeof(double));
   double* pp = part.as<double>();
-  k_sumsq_partial<<<(unsigned)blocks, kThreads, 0, stream()>>>(x, n, pp);
-  check_launch("sumSquares");
-  k_sum_final<<<1, kThreads, 0, stream()>>>(pp, blocks, pp + blocks);
+  for (size_t i = 0, off = 0; i < xs.size(); off += blocks[i], ++i) {
+    if (!blocks[i]) continue;
+    k_sumsq_partial<<<(unsigned)blocks[i], kThreads, 0, stream()>>>(xs[i], ns[i], pp + off);
+    check_launch("sumSquares");
+  }
+  k_sum_final<<<1, kThreads, 0, stream()>>>(pp, total, pp + total);
   check_launch("sumSquares");
   double r = 0;
-  d2h(&r, pp + blocks, sizeof(double));
+  d2h(&r, pp + total, sizeof(double));
   return r;
 }
 

@@ -42,6 +42,24 @@ Nccl g_nccl;
 std::unordered_map<int64_t, ncclComm_t> g_comms;
 int64_t g_next_comm = 1;
 
+// Overlapped sums run on their own stream, after an event of the compute stream (the gradients they
+// read are written there); nccl_wait makes the compute stream wait for all of them.
+struct Overlap {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t ready = nullptr, done = nullptr;
+  bool pending = false;
+};
+Overlap g_overlap;
+
+cudaStream_t overlap_stream() {
+  if (!g_overlap.stream) {
+    check(cudaStreamCreateWithFlags(&g_overlap.stream, cudaStreamNonBlocking), "all-reduce stream");
+    check(cudaEventCreateWithFlags(&g_overlap.ready, cudaEventDisableTiming), "all-reduce event");
+    check(cudaEventCreateWithFlags(&g_overlap.done, cudaEventDisableTiming), "all-reduce event");
+  }
+  return g_overlap.stream;
+}
+
 void nc_check(ncclResult_t r, const char* what, ncclComm_t comm = nullptr) {
   if (r == 0) return;
   std::string msg = std::string("NCCL ") + what + " failed: " + (g_nccl.error_string ? g_nccl.error_string(r) : "error") +
@@ -122,13 +140,22 @@ int64_t nccl_comm_init(const uint8_t* id_bytes, int nranks, int rank) {
   return h;
 }
 
-void nccl_all_reduce_sum(int64_t comm_id, const std::vector<float*>& bufs, const std::vector<size_t>& counts) {
+void nccl_all_reduce_sum(int64_t comm_id, const std::vector<float*>& bufs, const std::vector<size_t>& counts, bool overlap) {
   require_not_capturing("an all-reduce");
   ncclComm_t comm = comm_of(comm_id);
+  cudaStream_t s = stream();
+  if (overlap) {
+    s = overlap_stream();
+    check(cudaEventRecord(g_overlap.ready, stream()), "all-reduce (event)");
+    check(cudaStreamWaitEvent(s, g_overlap.ready, 0), "all-reduce (wait)");
+    g_overlap.pending = true;
+  } else {
+    nccl_wait();
+  }
   nc_check(g_nccl.group_start(), "ncclGroupStart", comm);
   for (size_t i = 0; i < bufs.size(); ++i) {
     if (!counts[i]) continue;
-    ncclResult_t r = g_nccl.all_reduce(bufs[i], bufs[i], counts[i], kNcclFloat32, kNcclSum, comm, stream());
+    ncclResult_t r = g_nccl.all_reduce(bufs[i], bufs[i], counts[i], kNcclFloat32, kNcclSum, comm, s);
     if (r != 0) {
       g_nccl.group_end();
       nc_check(r, "ncclAllReduce", comm);
@@ -142,9 +169,17 @@ void nccl_all_reduce_sum(int64_t comm_id, const std::vector<float*>& bufs, const
   nc_check(async, "ncclAllReduce (asynchronous error)", comm);
 }
 
+void nccl_wait() {
+  if (!g_overlap.pending) return;
+  check(cudaEventRecord(g_overlap.done, g_overlap.stream), "all-reduce (event)");
+  check(cudaStreamWaitEvent(stream(), g_overlap.done, 0), "all-reduce (wait)");
+  g_overlap.pending = false;
+}
+
 void nccl_comm_destroy(int64_t comm_id) {
   ncclComm_t comm = comm_of(comm_id);
   g_comms.erase(comm_id);
+  nccl_wait();
   synchronize();
   nc_check(g_nccl.comm_destroy(comm), "ncclCommDestroy");
 }

@@ -29,11 +29,14 @@ void graph_destroy(int64_t id);
 // NCCL through dlopen (nccl.cu), for data-parallel training: nccl_load tries the paths in order and
 // returns the one loaded with its version; nccl_unique_id writes the kNcclIdBytes of a new communicator
 // id (rank 0 makes it, every rank passes it to nccl_comm_init); nccl_all_reduce_sum replaces each f32
-// buffer by its sum over the ranks, queued on the stream (every rank gets the same bits).
+// buffer by its sum over the ranks (every rank gets the same bits), queued on the stream, or with
+// `overlap` on a second stream after the work queued so far, so that it runs beside later work until
+// nccl_wait (which orders it before everything queued after the wait; a plain sum waits first too).
 constexpr int kNcclIdBytes = 128;
 std::string nccl_load(const std::vector<std::string>& paths);
 void nccl_unique_id(uint8_t* out);
 int64_t nccl_comm_init(const uint8_t* id, int nranks, int rank);
-void nccl_all_reduce_sum(int64_t comm, const std::vector<float*>& bufs, const std::vector<size_t>& counts);
+void nccl_all_reduce_sum(int64_t comm, const std::vector<float*>& bufs, const std::vector<size_t>& counts, bool overlap);
+void nccl_wait();
 void nccl_comm_destroy(int64_t comm);
 }  // namespace ssdc

@@ -195,7 +195,7 @@ export interface CapturedGraph {
 /**
  * A data-parallel group: one process per rank, each holding the same model and training on its own
  * rows of every batch, the gradients summed over the ranks before each update. Made by
- * `Backend.joinCollective` (cuda: NCCL) or, for any backend, by the host collective of src/dist.
+ * `Backend.joinCollective` (cuda: NCCL) or, for any backend, by the host collective of src/parallel.
  */
 export interface Collective {
   readonly rank: number;
@@ -204,9 +204,13 @@ export interface Collective {
   readonly transport: string;
   /**
    * Replaces each f32 buffer by its elementwise sum over the ranks (every rank passes the same list of
-   * sizes, in the same order); every rank gets the same bits. Throws on a buffer that is not f32.
+   * sizes, in the same order); every rank gets the same bits. Throws on a buffer that is not f32. With
+   * `overlap`, the sums may still be running when this returns, beside the device work queued after it
+   * (which must not touch `bufs`) until `wait()`; without it they are done first.
    */
-  allReduceSum(bufs: Buf[]): void;
+  allReduceSum(bufs: Buf[], overlap?: boolean): void;
+  /** Orders every overlapped sum before the work queued after this call (no-op where sums are synchronous). */
+  wait(): void;
   /** Leaves the group (idempotent). */
   dispose(): void;
 }
@@ -271,8 +275,11 @@ export interface Backend {
   binary(op: BinaryOp, a: Buf, aStrides: number[], b: Buf, bStrides: number[], out: Buf, shape: number[]): void;
   /** Sum over the middle axis: x (outer, mid, inner) -> out (outer, inner). Accumulates in f64. */
   reduceSum(x: Buf, out: Buf, outer: number, mid: number, inner: number): void;
-  /** Σ x_i² over the buffer, accumulated in f64 with fixed blocking; returned to the host. */
-  sumSquares(x: Buf): number;
+  /**
+   * Σ x_i² over all the f32 buffers, accumulated in f64 with fixed blocking per buffer; returned to the
+   * host as one number (on cuda: one synchronisation for all the buffers, e.g. a gradient norm).
+   */
+  sumSquares(xs: Buf[]): number;
 
   // ---------------------------------------------------------------- linear algebra
   /** See MatmulArgs. c must not be a or b (throws). */

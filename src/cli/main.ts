@@ -17,8 +17,8 @@ import { parseTrainConfig, resumeConfig, TrainConfigFields, type TrainConfig } f
 import { datasetDirOfCheckpoint, resolveDataset } from '../train/dataset.js';
 import { loadModel } from '../train/load.js';
 import { evaluate, modelConfigFor, train, type StepMetrics, type TrainSummary } from '../train/trainer.js';
-import { joinGroup, rankFromEnv } from '../dist/group.js';
-import { launchRanks } from '../dist/launch.js';
+import { joinGroup, rankFromEnv } from '../parallel/group.js';
+import { launchRanks } from '../parallel/launch.js';
 import { createSSDController } from '../ssd/index.js';
 import { compare, parseMethods, parseRatios } from '../ssd/compare.js';
 import { writeReport } from '../ssd/report.js';

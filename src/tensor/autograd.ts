@@ -42,9 +42,11 @@ export function record(out: Tensor, op: string, inputs: Tensor[], backward: Grad
 /**
  * Backpropagates from `loss` (a one-element tensor, or any tensor with an explicit `gradOut` of its
  * shape). Gradients of leaves with `requiresGrad` are accumulated into `leaf.grad` (created on first
- * use, long-lived); all intermediate gradients are freed. Throws if `loss` has no graph.
+ * use, long-lived); all intermediate gradients are freed. `onLeafGrad` is called as each leaf's
+ * gradient of this pass is complete (once per leaf, in the order of the pass; data-parallel training
+ * starts summing it over the ranks then). Throws if `loss` has no graph.
  */
-export function backward(loss: Tensor, gradOut?: Tensor): void {
+export function backward(loss: Tensor, gradOut?: Tensor, onLeafGrad?: (leaf: Tensor) => void): void {
   if (!needsGrad(loss)) {
     throw new Error(`backward: the tensor (shape [${loss.shape}]) has no graph: it was computed under noGrad() ` +
       `or from tensors that do not require gradients`);
@@ -66,6 +68,7 @@ export function backward(loss: Tensor, gradOut?: Tensor): void {
       grads.delete(t);
       if (t.requiresGrad && !t.node) {
         accumulateLeaf(t, g);
+        onLeafGrad?.(t);
         continue;
       }
       const node = t.node!;

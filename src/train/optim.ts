@@ -78,9 +78,8 @@ export class AdamW {
   }
 }
 
-/** Global L2 norm of all parameter gradients (f64 accumulation), for clipping and logging. */
+/** Global L2 norm of all parameter gradients (f64 accumulation, one read back), for clipping and logging. */
 export function gradNorm(params: Tensor[]): number {
-  let s = 0;
-  for (const p of params) if (p.grad) s += p.backend.sumSquares(p.grad.buf('gradNorm'));
-  return Math.sqrt(s);
+  const grads = params.filter((p) => p.grad).map((p) => p.grad!.buf('gradNorm'));
+  return grads.length ? Math.sqrt(params[0]!.backend.sumSquares(grads)) : 0;
 }

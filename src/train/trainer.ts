@@ -4,7 +4,7 @@
  * The loop knows nothing of SSD phases: a `StepHook` (the SSD controller) may change the model
  * between steps and store its own state in the checkpoint.
  *
- * Data parallel (`TrainOptions.collective`, one process per rank, see src/dist): every rank draws the
+ * Data parallel (`TrainOptions.collective`, one process per rank, see src/parallel): every rank draws the
  * same global batch of batch_size × world_size windows and trains on its own batch_size rows of it;
  * the gradients are summed over the ranks before clipping and the update, so every rank applies the
  * same update and keeps the same parameters (the kernels are deterministic). A run of world_size N is
@@ -22,6 +22,7 @@ import * as T from '../tensor/index.js';
 import { loadCheckpoint, restoreTensors, saveCheckpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
 import { AdamW, gradNorm } from './optim.js';
+import { GradientBuckets } from '../parallel/buckets.js';
 import { learningRate } from './schedule.js';
 
 /** One logged training step (also a line of metrics.jsonl). */
@@ -212,6 +213,8 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       flopsDense += flopsTok * tokensPerStep;
       windowFlops += stepFlops;
       let loss = 0;
+      // Data parallel: the last backward pass starts summing each complete gradient over the ranks.
+      const buckets = group ? new GradientBuckets(group) : null;
       for (let micro = 0; micro < cfg.grad_accum; micro++) {
         const b = sampler.next();
         const from = rank * rowsOfRank, to = from + rowsOfRank;
@@ -220,12 +223,17 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
           const y = T.tensor(b.y.subarray(from, to), [cfg.batch_size, seqLen], { dtype: 'i32', backend });
           const seed = step * cfg.grad_accum + micro + cfg.seed * 7919 + rank * 104729;
           const l = model.forward(x, { targets: y, train: true, seed }).loss!;
-          T.backward(l);
+          const last = micro === cfg.grad_accum - 1;
+          T.backward(l, undefined, buckets && last ? (leaf) => { if (optimizer.m.has(leaf)) buckets.add(leaf.grad!.buf('allReduce')); } : undefined);
           return l.item();
         }) / cfg.grad_accum;
       }
-      // One all-reduce: every gradient, and the loss (checked below on every rank alike).
-      if (group) loss = allReduce(backend, group, [loss], optimizer.params.filter((p) => p.grad).map((p) => p.grad!.buf('allReduce')))[0]! / world;
+      if (buckets) {
+        buckets.flush();
+        // Then the loss (checked below on every rank alike) and any gradient the last pass did not reach.
+        const rest = optimizer.params.filter((p) => p.grad && !buckets.started.has(p.grad.buf('allReduce')));
+        loss = allReduce(backend, group!, [loss], rest.map((p) => p.grad!.buf('allReduce')))[0]! / world;
+      }
       if (!Number.isFinite(loss)) {
         throw new Error(`training diverged: the loss is ${loss} at step ${step}; ` +
           `${lastCkpt ? `the last good checkpoint (${lastCkpt}) is intact` : 'no checkpoint was written yet'}; ` +

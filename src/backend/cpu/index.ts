@@ -272,8 +272,8 @@ export class CpuBackend implements Backend {
     const X = this.f('reduceSum', x, 'x', outer * mid * inner), O = this.f('reduceSum', out, 'out', outer * inner);
     this.nat.reduceSum(X, O, outer, mid, inner);
   }
-  sumSquares(x: Buf): number {
-    return this.nat.sumSquares(this.f('sumSquares', x, 'x'));
+  sumSquares(xs: Buf[]): number {
+    return xs.reduce((s, x, i) => s + this.nat.sumSquares(this.f('sumSquares', x, `xs[${i}]`)), 0);
   }
 
   // ------------------------------------------------------------ linear algebra

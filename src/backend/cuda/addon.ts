@@ -25,8 +25,13 @@ export interface CudaAddon {
   ncclUniqueId(): Uint8Array;
   /** Joins the communicator `id` of `nranks` as `rank` (blocks until all have joined); returns its handle. */
   ncclCommInit(id: Uint8Array, nranks: number, rank: number): number;
-  /** Sums each f32 buffer (counts[i] elements) over the ranks, in place, on the stream. */
-  ncclAllReduceSum(comm: number, ptrs: Ptr[], counts: number[]): void;
+  /**
+   * Sums each f32 buffer (counts[i] elements) over the ranks, in place, on the stream; with overlap on a
+   * second stream, beside later work, until ncclWait.
+   */
+  ncclAllReduceSum(comm: number, ptrs: Ptr[], counts: number[], overlap: boolean): void;
+  /** Orders the overlapped sums before all work queued after this call. */
+  ncclWait(): void;
   /** Waits for the stream, then frees the communicator. */
   ncclCommDestroy(comm: number): void;
   malloc(bytes: number): Ptr;
@@ -69,7 +74,8 @@ export interface CudaAddon {
   affine(x: Ptr, out: Ptr, n: number, scale: number, shift: number): void;
   binary(op: number, a: Ptr, aStrides: number[], b: Ptr, bStrides: number[], out: Ptr, shape: number[]): void;
   reduceSum(x: Ptr, out: Ptr, outer: number, mid: number, inner: number): void;
-  sumSquares(x: Ptr, n: number): number;
+  /** Σ x² over the buffers (counts[i] f32 elements each), one synchronisation. */
+  sumSquares(ptrs: Ptr[], counts: number[]): number;
   dropout(x: Ptr, out: Ptr, n: number, p: number, seed: number): void;
   /** AdamW; with p16 (0: none) also the updated parameters' bf16 copy. */
   adamw(p: Ptr, g: Ptr, m: Ptr, v: Ptr, n: number, lr: number, b1: number, b2: number, eps: number, wd: number,

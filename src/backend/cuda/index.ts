@@ -641,12 +641,13 @@ export class CudaBackend implements Backend {
     let open = true;
     return {
       rank, size, transport: `NCCL, ${lib}`,
-      allReduceSum: (bufs: Buf[]) => {
+      allReduceSum: (bufs: Buf[], overlap = false) => {
         if (!open) throw new Error('cuda.allReduceSum: the collective was disposed');
         // Each buffer is settled (deferred zeros, shadows) and marked written; its f32 memory is summed.
         const ptrs = bufs.map((b, i) => this.w('allReduceSum', b, `bufs[${i}]`));
-        this.nat.ncclAllReduceSum(comm, ptrs, bufs.map((b) => b.size));
+        this.nat.ncclAllReduceSum(comm, ptrs, bufs.map((b) => b.size), overlap);
       },
+      wait: () => this.nat.ncclWait(),
       dispose: () => {
         if (!open) return;
         open = false;
@@ -819,9 +820,8 @@ export class CudaBackend implements Backend {
     const X = this.r('reduceSum', x, 'x', outer * mid * inner), O = this.o('reduceSum', out, 'out', outer * inner);
     this.nat.reduceSum(X, O, outer, mid, inner);
   }
-  sumSquares(x: Buf): number {
-    const b = this.buf('sumSquares', x, 'x');
-    return this.nat.sumSquares(this.r('sumSquares', x, 'x'), b.size);
+  sumSquares(xs: Buf[]): number {
+    return this.nat.sumSquares(xs.map((x, i) => this.r('sumSquares', x, `xs[${i}]`)), xs.map((x) => x.size));
   }
 
   // ------------------------------------------------------------ linear algebra

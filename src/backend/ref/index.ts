@@ -141,10 +141,12 @@ export class RefBackend implements Backend {
       }
     }
   }
-  sumSquares(x: Buf): number {
-    const a = this.f(x);
+  sumSquares(xs: Buf[]): number {
     let s = 0;
-    for (let i = 0; i < a.length; i++) s += a[i]! * a[i]!;
+    for (const x of xs) {
+      const a = this.f(x);
+      for (let i = 0; i < a.length; i++) s += a[i]! * a[i]!;
+    }
     return s;
   }
 

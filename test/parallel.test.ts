@@ -13,14 +13,15 @@ import { before, describe, it } from 'node:test';
 import type { Collective } from '../src/backend/contract.js';
 import { getBackend } from '../src/backend/registry.js';
 import { loadDataset, prepare } from '../src/data/index.js';
-import { joinGroup, rankFromEnv } from '../src/dist/group.js';
-import { launchRanks } from '../src/dist/launch.js';
+import { GradientBuckets } from '../src/parallel/buckets.js';
+import { joinGroup, rankFromEnv } from '../src/parallel/group.js';
+import { launchRanks } from '../src/parallel/launch.js';
 import { loadCheckpoint } from '../src/train/checkpoint.js';
 import { parseTrainConfig } from '../src/train/config.js';
 import { train } from '../src/train/trainer.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const fixture = path.join(here, 'fixtures', 'dist-rank.js');
+const fixture = path.join(here, 'fixtures', 'parallel-rank.js');
 const cli = path.join(here, '..', 'src', 'cli', 'main.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ssd-dist-'));
 const run = promisify(execFile);
@@ -126,10 +127,24 @@ describe('data parallel', () => {
     } finally {
       delete process.env['SSD_COLLECTIVE'];
     }
-    const pair: Collective = { rank: 0, size: 2, transport: 'none', allReduceSum: () => {}, dispose: () => {} };
+    const pair: Collective = { rank: 0, size: 2, transport: 'none', allReduceSum: () => {}, wait: () => {}, dispose: () => {} };
     const cfg = parseTrainConfig({ model: 'tiny', n_layer: 1, d_model: 16, n_head: 2, d_ff: 32, seq_len: 16, steps: 2, out: path.join(tmp, 'x') });
     assert.throws(() => train(cfg, loadDataset(path.join(tmp, 'data')), cpu, { collective: pair }),
       /world_size is 1 but this process trains in a group of 2/);
+  });
+
+  it('gradient buckets start a sum (overlapped) whenever they hold bucketBytes, and flush the rest', () => {
+    const cpu = getBackend('cpu'), calls: [number[], boolean | undefined][] = [];
+    const spy: Collective = { rank: 0, size: 2, transport: 'spy', allReduceSum: (bufs, overlap) => { calls.push([bufs.map((b) => b.size), overlap]); },
+      wait: () => {}, dispose: () => {} };
+    const buckets = new GradientBuckets(spy, 400);
+    const bufs = [30, 80, 10, 200, 5].map((n) => cpu.alloc('f32', n));
+    for (const b of bufs) buckets.add(b);
+    buckets.flush();
+    buckets.flush();
+    assert.deepEqual(calls, [[[30, 80], true], [[10, 200], true], [[5], true]]);
+    assert.equal(buckets.started.size, 5);
+    for (const b of bufs) cpu.free(b);
   });
 
   it('ssd compare refuses --world-size', async () => {

@@ -1,0 +1,35 @@
+/**
+ * Gradient buckets (as in PyTorch DDP): during the last backward pass of a step, the gradients are
+ * gathered, as they become complete, into buckets of about `bucketBytes`, and each full bucket's sum over
+ * the ranks starts at once (overlapped), beside the rest of the backward pass. Every rank fills the same
+ * buckets in the same order, since every rank runs the same graph.
+ */
+import type { Buf, Collective } from '../backend/contract.js';
+
+/** Default bucket size in bytes (PyTorch DDP's bucket_cap_mb is 25). */
+export const DEFAULT_BUCKET_BYTES = 25 << 20;
+
+export class GradientBuckets {
+  private bucket: Buf[] = [];
+  private bytes = 0;
+  /** The buffers whose sums were started, in order. */
+  readonly started = new Set<Buf>();
+
+  constructor(private readonly collective: Collective, private readonly bucketBytes = DEFAULT_BUCKET_BYTES) {}
+
+  /** Adds a complete f32 gradient; starts the bucket's sum once it holds `bucketBytes` or more. */
+  add(grad: Buf): void {
+    this.bucket.push(grad);
+    this.started.add(grad);
+    this.bytes += grad.size * 4;
+    if (this.bytes >= this.bucketBytes) this.flush();
+  }
+
+  /** Starts the sum of what the current bucket holds (if anything). */
+  flush(): void {
+    if (!this.bucket.length) return;
+    this.collective.allReduceSum(this.bucket, true);
+    this.bucket = [];
+    this.bytes = 0;
+  }
+}
