@@ -6,7 +6,7 @@
  * largest world size against one process with its global batch (batch × world size), loss per logged
  * step (they train on the same windows; only the order of the gradient sums differs).
  * Usage: node dist/bench/ddp.js --data DIR [--world-sizes 1,2] [--batch 8] [--steps 40] [--warmup 10]
- *        [--model gpt2-small] [--backend cuda] [--json out.json]
+ *        [--model gpt2-small] [--backend cuda] [--skip-numerics] [--json out.json]
  * DIR is a prepared dataset (`ssd prepare brown --tokenizer gpt2 --out DIR` for the GPT-2 vocabulary).
  */
 import { execFileSync } from 'node:child_process';
@@ -65,7 +65,7 @@ for (const w of worlds) {
 }
 const wMax = worlds[worlds.length - 1]!;
 let maxRel = 0;
-if (wMax > 1) {
+if (wMax > 1 && !process.argv.includes('--skip-numerics')) {
   const single = trainRun(1, batch * wMax);
   for (let i = 0; i < single.length; i++) maxRel = Math.max(maxRel, Math.abs(last[i]!.loss - single[i]!.loss) / single[i]!.loss);
   console.log(`losses: world ${wMax} × batch ${batch} vs one process × batch ${batch * wMax}, ${single.length} logged steps: ` +

@@ -144,6 +144,12 @@ describe('data parallel', () => {
     buckets.flush();
     assert.deepEqual(calls, [[[30, 80], true], [[10, 200], true], [[5], true]]);
     assert.equal(buckets.started.size, 5);
+    process.env['SSD_BUCKET_MB'] = '0';
+    try {
+      assert.throws(() => new GradientBuckets(spy), /SSD_BUCKET_MB must be a positive number of megabytes, got '0'/);
+    } finally {
+      delete process.env['SSD_BUCKET_MB'];
+    }
     for (const b of bufs) cpu.free(b);
   });
 

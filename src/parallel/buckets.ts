@@ -6,8 +6,12 @@
  */
 import type { Buf, Collective } from '../backend/contract.js';
 
-/** Default bucket size in bytes (PyTorch DDP's bucket_cap_mb is 25). */
-export const DEFAULT_BUCKET_BYTES = 25 << 20;
+/** Default bucket size in bytes: SSD_BUCKET_MB, else 25 (PyTorch DDP's bucket_cap_mb). */
+export function defaultBucketBytes(): number {
+  const mb = Number(process.env['SSD_BUCKET_MB'] ?? 25);
+  if (!Number.isFinite(mb) || mb <= 0) throw new Error(`SSD_BUCKET_MB must be a positive number of megabytes, got '${process.env['SSD_BUCKET_MB']}'`);
+  return mb * 2 ** 20;
+}
 
 export class GradientBuckets {
   private bucket: Buf[] = [];
@@ -15,7 +19,7 @@ export class GradientBuckets {
   /** The buffers whose sums were started, in order. */
   readonly started = new Set<Buf>();
 
-  constructor(private readonly collective: Collective, private readonly bucketBytes = DEFAULT_BUCKET_BYTES) {}
+  constructor(private readonly collective: Collective, private readonly bucketBytes = defaultBucketBytes()) {}
 
   /** Adds a complete f32 gradient; starts the bucket's sum once it holds `bucketBytes` or more. */
   add(grad: Buf): void {
