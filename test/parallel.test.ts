@@ -17,7 +17,7 @@ import { GradientBuckets } from '../src/parallel/buckets.js';
 import { joinGroup, rankFromEnv } from '../src/parallel/group.js';
 import { launchRanks } from '../src/parallel/launch.js';
 import { loadCheckpoint } from '../src/train/checkpoint.js';
-import { parseTrainConfig } from '../src/train/config.js';
+import { parseTrainConfig, resumeConfig } from '../src/train/config.js';
 import { train } from '../src/train/trainer.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -113,6 +113,21 @@ describe('data parallel', () => {
     await ssdTrain(['--resume', again, '--out', again]);
     assert.deepEqual(metrics(again).map((m) => [m.step, m.loss, m.val_loss, m.phase]), metrics(two).map((m) => [m.step, m.loss, m.val_loss, m.phase]));
     for (const [k, w] of params(two)) assert.deepEqual(params(again).get(k), w, k);
+  });
+
+  it('a data-parallel run resumes on another number of ranks with the same global batch', async () => {
+    const two = path.join(tmp, 'two'), one = path.join(tmp, 'regrouped');
+    fs.cpSync(two, one, { recursive: true });
+    fs.rmSync(path.join(one, 'step_00000016'), { recursive: true });
+    await ssdTrain(['--resume', one, '--out', one, '--world-size', '1', '--batch-size', '8']);
+    const a = metrics(two), b = metrics(one);
+    assert.deepEqual(b.map((m) => [m.step, m.phase]), a.map((m) => [m.step, m.phase]));
+    for (let i = 0; i < a.length; i++) assert.ok(Math.abs(b[i]!.loss - a[i]!.loss) <= 2e-3 * a[i]!.loss, `step ${a[i]!.step}`);
+    assert.equal(loadCheckpoint(one).state.train_config.world_size, 1);
+    const stored = loadCheckpoint(two).state.train_config;
+    assert.throws(() => resumeConfig(stored, { world_size: 4 }, two),
+      /changed world_size \(checkpoint: 2, given: 4\).*may change together when batch_size × world_size stays 8/);
+    assert.deepEqual([resumeConfig(stored, { world_size: 4, batch_size: 2 }, two)].map((c) => [c.world_size, c.batch_size]), [[4, 2]]);
   });
 
   it('clear errors: bad rank variables, an unknown collective, a group that is not the config\'s world size', () => {

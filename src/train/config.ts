@@ -125,17 +125,25 @@ export const RESUME_OVERRIDABLE = ['eval_interval', 'eval_batches', 'ckpt_interv
 
 /**
  * The config of a resumed run: the checkpoint's stored training config, writing into its run
- * directory, with only RESUME_OVERRIDABLE keys taken from `explicit` (keys the user set). Throws naming
- * every other key set to a different value, since that would not continue the run exactly.
+ * directory, with only RESUME_OVERRIDABLE keys taken from `explicit` (keys the user set), and
+ * batch_size and world_size when their product (the global batch) stays the same: a data-parallel run
+ * may resume on another number of GPUs, training on the same windows (up to the order of the gradient
+ * sums). Throws naming every other key set to a different value, since that would not continue the run
+ * exactly.
  */
 export function resumeConfig(stored: Record<string, unknown>, explicit: Record<string, unknown>, runDir: string): TrainConfig {
   const base = parseTrainConfig(stored);
-  const changed = Object.entries(explicit).filter(([k, v]) => k !== 'out' && !(RESUME_OVERRIDABLE as readonly string[]).includes(k) &&
+  const batch = Number(explicit['batch_size'] ?? base.batch_size), world = Number(explicit['world_size'] ?? base.world_size);
+  const regroup = batch * world === base.batch_size * base.world_size ? { batch_size: batch, world_size: world } : {};
+  const allowed = [...RESUME_OVERRIDABLE, ...Object.keys(regroup)];
+  const changed = Object.entries(explicit).filter(([k, v]) => k !== 'out' && !allowed.includes(k) &&
     JSON.stringify(v) !== JSON.stringify((base as Record<string, unknown>)[k]));
   if (changed.length) {
     throw new Error(`cannot resume with a changed ${changed.map(([k, v]) => `${k} (checkpoint: ${JSON.stringify((base as Record<string, unknown>)[k])}, given: ${JSON.stringify(v)})`).join(', ')}: ` +
-      `a resumed run continues exactly; start a new run with another --out instead`);
+      `a resumed run continues exactly; start a new run with another --out instead` +
+      (changed.some(([k]) => k === 'batch_size' || k === 'world_size') ?
+        ` (batch_size and world_size may change together when batch_size × world_size stays ${base.batch_size * base.world_size})` : ''));
   }
   const over = Object.fromEntries(Object.entries(explicit).filter(([k]) => (RESUME_OVERRIDABLE as readonly string[]).includes(k)));
-  return parseTrainConfig({ ...stored, ...over, out: runDir });
+  return parseTrainConfig({ ...stored, ...over, ...regroup, out: runDir });
 }

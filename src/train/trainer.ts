@@ -179,6 +179,10 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
     restoreTensors(momentMap(optimizer, model), ck.moments, `resume from ${ck.dir} (optimizer)`);
     optimizer.step = ck.state.optimizer_step;
     sampler = RandomBatchSampler.fromState(dataset.train, ck.state.extra.sampler as SamplerState);
+    if (sampler.batchSize !== cfg.batch_size * world) {
+      throw new Error(`cannot resume from ${ck.dir}: it drew global batches of ${sampler.batchSize} windows, this run draws ` +
+        `${cfg.batch_size * world} (batch_size ${cfg.batch_size} × world_size ${world}); keep batch_size × world_size`);
+    }
     startStep = ck.state.step;
     if (startStep >= cfg.steps) {
       throw new Error(`the run in ${ck.dir} already finished (step ${startStep} of ${cfg.steps}); start a new run with another --out`);
