@@ -84,7 +84,7 @@ addConfigFlags(program.command('train')
   .description('train a GPT (default: the tiny preset on the embedded Brown corpus)')
   .option('--config <file>', 'JSON training config (flags override it)')
   .option('--resume [dir]', 'continue a run exactly from a checkpoint or the newest one in a run directory (default: --out); ' +
-    'the run keeps its stored config (only logging, checkpoint and backend settings may change)'))
+    'the run keeps its stored config (only logging, checkpoint and backend settings may change, and batch size with world size at the same product)'))
   .action(async (opts, cmd: Command) => {
     let cfg: TrainConfig, resume: string | undefined;
     if (opts.resume) {
