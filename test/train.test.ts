@@ -14,6 +14,7 @@ import { parseTrainConfig, resumeConfig, type TrainConfig } from '../src/train/c
 import { loadModel } from '../src/train/load.js';
 import { train } from '../src/train/trainer.js';
 import { generate } from '../src/infer/generate.js';
+import { bf16PeakFlops } from '../src/backend/cuda/index.js';
 
 const backendName = (process.env.SSD_TEST_BACKENDS ?? 'ref,cpu').split(',').includes('cpu') ? 'cpu' : 'ref';
 const backend = getBackend(backendName);
@@ -91,6 +92,21 @@ describe(`trainer on ${backendName}`, () => {
       hook: { beforeStep: (step, ctx) => { if (step === 12) ctx.model.p('ln_f.weight').backend.fill(ctx.model.p('ln_f.weight').buf('test'), NaN); } },
     }), /loss is NaN at step 12; the last good checkpoint .*step_00000010.* is intact/);
     assert.equal(loadCheckpoint(out).state.step, 10);
+  });
+
+  it('logs MFU against the backend\'s peak, and knows the peaks of common GPUs', () => {
+    const out = path.join(tmp, 'mfu');
+    const peaked = Object.create(backend, { peakFlops: { value: 1e9 } }) as typeof backend;
+    train(cfg({ out, steps: 4, log_interval: 2 }), dataset, peaked);
+    const lines = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.ok(lines.length >= 2);
+    for (const m of lines) assert.ok(Math.abs(m.mfu - m.flops_per_s / 1e9) <= 1e-9 * m.mfu, JSON.stringify(m));
+    train(cfg({ out: path.join(tmp, 'nomfu'), steps: 2, log_interval: 1 }), dataset, backend);
+    assert.ok(!fs.readFileSync(path.join(tmp, 'nomfu', 'metrics.jsonl'), 'utf8').includes('mfu'));
+    assert.equal(bf16PeakFlops('NVIDIA H200 (device 0, sm_90, 139.8 GiB, 132 SMs)'), 989e12);
+    assert.equal(bf16PeakFlops('NVIDIA H100 PCIe'), 756e12);
+    assert.equal(bf16PeakFlops('NVIDIA A100-SXM4-80GB'), 312e12);
+    assert.equal(bf16PeakFlops('Tesla T4'), undefined);
   });
 
   it('greedy generation is deterministic and produces in-vocabulary tokens', () => {

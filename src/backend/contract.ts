@@ -217,6 +217,11 @@ export interface Collective {
 
 export interface Backend {
   readonly name: string;
+  /**
+   * The device's peak dense FLOP/s for the products as this backend runs them (cuda, bf16: the tensor-core
+   * peak of known GPUs), for model FLOPs utilisation (MFU); undefined when unknown.
+   */
+  readonly peakFlops?: number;
 
   // ---------------------------------------------------------------- memory
   /** Allocates `size` elements, zero-filled. Counts toward `memoryStats`. */

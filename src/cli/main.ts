@@ -131,7 +131,7 @@ addConfigFlags(program.command('train')
     bar.done();
     if (!lead) return;
     console.log(`done: ${s.steps} steps, ${s.tokens} tokens in ${s.elapsed_s.toFixed(0)} s (${Math.round(s.tokens_per_s)} tok/s, ` +
-      `${(s.flops_per_s / 1e9).toFixed(1)} GFLOP/s)`);
+      `${(s.flops_per_s / 1e9).toFixed(1)} GFLOP/s${s.mfu !== undefined ? `, MFU ${(s.mfu * 100).toFixed(1)}%` : ''})`);
     console.log(`val loss ${s.val_loss.toFixed(4)} nats (perplexity ${Math.exp(s.val_loss).toFixed(2)}); ` +
       `unigram entropy of val tokens ${s.val_unigram_entropy.toFixed(4)} nats; ratio ${(s.val_loss / s.val_unigram_entropy).toFixed(3)}`);
     if (cfg.method !== 'dense') {
@@ -147,7 +147,8 @@ addConfigFlags(program.command('train')
 /** The progress-line text of a logged training step. */
 function stepInfo(m: StepMetrics): string {
   return `loss ${m.loss.toFixed(3)}${m.val_loss !== undefined ? ` val ${m.val_loss.toFixed(3)}` : ''}` +
-    ` | ${Math.round(m.tokens_per_s)} tok/s | ${(m.flops_per_s / 1e9).toFixed(1)} GFLOP/s${m.phase ? ` | ${m.phase}` : ''}`;
+    ` | ${Math.round(m.tokens_per_s)} tok/s | ${(m.flops_per_s / 1e9).toFixed(1)} GFLOP/s` +
+    `${m.mfu !== undefined ? ` (MFU ${(m.mfu * 100).toFixed(1)}%)` : ''}${m.phase ? ` | ${m.phase}` : ''}`;
 }
 
 addConfigFlags(program.command('compare')

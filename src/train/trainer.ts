@@ -35,6 +35,8 @@ export interface StepMetrics {
   tokens_per_s: number;
   /** Achieved model FLOP/s (6N + attention, PaLM convention; sparse phases count only what they compute). */
   flops_per_s: number;
+  /** Model FLOPs utilisation: flops_per_s over the peak of all the ranks' devices (when the backend knows its peak). */
+  mfu?: number;
   val_loss?: number;
   phase?: string;
   elapsed_s: number;
@@ -49,6 +51,8 @@ export interface TrainSummary {
   elapsed_s: number;
   tokens_per_s: number;
   flops_per_s: number;
+  /** flops_per_s over the devices' peak (see StepMetrics.mfu). */
+  mfu?: number;
   /** Model FLOPs actually computed, and what dense training of the same tokens would have cost. */
   flops_actual: number;
   flops_dense_equivalent: number;
@@ -271,6 +275,7 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
         const m: StepMetrics = {
           step: done, tokens: done * tokensPerStep, loss, lr, grad_norm: norm, tokens_per_s: tps,
           flops_per_s: windowFlops / dt, elapsed_s: (now - t0) / 1000,
+          ...(backend.peakFlops ? { mfu: windowFlops / dt / (backend.peakFlops * world) } : {}),
           ...(isEval ? { val_loss: lastVal } : {}), ...(opts.hook?.label ? { phase: opts.hook.label() } : {}),
         };
         if (lead) fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
@@ -286,6 +291,7 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       steps: cfg.steps, tokens: cfg.steps * tokensPerStep, final_loss: lastLoss, val_loss: lastVal,
       val_unigram_entropy: dataset.meta.unigramEntropy.val, elapsed_s: elapsed,
       tokens_per_s: trained / elapsed, flops_per_s: flopsActual / elapsed, flops_actual: flopsActual,
+      ...(backend.peakFlops ? { mfu: flopsActual / elapsed / (backend.peakFlops * world) } : {}),
       flops_dense_equivalent: flopsDense, params: model.numParams(), run_dir: cfg.out, checkpoint: lastCkpt,
       ...(opts.hook?.summary ? { hook: opts.hook.summary() } : {}),
     };

@@ -298,6 +298,21 @@ function collapse(shape: number[], ...strides: number[][]): [number[], number[][
   return [s, st];
 }
 
+/**
+ * Dense bf16 tensor-core peak FLOP/s of a GPU, by the name CUDA reports (NVIDIA data sheets, without
+ * structured sparsity); undefined for GPUs not listed.
+ */
+export function bf16PeakFlops(deviceName: string): number | undefined {
+  const table: [RegExp, number][] = [
+    [/H200|GH200|H100 80GB HBM3|H100 SXM/, 989e12],
+    [/H100 NVL/, 835e12],
+    [/H100 PCIe/, 756e12],
+    [/A100/, 312e12],
+    [/L40S/, 362e12],
+  ];
+  return table.find(([re]) => re.test(deviceName))?.[1];
+}
+
 export interface CudaBackendOptions {
   /** Device ordinal (default SSD_CUDA_DEVICE, else 0; a data-parallel launch sets it to the rank). */
   device?: number;
@@ -312,6 +327,7 @@ export class CudaBackend implements Backend {
   readonly name = 'cuda';
   readonly device: string;
   readonly gemmLibrary: string;
+  readonly peakFlops?: number;
   readonly matmulMode: MatmulMode;
   readonly groupedRoute: GroupedRoute;
   private readonly attnImpl: number;
@@ -340,6 +356,8 @@ export class CudaBackend implements Backend {
     }
     this.gemmLibrary = this.matmulMode === 'own' ? 'built-in grouped kernel' : nat.loadCublas(cublasCandidates());
     this.attnImpl = (opts.attention ?? process.env['SSD_CUDA_ATTN']) === 'simt' ? 1 : 0;
+    const peak = this.matmulMode === 'bf16' ? bf16PeakFlops(this.device) : undefined;
+    if (peak) this.peakFlops = peak;
   }
 
   // ------------------------------------------------------------ buffer access
