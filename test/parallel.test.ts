@@ -3,19 +3,19 @@
  * single-process run it stands for (batch_size × N), with exact resume. Runs on the cpu backend.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { before, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import type { Collective } from '../src/backend/contract.js';
 import { getBackend } from '../src/backend/registry.js';
 import { loadDataset, prepare } from '../src/data/index.js';
-import { GradientBuckets } from '../src/parallel/buckets.js';
+import { defaultBucketBytes, GradientBuckets } from '../src/parallel/buckets.js';
 import { joinGroup, rankFromEnv } from '../src/parallel/group.js';
-import { launchRanks } from '../src/parallel/launch.js';
+import { launchRanks, type LaunchError } from '../src/parallel/launch.js';
 import { loadCheckpoint } from '../src/train/checkpoint.js';
 import { parseTrainConfig, resumeConfig } from '../src/train/config.js';
 import { train } from '../src/train/trainer.js';
@@ -35,6 +35,26 @@ async function ssdTrain(flags: string[]): Promise<string> {
   return r.stderr;
 }
 
+/** Polls `get` every 50 ms until it returns a value (not undefined and not throwing); fails after 30 s. */
+async function waitFor<V>(get: () => V | undefined): Promise<V> {
+  for (const t0 = Date.now(); Date.now() - t0 < 30_000; await new Promise((r) => setTimeout(r, 50))) {
+    try {
+      const v = get();
+      if (v !== undefined) return v;
+    } catch { /* not yet */ }
+  }
+  throw new Error('timed out');
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function metrics(run: string): { step: number; loss: number; val_loss?: number; phase?: string }[] {
   return fs.readFileSync(path.join(run, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 }
@@ -47,6 +67,7 @@ describe('data parallel', () => {
   before(async () => {
     await prepare({ input: 'brown', brownLimit: 8, tokenizer: 'byte', outDir: path.join(tmp, 'data') });
   });
+  after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
   it('the host all-reduce of 3 ranks: sums in rank order, the same bits on every rank, calls in a row', async () => {
     const out = path.join(tmp, 'allreduce');
@@ -60,7 +81,9 @@ describe('data parallel', () => {
       const got = JSON.parse(fs.readFileSync(path.join(out, `rank${r}.json`), 'utf8'));
       assert.deepEqual(got.first.a, wantA);
       assert.deepEqual(got.first.b, wantB);
-      assert.deepEqual(got.second, wantB.map((x) => f(f(f(0 + x) + x) + x)));
+      const twice = wantB.map((x) => f(f(f(0 + x) + x) + x));
+      assert.deepEqual(got.second, twice);
+      assert.deepEqual(got.third, twice.map((x) => f(f(f(0 + x) + x) + x)), 'an overlapped sum, waited for');
       assert.match(got.transport, /host files in .*ssd-rendezvous-/);
     }
     const leftover = fs.readdirSync(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir()).filter((n) => n.startsWith('ssd-rendezvous-'));
@@ -68,11 +91,48 @@ describe('data parallel', () => {
       'the launcher removes its rendezvous folder');
   });
 
-  it('a failing rank stops the others, and the launcher names it', async () => {
+  it('a failing rank stops the others, and the launcher names it and passes on its exit code', async () => {
     const t0 = Date.now();
     await assert.rejects(launchRanks({ size: 2, script: fixture, args: [], env: { DIST_FIXTURE: 'fail', DIST_OUT: tmp } }),
-      /rank 1 of 2 failed \(exit code 3\); the other ranks were stopped/);
+      (e: LaunchError) => /rank 1 of 2 failed \(exit code 3\); the other ranks are stopped/.test(e.message) && e.exitCode === 3);
     assert.ok(Date.now() - t0 < 30_000);
+  });
+
+  it('ranks keep the same parameters through SSD phases with grad_accum 2, and a diverging rank is caught', async () => {
+    const out = path.join(tmp, 'same');
+    fs.mkdirSync(out);
+    const env = { DIST_OUT: out, DIST_DATA: path.join(tmp, 'data') };
+    await launchRanks({ size: 3, script: fixture, args: [], env: { ...env, DIST_FIXTURE: 'train' } });
+    const hashes = [0, 1, 2].map((r) => fs.readFileSync(path.join(out, `rank${r}.hash`), 'utf8'));
+    assert.match(hashes[0]!, /sparse/);
+    assert.deepEqual(hashes, [hashes[0], hashes[0], hashes[0]]);
+    await launchRanks({ size: 2, script: fixture, args: [], env: { ...env, DIST_FIXTURE: 'diverge' } });
+    for (const r of [0, 1]) {
+      assert.match(fs.readFileSync(path.join(out, `rank${r}.error`), 'utf8'), /the ranks diverged at step 0 .*this is a bug/);
+    }
+  });
+
+  it('ranks die with their launcher; an interrupted launcher stops its ranks and exits with 128 + the signal', async () => {
+    const out = path.join(tmp, 'orphans');
+    fs.mkdirSync(out);
+    const launcher = spawn(process.execPath, ['--input-type=module', '-e',
+      `import(${JSON.stringify(path.join(here, '..', 'src', 'parallel', 'launch.js'))}).then((m) => ` +
+      `m.launchRanks({ size: 2, script: ${JSON.stringify(fixture)}, args: [], env: { DIST_FIXTURE: 'orphan', DIST_OUT: ${JSON.stringify(out)} } }))`],
+    { stdio: 'ignore' });
+    const pids = await waitFor(() => [0, 1].map((r) => Number(fs.readFileSync(path.join(out, `rank${r}.pid`), 'utf8'))));
+    launcher.kill('SIGKILL');
+    await waitFor(() => pids.every((pid) => !isAlive(pid)) || undefined);
+    const run2 = path.join(tmp, 'interrupted');
+    const cliRun = spawn(process.execPath, [cli, 'train', '--backend', 'cpu', '--data', path.join(tmp, 'data'), '--model', 'tiny',
+      '--n-layer', '1', '--d-model', '32', '--n-head', '2', '--d-ff', '64', '--seq-len', '32', '--steps', '100000', '--log-interval', '1',
+      '--world-size', '2', '--batch-size', '2', '--out', run2], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    cliRun.stderr.on('data', (d) => { stderr += d; });
+    await waitFor(() => fs.existsSync(path.join(run2, 'metrics.jsonl')) || undefined);
+    const code = new Promise<number | null>((resolve) => cliRun.on('exit', (c) => resolve(c)));
+    cliRun.kill('SIGINT');
+    assert.equal(await code, 130);
+    assert.match(stderr, /interrupted \(SIGINT\); the ranks were stopped/);
   });
 
   it('world_size 2 trains the run of batch_size × 2 (losses, val loss, phases, weights); rank 0 alone writes', async () => {
@@ -142,7 +202,7 @@ describe('data parallel', () => {
     } finally {
       delete process.env['SSD_COLLECTIVE'];
     }
-    const pair: Collective = { rank: 0, size: 2, transport: 'none', allReduceSum: () => {}, wait: () => {}, dispose: () => {} };
+    const pair: Collective = { rank: 0, size: 2, transport: 'none', overlaps: false, allReduceSum: () => {}, wait: () => {}, dispose: () => {} };
     const cfg = parseTrainConfig({ model: 'tiny', n_layer: 1, d_model: 16, n_head: 2, d_ff: 32, seq_len: 16, steps: 2, out: path.join(tmp, 'x') });
     assert.throws(() => train(cfg, loadDataset(path.join(tmp, 'data')), cpu, { collective: pair }),
       /world_size is 1 but this process trains in a group of 2/);
@@ -150,7 +210,7 @@ describe('data parallel', () => {
 
   it('gradient buckets start a sum (overlapped) whenever they hold bucketBytes, and flush the rest', () => {
     const cpu = getBackend('cpu'), calls: [number[], boolean | undefined][] = [];
-    const spy: Collective = { rank: 0, size: 2, transport: 'spy', allReduceSum: (bufs, overlap) => { calls.push([bufs.map((b) => b.size), overlap]); },
+    const spy: Collective = { rank: 0, size: 2, transport: 'spy', overlaps: true, allReduceSum: (bufs, overlap) => { calls.push([bufs.map((b) => b.size), overlap]); },
       wait: () => {}, dispose: () => {} };
     const buckets = new GradientBuckets(spy, 400);
     const bufs = [30, 80, 10, 200, 5].map((n) => cpu.alloc('f32', n));
@@ -158,10 +218,10 @@ describe('data parallel', () => {
     buckets.flush();
     buckets.flush();
     assert.deepEqual(calls, [[[30, 80], true], [[10, 200], true], [[5], true]]);
-    assert.equal(buckets.started.size, 5);
+    assert.equal(buckets.added.size, 5);
     process.env['SSD_BUCKET_MB'] = '0';
     try {
-      assert.throws(() => new GradientBuckets(spy), /SSD_BUCKET_MB must be a positive number of megabytes, got '0'/);
+      assert.throws(() => defaultBucketBytes(), /SSD_BUCKET_MB must be a positive number of megabytes, got '0'/);
     } finally {
       delete process.env['SSD_BUCKET_MB'];
     }

@@ -7,6 +7,9 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "auction.h"
 #include "gemm.h"
@@ -103,6 +106,17 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), pool().size());
 }
 Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), pool().size()); }
+// parentDeathSignal(signal): asks the kernel to send `signal` to this process when its parent exits
+// (Linux prctl PR_SET_PDEATHSIG; the ranks of a data-parallel run, whose training loop never yields to
+// an event that could notice). Returns false where unsupported.
+Napi::Value ParentDeathSignal(const Napi::CallbackInfo& info) {
+#ifdef __linux__
+  const int sig = (int)i64(info, 0, "parentDeathSignal");
+  return Napi::Boolean::New(info.Env(), prctl(PR_SET_PDEATHSIG, sig) == 0);
+#else
+  return Napi::Boolean::New(info.Env(), false);
+#endif
+}
 Napi::Value GemmInit(const Napi::CallbackInfo& info) {
   gemm_init();
   return Napi::String::New(info.Env(), gemm_provider());
@@ -629,6 +643,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   };
   def("setThreads", wrap<SetThreads>);
   def("getThreads", wrap<GetThreads>);
+  def("parentDeathSignal", wrap<ParentDeathSignal>);
   def("gemmInit", wrap<GemmInit>);
   def("gemmProvider", wrap<GemmProvider>);
   def("gemmProviders", wrap<GemmProviders>);

@@ -1,6 +1,6 @@
 // NCCL (loaded with dlopen at run time, like cuBLAS: no NCCL headers or link-time dependency) for
 // data-parallel training: one process per GPU, gradients summed by an all-reduce on the backend's
-// stream. The declarations below are NCCL's stable C ABI (nccl.h, 2.x): ncclUniqueId is 128 bytes,
+// stream, or on a second stream beside later work (overlap). The declarations below are NCCL's stable C ABI (nccl.h, 2.x): ncclUniqueId is 128 bytes,
 // ncclFloat32 = 7, ncclSum = 0.
 #include <dlfcn.h>
 
@@ -22,7 +22,6 @@ struct ncclUniqueId {
 };
 constexpr int kNcclFloat32 = 7;
 constexpr int kNcclSum = 0;
-constexpr ncclResult_t kNcclInProgress = 7;
 
 struct Nccl {
   void* lib = nullptr;
@@ -95,7 +94,7 @@ std::string nccl_load(const std::vector<std::string>& paths) {
   if (!lib) {
     throw CudaError("NCCL (libnccl.so.2) could not be loaded for data-parallel training; tried:" + tried +
                     "\ninstall it (apt-get install libnccl2, or pip install nvidia-nccl-cu13), or point SSD_NCCL at "
-                    "libnccl.so.2");
+                    "libnccl.so.2, or set SSD_COLLECTIVE=host to sum through host files (slower)");
   }
   auto sym = [&](const char* name, bool required = true) {
     void* f = dlsym(lib, name);
@@ -116,8 +115,9 @@ std::string nccl_load(const std::vector<std::string>& paths) {
   n.last_error = (decltype(n.last_error))sym("ncclGetLastError", false);
   int v = 0;
   nc_check(n.get_version(&v), "ncclGetVersion");
-  // ncclGetVersion: major * 10000 + minor * 100 + patch since 2.9.
-  n.desc = found + " (NCCL " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100) + ")";
+  // ncclGetVersion: major * 10000 + minor * 100 + patch since 2.9, major * 1000 + minor * 100 + patch before.
+  const int major = v >= 10000 ? v / 10000 : v / 1000, minor = v >= 10000 ? v / 100 % 100 : v / 100 % 10;
+  n.desc = found + " (NCCL " + std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(v % 100) + ")";
   g_nccl = n;
   return g_nccl.desc;
 }
@@ -161,9 +161,7 @@ void nccl_all_reduce_sum(int64_t comm_id, const std::vector<float*>& bufs, const
       nc_check(r, "ncclAllReduce", comm);
     }
   }
-  ncclResult_t r = g_nccl.group_end();
-  if (r == kNcclInProgress) r = 0;  // non-blocking communicators only; ours are blocking
-  nc_check(r, "ncclAllReduce (group)", comm);
+  nc_check(g_nccl.group_end(), "ncclAllReduce (group)", comm);
   ncclResult_t async = 0;
   nc_check(g_nccl.comm_get_async_error(comm, &async), "ncclCommGetAsyncError", comm);
   nc_check(async, "ncclAllReduce (asynchronous error)", comm);

@@ -202,6 +202,8 @@ export interface Collective {
   readonly size: number;
   /** What carries the sums (e.g. the NCCL library and version, or the host folder). */
   readonly transport: string;
+  /** Whether `allReduceSum(bufs, true)` runs beside later device work (else it is done when it returns). */
+  readonly overlaps: boolean;
   /**
    * Replaces each f32 buffer by its elementwise sum over the ranks (every rank passes the same list of
    * sizes, in the same order); every rank gets the same bits. Throws on a buffer that is not f32. With

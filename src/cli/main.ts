@@ -18,7 +18,9 @@ import { datasetDirOfCheckpoint, resolveDataset } from '../train/dataset.js';
 import { loadModel } from '../train/load.js';
 import { evaluate, modelConfigFor, train, type StepMetrics, type TrainSummary } from '../train/trainer.js';
 import { joinGroup, rankFromEnv } from '../parallel/group.js';
-import { launchRanks } from '../parallel/launch.js';
+import { exitWithLauncher, launchRanks, LaunchError } from '../parallel/launch.js';
+import { cudaUnavailableReason } from '../backend/cuda/index.js';
+import { loadCudaAddon } from '../backend/cuda/addon.js';
 import { createSSDController } from '../ssd/index.js';
 import { compare, parseMethods, parseRatios } from '../ssd/compare.js';
 import { writeReport } from '../ssd/report.js';
@@ -100,11 +102,13 @@ addConfigFlags(program.command('train')
       const bar = new Progress();
       await resolveDataset(cfg, (p) => bar.note(`preparing data (${p.phase}): ${p.docs} documents, ${p.tokens} tokens`));
       bar.done();
+      checkDevices(cfg);
       console.error(`ssd train: ${cfg.world_size} data-parallel ranks, batch ${cfg.batch_size} per rank ` +
         `(${cfg.batch_size * cfg.world_size * cfg.grad_accum} windows per step)`);
       await launchRanks({ size: cfg.world_size, script: process.argv[1]!, args: process.argv.slice(2) });
       return;
     }
+    if (rank) exitWithLauncher();
     const lead = !rank || rank.rank === 0;
     const backend = selectBackend(cfg.backend);
     const bar = new Progress();
@@ -144,6 +148,21 @@ addConfigFlags(program.command('train')
     console.log(`checkpoint: ${s.checkpoint}`);
   });
 
+/**
+ * Before a data-parallel launch on cuda (the backend asked for, or the default where a GPU is usable):
+ * throws unless the machine has a GPU per rank.
+ */
+function checkDevices(cfg: TrainConfig): void {
+  const name = cfg.backend ?? process.env.SSD_BACKEND ?? (cudaUnavailableReason() === null ? 'cuda' : 'cpu');
+  if (name !== 'cuda') return;
+  const why = cudaUnavailableReason();
+  if (why) throw new Error(why);
+  const gpus = loadCudaAddon().probe().count;
+  if (gpus < cfg.world_size) {
+    throw new Error(`--world-size ${cfg.world_size} needs a GPU per rank, and this machine has ${gpus}; use --world-size ${gpus} or fewer`);
+  }
+}
+
 /** The progress-line text of a logged training step. */
 function stepInfo(m: StepMetrics): string {
   return `loss ${m.loss.toFixed(3)}${m.val_loss !== undefined ? ` val ${m.val_loss.toFixed(3)}` : ''}` +
@@ -164,9 +183,9 @@ addConfigFlags(program.command('compare')
       return;
     }
     if (cmd.getOptionValueSource('method') === 'cli') throw new Error('compare trains several methods: use --methods, not --method');
-    if (cmd.getOptionValueSource('worldSize') === 'cli') throw new Error('compare runs in one process: train data-parallel runs with ssd train --world-size N');
     const methods = parseMethods(opts.methods), ratios = parseRatios(opts.ratios);
     const cfg = configFrom(opts, cmd, { out: 'runs/compare' });
+    if (cfg.world_size > 1) throw new Error('compare runs in one process: train data-parallel runs with ssd train --world-size N');
     if (cfg.threads) process.env.SSD_THREADS = String(cfg.threads);
     const backend = selectBackend(cfg.backend);
     const bar = new Progress();
@@ -348,5 +367,5 @@ addMoEFlags(program.command('bench')
 program.parseAsync(process.argv).catch((e: Error) => {
   console.error(`ssd: error: ${e.message}`);
   if (process.env.SSD_DEBUG) console.error(e.stack);
-  process.exit(1);
+  process.exit(e instanceof LaunchError ? e.exitCode : 1);
 });

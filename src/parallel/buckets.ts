@@ -1,7 +1,8 @@
 /**
  * Gradient buckets (as in PyTorch DDP): during the last backward pass of a step, the gradients are
  * gathered, as they become complete, into buckets of about `bucketBytes`, and each full bucket's sum over
- * the ranks starts at once (overlapped), beside the rest of the backward pass. Every rank fills the same
+ * the ranks starts at once (overlapped), beside the rest of the backward pass; `Collective.wait` then
+ * orders the sums before the update. Every rank fills the same
  * buckets in the same order, since every rank runs the same graph.
  */
 import type { Buf, Collective } from '../backend/contract.js';
@@ -16,15 +17,15 @@ export function defaultBucketBytes(): number {
 export class GradientBuckets {
   private bucket: Buf[] = [];
   private bytes = 0;
-  /** The buffers whose sums were started, in order. */
-  readonly started = new Set<Buf>();
+  /** The buffers added (summed already, or in the bucket that `flush` starts). */
+  readonly added = new Set<Buf>();
 
-  constructor(private readonly collective: Collective, private readonly bucketBytes = defaultBucketBytes()) {}
+  constructor(private readonly collective: Collective, private readonly bucketBytes: number) {}
 
   /** Adds a complete f32 gradient; starts the bucket's sum once it holds `bucketBytes` or more. */
   add(grad: Buf): void {
     this.bucket.push(grad);
-    this.started.add(grad);
+    this.added.add(grad);
     this.bytes += grad.size * 4;
     if (this.bytes >= this.bucketBytes) this.flush();
   }

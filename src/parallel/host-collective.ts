@@ -10,6 +10,7 @@ import { FileRendezvous } from './rendezvous.js';
 
 export class HostCollective implements Collective {
   readonly transport: string;
+  readonly overlaps = false;
   private calls = 0;
   private open = true;
 

@@ -1,15 +1,17 @@
 /**
  * Starts the ranks of a data-parallel run (what torchrun does for PyTorch): `size` Node.js processes
  * running the same script and arguments, each with SSD_RANK, SSD_WORLD_SIZE, SSD_RENDEZVOUS (a fresh
- * folder, removed at the end), SSD_CUDA_DEVICE = its rank and, unless set, SSD_THREADS = the host's
- * cores / size (for cpu ranks, so that they do not oversubscribe the cores). Rank 0 keeps the terminal; the others'
- * standard output is dropped and their standard error shown with a `[rank r]` prefix. When a rank
- * fails, the others (which would wait for it forever) are stopped.
+ * folder, removed at the end), SSD_LAUNCHER_PID, SSD_CUDA_DEVICE = its rank and, unless set,
+ * SSD_THREADS = the host's cores / size (so that cpu ranks do not oversubscribe the cores). Rank 0 keeps
+ * the terminal; the others' standard output is dropped and their standard error shown with a
+ * `[rank r]` prefix. When a rank fails, the others (which would wait for it forever) are stopped; when
+ * the launcher is interrupted, so are all ranks; when it dies, the ranks die with it (`exitWithLauncher`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { loadAddon } from '../backend/cpu/addon.js';
 
 export interface LaunchOptions {
   /** Number of ranks (≥ 1). */
@@ -21,14 +23,27 @@ export interface LaunchOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** A folder for the rendezvous: on tmpfs (/dev/shm) where there is one, else the system's temp folder. */
+/** A failed or interrupted launch; `exitCode` is what the launcher should exit with. */
+export class LaunchError extends Error {
+  constructor(message: string, readonly exitCode: number) {
+    super(message);
+  }
+}
+
+/** Seconds a rank gets to exit after SIGTERM before it is killed. */
+const KILL_AFTER_S = 10;
+
+/**
+ * A folder for the rendezvous: on tmpfs (/dev/shm) where there is one with at least 1 GiB free (the host
+ * collective keeps up to two gradient copies per rank there), else the system's temp folder.
+ */
 function rendezvousDir(): string {
-  const shm = '/dev/shm';
   let base = os.tmpdir();
   try {
-    fs.accessSync(shm, fs.constants.W_OK);
-    base = shm;
-  } catch { /* no tmpfs: the temp folder */ }
+    const s = fs.statfsSync('/dev/shm');
+    fs.accessSync('/dev/shm', fs.constants.W_OK);
+    if (s.bavail * s.bsize >= 2 ** 30) base = '/dev/shm';
+  } catch { /* no usable tmpfs: the temp folder */ }
   return fs.mkdtempSync(path.join(base, 'ssd-rendezvous-'));
 }
 
@@ -48,25 +63,35 @@ function prefixLines(stream: NodeJS.ReadableStream, prefix: string): void {
 
 /**
  * Runs the ranks to completion.
- * @throws Error naming the first rank that failed (exit code or signal); the others are then stopped.
+ * @throws LaunchError naming the first rank that failed (exitCode: its exit code, or 128 + its signal),
+ *   or saying the launcher was interrupted (exitCode 128 + the signal); the other ranks are stopped.
  */
 export async function launchRanks(o: LaunchOptions): Promise<void> {
   if (!Number.isInteger(o.size) || o.size < 1) throw new Error(`the number of ranks must be a positive integer, got ${o.size}`);
+  if (process.env['SSD_RANK'] !== undefined) throw new Error(`rank ${process.env['SSD_RANK']} cannot launch ranks of its own`);
   const dir = rendezvousDir();
   const children: ChildProcess[] = [];
-  let failure: Error | null = null;
-  const stopAll = (signal: NodeJS.Signals) => {
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill(signal);
+  let failure: LaunchError | null = null;
+  const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null;
+  const stopAll = () => {
+    for (const c of children) if (alive(c)) c.kill('SIGTERM');
+    setTimeout(() => { for (const c of children) if (alive(c)) c.kill('SIGKILL'); }, KILL_AFTER_S * 1000).unref();
   };
-  const onSignal = (signal: NodeJS.Signals) => stopAll(signal);
+  const onSignal = (signal: NodeJS.Signals) => {
+    failure ??= new LaunchError(`interrupted (${signal}); the ranks were stopped`, 128 + os.constants.signals[signal]);
+    stopAll();
+  };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
   try {
-    const exits = Array.from({ length: o.size }, (_, rank) => new Promise<void>((resolve) => {
-      const child = spawn(process.execPath, [...process.execArgv, o.script, ...o.args], {
+    await Promise.all(Array.from({ length: o.size }, (_, rank) => new Promise<void>((resolve) => {
+      // Node's own flags are not passed on (`-e` would run the launcher again, `--inspect` wait in each rank);
+      // NODE_OPTIONS, inherited with the environment, reaches every rank.
+      const child = spawn(process.execPath, [o.script, ...o.args], {
         env: {
           ...process.env, ...o.env, SSD_RANK: String(rank), SSD_WORLD_SIZE: String(o.size), SSD_RENDEZVOUS: dir,
-          SSD_CUDA_DEVICE: String(rank),
+          SSD_LAUNCHER_PID: String(process.pid), SSD_CUDA_DEVICE: String(rank),
           SSD_THREADS: process.env['SSD_THREADS'] ?? String(Math.max(1, Math.floor(os.availableParallelism() / o.size))),
         },
         stdio: rank === 0 ? 'inherit' : ['ignore', 'ignore', 'pipe'],
@@ -74,23 +99,43 @@ export async function launchRanks(o: LaunchOptions): Promise<void> {
       children.push(child);
       if (child.stderr) prefixLines(child.stderr, `[rank ${rank}] `);
       child.on('error', (e) => {
-        failure ??= new Error(`rank ${rank} could not start: ${e.message}`);
-        stopAll('SIGTERM');
+        failure ??= new LaunchError(`rank ${rank} could not start: ${e.message}`, 1);
+        stopAll();
         resolve();
       });
-      child.on('exit', (code, signal) => {
+      // 'close': the rank has exited and its error output has been read to the end.
+      child.on('close', (code, signal) => {
         if (code !== 0 && !failure) {
-          failure = new Error(`rank ${rank} of ${o.size} failed (${signal ? `signal ${signal}` : `exit code ${code}`}); the other ranks were stopped`);
-          stopAll('SIGTERM');
+          failure = new LaunchError(`rank ${rank} of ${o.size} failed (${signal ? `signal ${signal}` : `exit code ${code}`}); ` +
+            'the other ranks are stopped', code ?? 128 + (signal ? os.constants.signals[signal] : 0));
+          stopAll();
         }
         resolve();
       });
-    }));
-    await Promise.all(exits);
+    })));
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.off('SIGHUP', onSignal);
     fs.rmSync(dir, { recursive: true, force: true });
   }
   if (failure) throw failure;
+}
+
+/**
+ * In a rank: makes the kernel stop this process (SIGTERM) when its launcher exits, and exits at once if
+ * the launcher is already gone (Linux; elsewhere a no-op). Without it a rank whose launcher was killed
+ * would train on, or wait for its peers forever.
+ */
+export function exitWithLauncher(env: NodeJS.ProcessEnv = process.env): void {
+  const launcher = Number(env['SSD_LAUNCHER_PID']);
+  if (!launcher) return;
+  let armed = false;
+  try {
+    armed = loadAddon().parentDeathSignal(os.constants.signals.SIGTERM);
+  } catch { /* no native addon: rely on the launcher's own signals */ }
+  if (armed && process.ppid !== launcher) {
+    console.error(`ssd: rank ${env['SSD_RANK']}: its launcher (pid ${launcher}) is gone; exiting`);
+    process.exit(1);
+  }
 }

@@ -17,20 +17,34 @@ function sleepMs(ms: number): void {
 export class FileRendezvous {
   private readonly timeoutMs: number;
 
-  /** @throws Error if `dir` is not an existing folder. */
+  /**
+   * @throws Error if `dir` is not an existing folder, or SSD_DIST_TIMEOUT_S is not a positive number of
+   *   seconds (it bounds the waits for other ranks' files; NCCL's own waits are not bounded by it).
+   */
   constructor(readonly dir: string, readonly rank: number) {
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
       throw new Error(`data-parallel rendezvous folder ${dir} does not exist (SSD_RENDEZVOUS); start the run with ssd train --world-size N`);
     }
     const t = Number(process.env['SSD_DIST_TIMEOUT_S'] ?? DEFAULT_TIMEOUT_S);
-    this.timeoutMs = (Number.isFinite(t) && t > 0 ? t : DEFAULT_TIMEOUT_S) * 1000;
+    if (!Number.isFinite(t) || t <= 0) throw new Error(`SSD_DIST_TIMEOUT_S must be a positive number of seconds, got '${process.env['SSD_DIST_TIMEOUT_S']}'`);
+    this.timeoutMs = t * 1000;
   }
 
-  /** Publishes `data` under `name` (atomically: readers see all of it or nothing). */
+  /**
+   * Publishes `data` under `name` (atomically: readers see all of it or nothing).
+   * @throws Error saying what to do when the folder's file system is full
+   */
   put(name: string, data: Uint8Array): void {
     const file = path.join(this.dir, name);
     const tmp = `${file}.tmp${process.pid}`;
-    fs.writeFileSync(tmp, data);
+    try {
+      fs.writeFileSync(tmp, data);
+    } catch (e) {
+      fs.rmSync(tmp, { force: true });
+      if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
+      throw new Error(`the rendezvous folder ${this.dir} is full (${data.byteLength} bytes to write): free space there, ` +
+        'or point TMPDIR at a larger folder (the launcher uses /dev/shm only with 1 GiB free)');
+    }
     fs.renameSync(tmp, file);
   }
 

@@ -22,7 +22,7 @@ import * as T from '../tensor/index.js';
 import { loadCheckpoint, restoreTensors, saveCheckpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
 import { AdamW, gradNorm } from './optim.js';
-import { GradientBuckets } from '../parallel/buckets.js';
+import { defaultBucketBytes, GradientBuckets } from '../parallel/buckets.js';
 import { learningRate } from './schedule.js';
 
 /** One logged training step (also a line of metrics.jsonl). */
@@ -198,7 +198,10 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
   const metricsFile = path.join(cfg.out, 'metrics.jsonl');
   const flopsTok = flopsPerToken(mc, seqLen);
   const tokensPerStep = cfg.batch_size * seqLen * cfg.grad_accum * world;
-  const rowsOfRank = cfg.batch_size * seqLen;  // this rank's share of a global batch: rows rank·B … (rank+1)·B − 1
+  // This rank's share of each global batch (B·world, T): rows rank·B … (rank+1)·B − 1, as token offsets.
+  const from = rank * cfg.batch_size * seqLen, to = from + cfg.batch_size * seqLen;
+  // Data parallel: where sums can overlap the backward pass, the last pass starts them bucket by bucket.
+  const bucketBytes = group?.overlaps ? defaultBucketBytes() : 0;
   const t0 = Date.now();
   let lastLog = { t: t0, step: startStep };
   let lastLoss = NaN, lastVal = NaN, lastCkpt = '';
@@ -221,11 +224,9 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       flopsDense += flopsTok * tokensPerStep;
       windowFlops += stepFlops;
       let loss = 0;
-      // Data parallel: the last backward pass starts summing each complete gradient over the ranks.
-      const buckets = group ? new GradientBuckets(group) : null;
+      const buckets = bucketBytes ? new GradientBuckets(group!, bucketBytes) : null;
       for (let micro = 0; micro < cfg.grad_accum; micro++) {
         const b = sampler.next();
-        const from = rank * rowsOfRank, to = from + rowsOfRank;
         loss += T.tidy(() => {
           const x = T.tensor(b.x.subarray(from, to), [cfg.batch_size, seqLen], { dtype: 'i32', backend });
           const y = T.tensor(b.y.subarray(from, to), [cfg.batch_size, seqLen], { dtype: 'i32', backend });
@@ -236,11 +237,19 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
           return l.item();
         }) / cfg.grad_accum;
       }
-      if (buckets) {
-        buckets.flush();
-        // Then the loss (checked below on every rank alike) and any gradient the last pass did not reach.
-        const rest = optimizer.params.filter((p) => p.grad && !buckets.started.has(p.grad.buf('allReduce')));
-        loss = allReduce(backend, group!, [loss], rest.map((p) => p.grad!.buf('allReduce')))[0]! / world;
+      if (group) {
+        buckets?.flush();
+        group.wait();
+        // Then the loss (checked below on every rank alike), the gradients not summed yet, and a
+        // fingerprint of what this rank trains, which every rank must share.
+        const rest = optimizer.params.filter((p) => p.grad && !buckets?.added.has(p.grad.buf('allReduce')));
+        const mine = layoutFingerprint(optimizer, opts.hook);
+        const sums = allReduce(backend, group, [loss, ...mine], rest.map((p) => p.grad!.buf('allReduce')));
+        if (mine.some((x, i) => sums[i + 1] !== x * world)) {
+          throw new Error(`data parallel: the ranks diverged at step ${step} (this rank: ${mine.join(', ')}; summed: ${sums.slice(1).join(', ')}; ` +
+            'parameters, elements mod 2^20, phase); this is a bug, please report it with the run\'s logs');
+        }
+        loss = sums[0]! / world;
       }
       if (!Number.isFinite(loss)) {
         throw new Error(`training diverged: the loss is ${loss} at step ${step}; ` +
@@ -301,6 +310,18 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
     optimizer.dispose();
     model.dispose();
   }
+}
+
+/**
+ * What every rank of a data-parallel run must share at each step, as small integers exact in f32: the
+ * number of optimized parameters, their elements mod 2^20, and a code of the hook's label (the SSD phase).
+ */
+function layoutFingerprint(optimizer: AdamW, hook?: StepHook): number[] {
+  const elements = optimizer.params.reduce((n, p) => (n + p.size) % 2 ** 20, 0);
+  const label = hook?.label?.() ?? '';
+  let code = 0;
+  for (let i = 0; i < label.length; i++) code = (code * 31 + label.charCodeAt(i)) % 65521;
+  return [optimizer.params.length, elements, code];
 }
 
 /**

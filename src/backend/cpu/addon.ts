@@ -14,6 +14,8 @@ type AnyArr = Float32Array | Uint16Array | Int32Array;
 export interface NativeAddon {
   setThreads(n: number): number;
   getThreads(): number;
+  /** Linux: `signal` is sent to this process when its parent exits (prctl PR_SET_PDEATHSIG); false where unsupported. */
+  parentDeathSignal(signal: number): boolean;
   gemmInit(): string;
   gemmProvider(): string;
   gemmProviders(): string[];

@@ -638,27 +638,18 @@ export class CudaBackend implements Backend {
     return this.nat.stats();
   }
   /**
-   * See Backend.captureGraph. The host-side state of a buffer the capture writes describes the content
-   * one run leaves (its bf16 shadow current, a routing's index range and scatter plan): each replay
-   * leaves the same kind of content, so a launch only moves that state to a new version, which makes
-   * host copies (downloads) stale. Such buffers must not be written outside the graph while it lives
-   * (the graph would overwrite them, and their state would not say so). Deferred work on buffers made
-   * before the capture (a bf16 cast of a weight, a pending zero-fill) is refused: the capture fails
-   * instead of recording it. Buffers that outlive the capture are settled inside it (a deferred
-   * widening of a bf16-only output is recorded too), so their f32 content is current after each launch.
-   */
-  /**
    * See Backend.joinCollective: an NCCL communicator (libnccl.so.2 from ncclCandidates, dlopen'ed on the
-   * first call); the sums run on this backend's stream, in place, as one NCCL group per call.
+   * first call); the sums run in place, as one NCCL group per call, on this backend's stream, or with
+   * `overlap` on a second stream after the work queued so far (see native/cuda/nccl.cu).
    */
   joinCollective(rank: number, size: number, exchange: (id: Uint8Array | null) => Uint8Array): Collective {
-    need('joinCollective', isInt(size) && size >= 1 && isInt(rank) && rank < size, () => `rank ${rank} of ${size} is out of range`);
+    need('joinCollective', isInt(size) && size >= 1 && isInt(rank) && rank >= 0 && rank < size, () => `rank ${rank} of ${size} is out of range`);
     const lib = this.nat.loadNccl(ncclCandidates());
     const id = exchange(rank === 0 ? this.nat.ncclUniqueId() : null);
     const comm = this.nat.ncclCommInit(id, size, rank);
     let open = true;
     return {
-      rank, size, transport: `NCCL, ${lib}`,
+      rank, size, transport: `NCCL, ${lib}`, overlaps: true,
       allReduceSum: (bufs: Buf[], overlap = false) => {
         if (!open) throw new Error('cuda.allReduceSum: the collective was disposed');
         // Each buffer is settled (deferred zeros, shadows) and marked written; its f32 memory is summed.
@@ -674,6 +665,16 @@ export class CudaBackend implements Backend {
     };
   }
 
+  /**
+   * See Backend.captureGraph. The host-side state of a buffer the capture writes describes the content
+   * one run leaves (its bf16 shadow current, a routing's index range and scatter plan): each replay
+   * leaves the same kind of content, so a launch only moves that state to a new version, which makes
+   * host copies (downloads) stale. Such buffers must not be written outside the graph while it lives
+   * (the graph would overwrite them, and their state would not say so). Deferred work on buffers made
+   * before the capture (a bf16 cast of a weight, a pending zero-fill) is refused: the capture fails
+   * instead of recording it. Buffers that outlive the capture are settled inside it (a deferred
+   * widening of a bf16-only output is recorded too), so their f32 content is current after each launch.
+   */
   captureGraph(fn: () => void): CapturedGraph {
     if (this.captureWrites) throw new Error('cuda.captureGraph: a capture is already running');
     const writes = new Set<CudaBuf>();
