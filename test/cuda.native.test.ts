@@ -859,7 +859,7 @@ if (why) {
       for (const b of [x, z]) cuda.free(b);
     });
 
-    it('data parallel on 2 GPUs: the NCCL all-reduce of two ranks (skipped with one GPU)', { skip: loadCudaAddon().probe().count < 2 }, async () => {
+    it('data parallel on 2 GPUs: the NCCL all-reduce of two ranks, plain and overlapped (skipped with one GPU)', { skip: loadCudaAddon().probe().count < 2 }, async () => {
       const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ssd-nccl-'));
       const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'parallel-rank.js');
       await launchRanks({ size: 2, script: fixture, args: [], env: { DIST_FIXTURE: 'allreduce', DIST_OUT: out, DIST_BACKEND: 'cuda' } });
@@ -868,8 +868,11 @@ if (why) {
         const got = JSON.parse(fs.readFileSync(path.join(out, `rank${r}.json`), 'utf8'));
         assert.match(got.transport, /^NCCL/);
         assert.deepEqual(got.first.a, Array.from({ length: 1000 }, (_, i) => sum((q) => (q + 1) / (i + 3))));
-        assert.deepEqual(got.second, [sum((q) => q), sum((q) => -q), sum((q) => 0.1 * q)].map((x) => f(x + x)));
+        const second = [sum((q) => q), sum((q) => -q), sum((q) => 0.1 * q)].map((x) => f(x + x));
+        assert.deepEqual(got.second, second);
+        assert.deepEqual(got.third, second.map((x) => f(x + x)), 'an overlapped sum (second stream), waited for');
       }
+      fs.rmSync(out, { recursive: true, force: true });
     });
 
     it('captureGraph: a replay recomputes from the inputs\' new contents; uploads inside a capture are refused', () => {
