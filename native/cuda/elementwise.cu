@@ -298,12 +298,29 @@ __global__ void k_rowsum_partial(const float* __restrict__ x, double* __restrict
   }
 }
 
-__global__ void k_sumsq_partial(const float* __restrict__ x, int64_t n, double* __restrict__ part) {
+// The partial sums of several buffers in one launch: block b belongs to buffer i where
+// table.start[i] <= b < table.start[i + 1], and runs as block b − start[i] of that buffer's own grid of
+// start[i + 1] − start[i] blocks, striding over the buffer by that grid's threads.
+struct SumsqTable {
+  const float* const* x;
+  const int64_t* n;
+  const int64_t* start;
+  int count;
+};
+__global__ void k_sumsq_multi(SumsqTable t, double* __restrict__ part) {
   __shared__ double sh[kThreads];
+  int lo = 0, hi = t.count - 1;
+  const int64_t b = blockIdx.x;
+  while (lo < hi) {  // the last buffer whose first block is <= b
+    const int mid = (lo + hi + 1) / 2;
+    if (t.start[mid] <= b) lo = mid; else hi = mid - 1;
+  }
+  const float* __restrict__ x = t.x[lo];
+  const int64_t n = t.n[lo], stride = (t.start[lo + 1] - t.start[lo]) * kThreads;
   double acc = 0;
-  GRID_STRIDE(i, n) { double v = x[i]; acc += v * v; }
+  for (int64_t i = (b - t.start[lo]) * kThreads + threadIdx.x; i < n; i += stride) { double v = x[i]; acc += v * v; }
   double s = block_sum_d<kThreads>(acc, sh);
-  if (threadIdx.x == 0) part[blockIdx.x] = s;
+  if (threadIdx.x == 0) part[b] = s;
 }
 __global__ void k_sum_final(const double* __restrict__ part, int64_t n, double* __restrict__ out) {
   __shared__ double sh[kThreads];
@@ -476,22 +493,29 @@ void reduce_sum(const float* x, float* out, int64_t outer, int64_t mid, int64_t 
 }
 
 double sum_squares(const std::vector<const float*>& xs, const std::vector<int64_t>& ns) {
-  // Each buffer's blocks write their partial sums into consecutive slots; one kernel adds all the slots,
-  // and one copy brings the total back (one synchronisation for all the buffers).
-  std::vector<int64_t> blocks(xs.size());
-  int64_t total = 0;
+  // Each buffer's blocks write their partial sums into consecutive slots, all in one launch (a table of
+  // the non-empty buffers: pointers, sizes, first blocks); one kernel adds all the slots, and one copy
+  // brings the total back (one synchronisation for all the buffers).
+  std::vector<int64_t> table;  // [x (as int64) × m | n × m | start × (m + 1)]
+  std::vector<int64_t> ptrs, sizes, starts{0};
   for (size_t i = 0; i < xs.size(); ++i) {
-    blocks[i] = std::min<int64_t>(1024, (ns[i] + kThreads - 1) / kThreads);
-    total += blocks[i];
+    if (!ns[i]) continue;
+    ptrs.push_back((int64_t)(uintptr_t)xs[i]);
+    sizes.push_back(ns[i]);
+    starts.push_back(starts.back() + std::min<int64_t>(1024, (ns[i] + kThreads - 1) / kThreads));
   }
+  const int64_t total = starts.back(), m = (int64_t)ptrs.size();
   if (total == 0) return 0;
-  Scratch part((total + 1) * sizeof(double));
+  table.insert(table.end(), ptrs.begin(), ptrs.end());
+  table.insert(table.end(), sizes.begin(), sizes.end());
+  table.insert(table.end(), starts.begin(), starts.end());
+  Scratch part((total + 1) * sizeof(double)), dev_table(table.size() * sizeof(int64_t));
   double* pp = part.as<double>();
-  for (size_t i = 0, off = 0; i < xs.size(); off += blocks[i], ++i) {
-    if (!blocks[i]) continue;
-    k_sumsq_partial<<<(unsigned)blocks[i], kThreads, 0, stream()>>>(xs[i], ns[i], pp + off);
-    check_launch("sumSquares");
-  }
+  int64_t* dt = dev_table.as<int64_t>();
+  h2d_async(dt, table.data(), table.size() * sizeof(int64_t));
+  const SumsqTable t{reinterpret_cast<const float* const*>(dt), dt + m, dt + 2 * m, (int)m};
+  k_sumsq_multi<<<(unsigned)total, kThreads, 0, stream()>>>(t, pp);
+  check_launch("sumSquares");
   k_sum_final<<<1, kThreads, 0, stream()>>>(pp, total, pp + total);
   check_launch("sumSquares");
   double r = 0;
