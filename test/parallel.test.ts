@@ -46,13 +46,24 @@ async function waitFor<V>(get: () => V | undefined): Promise<V> {
   throw new Error('timed out');
 }
 
+/** Whether `pid` (> 0) runs: it exists and is not a zombie waiting to be reaped. */
 function isAlive(pid: number): boolean {
+  if (!(pid > 0)) throw new Error(`bad pid ${pid}`);
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
   }
+  try {
+    return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Kills the processes still running (the tests' leftovers when an assertion fails). */
+function killAll(pids: number[]): void {
+  for (const pid of pids) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
 }
 
 function metrics(run: string): { step: number; loss: number; val_loss?: number; phase?: string }[] {
@@ -93,7 +104,7 @@ describe('data parallel', () => {
 
   it('a failing rank stops the others, and the launcher names it and passes on its exit code', async () => {
     const t0 = Date.now();
-    await assert.rejects(launchRanks({ size: 2, script: fixture, args: [], env: { DIST_FIXTURE: 'fail', DIST_OUT: tmp } }),
+    await assert.rejects(launchRanks({ size: 2, script: fixture, args: [], env: { DIST_FIXTURE: 'fail', DIST_OUT: tmp, SSD_DIST_TIMEOUT_S: '60' } }),
       (e: LaunchError) => /rank 1 of 2 failed \(exit code 3\); the other ranks are stopped/.test(e.message) && e.exitCode === 3);
     assert.ok(Date.now() - t0 < 30_000);
   });
@@ -106,9 +117,12 @@ describe('data parallel', () => {
     const hashes = [0, 1, 2].map((r) => fs.readFileSync(path.join(out, `rank${r}.hash`), 'utf8'));
     assert.match(hashes[0]!, /sparse/);
     assert.deepEqual(hashes, [hashes[0], hashes[0], hashes[0]]);
+    // The trainer's bucket path (taken where sums overlap): sums in rank order all the same, so the same bits.
+    await launchRanks({ size: 3, script: fixture, args: [], env: { ...env, DIST_FIXTURE: 'train', DIST_OVERLAP: '1' } });
+    assert.deepEqual([0, 1, 2].map((r) => fs.readFileSync(path.join(out, `rank${r}.hash`), 'utf8')), hashes);
     await launchRanks({ size: 2, script: fixture, args: [], env: { ...env, DIST_FIXTURE: 'diverge' } });
     for (const r of [0, 1]) {
-      assert.match(fs.readFileSync(path.join(out, `rank${r}.error`), 'utf8'), /the ranks diverged at step 0 .*this is a bug/);
+      assert.match(fs.readFileSync(path.join(out, `rank${r}.error`), 'utf8'), /the ranks diverged at step 0: .*this is a bug/);
     }
   });
 
@@ -119,20 +133,40 @@ describe('data parallel', () => {
       `import(${JSON.stringify(path.join(here, '..', 'src', 'parallel', 'launch.js'))}).then((m) => ` +
       `m.launchRanks({ size: 2, script: ${JSON.stringify(fixture)}, args: [], env: { DIST_FIXTURE: 'orphan', DIST_OUT: ${JSON.stringify(out)} } }))`],
     { stdio: 'ignore' });
-    const pids = await waitFor(() => [0, 1].map((r) => Number(fs.readFileSync(path.join(out, `rank${r}.pid`), 'utf8'))));
-    launcher.kill('SIGKILL');
-    await waitFor(() => pids.every((pid) => !isAlive(pid)) || undefined);
+    let pids: number[] = [];
+    try {
+      pids = await waitFor(() => [0, 1].map((r) => Number(fs.readFileSync(path.join(out, `rank${r}.pid`), 'utf8'))));
+      launcher.kill('SIGKILL');
+      await waitFor(() => pids.every((pid) => !isAlive(pid)) || undefined);
+    } finally {
+      killAll([launcher.pid!, ...pids]);
+      // A killed launcher leaves its rendezvous folder behind.
+      fs.rmSync(fs.readFileSync(path.join(out, 'rank0.dir'), 'utf8'), { recursive: true, force: true });
+    }
     const run2 = path.join(tmp, 'interrupted');
     const cliRun = spawn(process.execPath, [cli, 'train', '--backend', 'cpu', '--data', path.join(tmp, 'data'), '--model', 'tiny',
       '--n-layer', '1', '--d-model', '32', '--n-head', '2', '--d-ff', '64', '--seq-len', '32', '--steps', '100000', '--log-interval', '1',
       '--world-size', '2', '--batch-size', '2', '--out', run2], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     cliRun.stderr.on('data', (d) => { stderr += d; });
-    await waitFor(() => fs.existsSync(path.join(run2, 'metrics.jsonl')) || undefined);
     const code = new Promise<number | null>((resolve) => cliRun.on('exit', (c) => resolve(c)));
-    cliRun.kill('SIGINT');
-    assert.equal(await code, 130);
-    assert.match(stderr, /interrupted \(SIGINT\); the ranks were stopped/);
+    try {
+      await waitFor(() => fs.existsSync(path.join(run2, 'metrics.jsonl')) || undefined);
+      cliRun.kill('SIGINT');
+      assert.equal(await Promise.race([code, new Promise((r) => setTimeout(() => r('timed out'), 30_000))]), 130);
+      assert.match(stderr, /interrupted \(SIGINT\); the ranks were stopped/);
+    } finally {
+      killAll([cliRun.pid!]);
+    }
+  });
+
+  it('a rank cannot launch ranks of its own', async () => {
+    process.env['SSD_RANK'] = '0';
+    try {
+      await assert.rejects(launchRanks({ size: 2, script: fixture, args: [] }), /rank 0 cannot launch ranks of its own/);
+    } finally {
+      delete process.env['SSD_RANK'];
+    }
   });
 
   it('world_size 2 trains the run of batch_size × 2 (losses, val loss, phases, weights); rank 0 alone writes', async () => {

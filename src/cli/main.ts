@@ -99,10 +99,10 @@ addConfigFlags(program.command('train')
     const rank = rankFromEnv();
     if (cfg.world_size > 1 && !rank) {
       // The launcher: prepares the data once, then runs one process per rank with the same arguments.
+      checkDevices(cfg);
       const bar = new Progress();
       await resolveDataset(cfg, (p) => bar.note(`preparing data (${p.phase}): ${p.docs} documents, ${p.tokens} tokens`));
       bar.done();
-      checkDevices(cfg);
       console.error(`ssd train: ${cfg.world_size} data-parallel ranks, batch ${cfg.batch_size} per rank ` +
         `(${cfg.batch_size * cfg.world_size * cfg.grad_accum} windows per step)`);
       await launchRanks({ size: cfg.world_size, script: process.argv[1]!, args: process.argv.slice(2) });

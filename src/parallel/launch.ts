@@ -5,7 +5,8 @@
  * SSD_THREADS = the host's cores / size (so that cpu ranks do not oversubscribe the cores). Rank 0 keeps
  * the terminal; the others' standard output is dropped and their standard error shown with a
  * `[rank r]` prefix. When a rank fails, the others (which would wait for it forever) are stopped; when
- * the launcher is interrupted, so are all ranks; when it dies, the ranks die with it (`exitWithLauncher`).
+ * the launcher is interrupted, so are all ranks; when it dies, the ranks die with it (`exitWithLauncher`),
+ * though its rendezvous folder then stays behind. Node's own flags are not passed on (NODE_OPTIONS is).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -34,10 +35,13 @@ export class LaunchError extends Error {
 const KILL_AFTER_S = 10;
 
 /**
- * A folder for the rendezvous: on tmpfs (/dev/shm) where there is one with at least 1 GiB free (the host
- * collective keeps up to two gradient copies per rank there), else the system's temp folder.
+ * A folder for the rendezvous, in SSD_RENDEZVOUS_DIR if set, else on tmpfs (/dev/shm) where there is one
+ * with at least 1 GiB free (the host collective keeps up to two gradient copies per rank there), else in
+ * the system's temp folder.
  */
 function rendezvousDir(): string {
+  const chosen = process.env['SSD_RENDEZVOUS_DIR'];
+  if (chosen) return fs.mkdtempSync(path.join(chosen, 'ssd-rendezvous-'));
   let base = os.tmpdir();
   try {
     const s = fs.statfsSync('/dev/shm');
@@ -62,7 +66,8 @@ function prefixLines(stream: NodeJS.ReadableStream, prefix: string): void {
 }
 
 /**
- * Runs the ranks to completion.
+ * Runs the ranks to completion. Call it from the main thread (the ranks' parent-death signal follows
+ * the thread that started them).
  * @throws LaunchError naming the first rank that failed (exitCode: its exit code, or 128 + its signal),
  *   or saying the launcher was interrupted (exitCode 128 + the signal); the other ranks are stopped.
  */
@@ -90,9 +95,9 @@ export async function launchRanks(o: LaunchOptions): Promise<void> {
       // NODE_OPTIONS, inherited with the environment, reaches every rank.
       const child = spawn(process.execPath, [o.script, ...o.args], {
         env: {
-          ...process.env, ...o.env, SSD_RANK: String(rank), SSD_WORLD_SIZE: String(o.size), SSD_RENDEZVOUS: dir,
+          ...process.env, SSD_THREADS: process.env['SSD_THREADS'] ?? String(Math.max(1, Math.floor(os.availableParallelism() / o.size))),
+          ...o.env, SSD_RANK: String(rank), SSD_WORLD_SIZE: String(o.size), SSD_RENDEZVOUS: dir,
           SSD_LAUNCHER_PID: String(process.pid), SSD_CUDA_DEVICE: String(rank),
-          SSD_THREADS: process.env['SSD_THREADS'] ?? String(Math.max(1, Math.floor(os.availableParallelism() / o.size))),
         },
         stdio: rank === 0 ? 'inherit' : ['ignore', 'ignore', 'pipe'],
       });

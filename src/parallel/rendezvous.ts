@@ -43,7 +43,7 @@ export class FileRendezvous {
       fs.rmSync(tmp, { force: true });
       if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
       throw new Error(`the rendezvous folder ${this.dir} is full (${data.byteLength} bytes to write): free space there, ` +
-        'or point TMPDIR at a larger folder (the launcher uses /dev/shm only with 1 GiB free)');
+        'or point SSD_RENDEZVOUS_DIR at a folder with more room');
     }
     fs.renameSync(tmp, file);
   }

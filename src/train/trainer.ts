@@ -243,11 +243,12 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
         // Then the loss (checked below on every rank alike), the gradients not summed yet, and a
         // fingerprint of what this rank trains, which every rank must share.
         const rest = optimizer.params.filter((p) => p.grad && !buckets?.added.has(p.grad.buf('allReduce')));
-        const mine = layoutFingerprint(optimizer, opts.hook);
+        const mine = layoutFingerprint(optimizer, world, opts.hook);
         const sums = allReduce(backend, group, [loss, ...mine], rest.map((p) => p.grad!.buf('allReduce')));
         if (mine.some((x, i) => sums[i + 1] !== x * world)) {
-          throw new Error(`data parallel: the ranks diverged at step ${step} (this rank: ${mine.join(', ')}; summed: ${sums.slice(1).join(', ')}; ` +
-            'parameters, elements mod 2^20, phase); this is a bug, please report it with the run\'s logs');
+          throw new Error(`data parallel: the ranks diverged at step ${step}: this rank trains ${optimizer.params.length} parameters ` +
+            `in phase '${opts.hook?.label?.() ?? ''}', and the ranks' fingerprints (parameters, elements, phase) sum to ` +
+            `${sums.slice(1).join(', ')} instead of ${mine.map((x) => x * world).join(', ')}; this is a bug, please report it with the run's logs`);
         }
         loss = sums[0]! / world;
       }
@@ -313,15 +314,17 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
 }
 
 /**
- * What every rank of a data-parallel run must share at each step, as small integers exact in f32: the
- * number of optimized parameters, their elements mod 2^20, and a code of the hook's label (the SSD phase).
+ * What every rank of a data-parallel run must share at each step: the number of optimized parameters,
+ * their elements, and a code of the hook's label (the SSD phase), each modulo 2^(24 − ⌈log2 world⌉) so
+ * that their sum over the ranks is exact in f32.
  */
-function layoutFingerprint(optimizer: AdamW, hook?: StepHook): number[] {
-  const elements = optimizer.params.reduce((n, p) => (n + p.size) % 2 ** 20, 0);
+function layoutFingerprint(optimizer: AdamW, world: number, hook?: StepHook): number[] {
+  const m = 2 ** Math.max(1, 24 - Math.ceil(Math.log2(world)));
+  const elements = optimizer.params.reduce((n, p) => (n + p.size) % m, 0);
   const label = hook?.label?.() ?? '';
   let code = 0;
-  for (let i = 0; i < label.length; i++) code = (code * 31 + label.charCodeAt(i)) % 65521;
-  return [optimizer.params.length, elements, code];
+  for (let i = 0; i < label.length; i++) code = (code * 31 + label.charCodeAt(i)) % m;
+  return [optimizer.params.length % m, elements, code];
 }
 
 /**

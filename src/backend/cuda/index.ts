@@ -304,8 +304,8 @@ function collapse(shape: number[], ...strides: number[][]): [number[], number[][
  */
 export function bf16PeakFlops(deviceName: string): number | undefined {
   const table: [RegExp, number][] = [
+    [/H100 NVL|H200 NVL/, 835e12],
     [/H200|GH200|H100 80GB HBM3|H100 SXM/, 989e12],
-    [/H100 NVL/, 835e12],
     [/H100 PCIe/, 756e12],
     [/A100/, 312e12],
     [/L40S/, 362e12],
