@@ -13,7 +13,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Backend, Buf, Collective } from '../backend/contract.js';
+import type { Backend, Collective } from '../backend/contract.js';
 import { RandomBatchSampler, evalBatches, type Dataset, type SamplerState } from '../data/index.js';
 import { sameTokenizer } from '../data/tokenizer/index.js';
 import { makeConfig, type GPTConfig } from '../nn/config.js';
@@ -22,7 +22,7 @@ import * as T from '../tensor/index.js';
 import { loadCheckpoint, restoreTensors, saveCheckpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
 import { AdamW, gradNorm } from './optim.js';
-import { defaultBucketBytes, GradientBuckets } from '../parallel/buckets.js';
+import { allReduceNumbers, GradientSync } from '../parallel/gradient-sync.js';
 import { learningRate } from './schedule.js';
 
 /** One logged training step (also a line of metrics.jsonl). */
@@ -126,23 +126,8 @@ export function evaluate(model: GPT, tokens: Dataset['val'], batchSize: number, 
     })) * rows;
     count += rows;
   }
-  if (collective) [total, count] = allReduce(model.backend, collective, [total, count]) as [number, number];
+  if (collective) [total, count] = allReduceNumbers(model.backend, collective, [total, count]) as [number, number];
   return total / count;
-}
-
-/**
- * Sums host numbers `xs` (through a small f32 buffer: losses, counts) and device buffers `bufs` (the
- * gradients) over the ranks, in one all-reduce; returns the summed numbers.
- */
-function allReduce(backend: Backend, collective: Collective, xs: number[], bufs: Buf[] = []): number[] {
-  const buf = backend.alloc('f32', xs.length);
-  try {
-    backend.upload(buf, xs);
-    collective.allReduceSum([buf, ...bufs]);
-    return Array.from(backend.download(buf));
-  } finally {
-    backend.free(buf);
-  }
 }
 
 /**
@@ -200,8 +185,9 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
   const tokensPerStep = cfg.batch_size * seqLen * cfg.grad_accum * world;
   // This rank's share of each global batch (B·world, T): rows rank·B … (rank+1)·B − 1, as token offsets.
   const from = rank * cfg.batch_size * seqLen, to = from + cfg.batch_size * seqLen;
-  // Data parallel: where sums can overlap the backward pass, the last pass starts them bucket by bucket.
-  const bucketBytes = group?.overlaps ? defaultBucketBytes() : 0;
+  const sync = group ? new GradientSync(group, backend, {
+    params: () => optimizer.params, isOptimized: (t) => optimizer.m.has(t), label: () => opts.hook?.label?.() ?? '',
+  }) : null;
   const t0 = Date.now();
   let lastLog = { t: t0, step: startStep };
   let lastLoss = NaN, lastVal = NaN, lastCkpt = '';
@@ -224,7 +210,6 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
       flopsDense += flopsTok * tokensPerStep;
       windowFlops += stepFlops;
       let loss = 0;
-      const buckets = bucketBytes ? new GradientBuckets(group!, bucketBytes) : null;
       for (let micro = 0; micro < cfg.grad_accum; micro++) {
         const b = sampler.next();
         loss += T.tidy(() => {
@@ -232,26 +217,13 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
           const y = T.tensor(b.y.subarray(from, to), [cfg.batch_size, seqLen], { dtype: 'i32', backend });
           const seed = step * cfg.grad_accum + micro + cfg.seed * 7919 + rank * 104729;
           const l = model.forward(x, { targets: y, train: true, seed }).loss!;
-          const last = micro === cfg.grad_accum - 1;
-          T.backward(l, undefined, buckets && last ? (leaf) => { if (optimizer.m.has(leaf)) buckets.add(leaf.grad!.buf('allReduce')); } : undefined);
+          // Data parallel: the last pass may start summing complete gradients over the ranks.
+          T.backward(l, undefined, micro === cfg.grad_accum - 1 ? sync?.lastPassHook() : undefined);
           return l.item();
         }) / cfg.grad_accum;
       }
-      if (group) {
-        buckets?.flush();
-        group.wait();
-        // Then the loss (checked below on every rank alike), the gradients not summed yet, and a
-        // fingerprint of what this rank trains, which every rank must share.
-        const rest = optimizer.params.filter((p) => p.grad && !buckets?.added.has(p.grad.buf('allReduce')));
-        const mine = layoutFingerprint(optimizer, world, opts.hook);
-        const sums = allReduce(backend, group, [loss, ...mine], rest.map((p) => p.grad!.buf('allReduce')));
-        if (mine.some((x, i) => sums[i + 1] !== x * world)) {
-          throw new Error(`data parallel: the ranks diverged at step ${step}: this rank trains ${optimizer.params.length} parameters ` +
-            `in phase '${opts.hook?.label?.() ?? ''}', and the ranks' fingerprints (parameters, elements, phase) sum to ` +
-            `${sums.slice(1).join(', ')} instead of ${mine.map((x) => x * world).join(', ')}; this is a bug, please report it with the run's logs`);
-        }
-        loss = sums[0]! / world;
-      }
+      // The rest of the gradients' sums, and the loss averaged over the ranks (checked below on every rank alike).
+      if (sync) loss = sync.finish(loss, step);
       if (!Number.isFinite(loss)) {
         throw new Error(`training diverged: the loss is ${loss} at step ${step}; ` +
           `${lastCkpt ? `the last good checkpoint (${lastCkpt}) is intact` : 'no checkpoint was written yet'}; ` +
@@ -311,20 +283,6 @@ export function train(cfg: TrainConfig, dataset: Dataset, backend: Backend, opts
     optimizer.dispose();
     model.dispose();
   }
-}
-
-/**
- * What every rank of a data-parallel run must share at each step: the number of optimized parameters,
- * their elements, and a code of the hook's label (the SSD phase), each modulo 2^(24 − ⌈log2 world⌉) so
- * that their sum over the ranks is exact in f32.
- */
-function layoutFingerprint(optimizer: AdamW, world: number, hook?: StepHook): number[] {
-  const m = 2 ** Math.max(1, 24 - Math.ceil(Math.log2(world)));
-  const elements = optimizer.params.reduce((n, p) => (n + p.size) % m, 0);
-  const label = hook?.label?.() ?? '';
-  let code = 0;
-  for (let i = 0; i < label.length; i++) code = (code * 31 + label.charCodeAt(i)) % m;
-  return [optimizer.params.length % m, elements, code];
 }
 
 /**
