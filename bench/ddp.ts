@@ -21,11 +21,10 @@ if (!data) throw new Error('--data DIR (a prepared dataset) is required; see the
 const worlds = (arg('--world-sizes') ?? '1,2').split(',').map(Number);
 const batch = Number(arg('--batch') ?? 8), steps = Number(arg('--steps') ?? 40), warmup = Number(arg('--warmup') ?? 10);
 const model = arg('--model') ?? 'gpt2-small', backend = arg('--backend') ?? 'cuda';
-const PEAK = 989e12; // H200 dense bf16 tensor-core peak, FLOP/s (MFU is only printed on cuda)
 const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ssd-bench-ddp-'));
 
-interface Logged { step: number; tokens: number; loss: number; tokens_per_s: number; flops_per_s: number; elapsed_s: number }
+interface Logged { step: number; tokens: number; loss: number; tokens_per_s: number; mfu?: number; elapsed_s: number }
 
 /** Trains `steps` dense steps with `world` ranks of `b` rows each; returns the logged metrics. */
 function trainRun(world: number, b: number): Logged[] {
@@ -38,15 +37,15 @@ function trainRun(world: number, b: number): Logged[] {
 }
 
 /**
- * Tokens/s and model FLOP/s between the first logged step at or after the warm-up and the last one
- * before the final (evaluated) step.
+ * Tokens/s between the first logged step at or after the warm-up and the last one before the final
+ * (evaluated) step, and the MFU per GPU at that rate (from the trainer's, where its backend knows the peak).
  */
-function throughput(m: Logged[]): { tokensPerS: number; flopsPerS: number } {
+function throughput(m: Logged[]): { tokensPerS: number; mfu: number | undefined } {
   const a = m.find((x) => x.step >= warmup), b = [...m].reverse().find((x) => x.step < steps);
   if (!a || !b || b.step <= a.step) throw new Error(`--steps ${steps} leaves no timed window after --warmup ${warmup}`);
   const tokensPerS = (b.tokens - a.tokens) / (b.elapsed_s - a.elapsed_s);
-  // The trainer's model FLOPs per token (dense: the same on every line).
-  return { tokensPerS, flopsPerS: tokensPerS * (b.flops_per_s / b.tokens_per_s) };
+  // The trainer's MFU per token/s is the same on every line of a dense run.
+  return { tokensPerS, mfu: b.mfu === undefined ? undefined : tokensPerS * (b.mfu / b.tokens_per_s) };
 }
 
 const rows: Record<string, number>[] = [];
@@ -58,10 +57,10 @@ for (const w of worlds) {
   last = trainRun(w, batch);
   const t = throughput(last);
   if (w === worlds[0]) base = t.tokensPerS / w;
-  const row = { world: w, tokens_per_s: t.tokensPerS, per_rank: t.tokensPerS / w, mfu: t.flopsPerS / w / PEAK, efficiency: t.tokensPerS / w / base };
+  const row = { world: w, tokens_per_s: t.tokensPerS, per_rank: t.tokensPerS / w, efficiency: t.tokensPerS / w / base, ...(t.mfu !== undefined ? { mfu: t.mfu } : {}) };
   rows.push(row);
   console.log(`${w} | ${Math.round(row.tokens_per_s)} | ${Math.round(row.per_rank)} | ` +
-    `${backend === 'cuda' ? `${(row.mfu * 100).toFixed(1)}%` : '-'} | ${(row.efficiency * 100).toFixed(1)}%`);
+    `${t.mfu !== undefined ? `${(t.mfu * 100).toFixed(1)}%` : '-'} | ${(row.efficiency * 100).toFixed(1)}%`);
 }
 const wMax = worlds[worlds.length - 1]!;
 let maxRel = 0;
